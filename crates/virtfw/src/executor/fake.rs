@@ -1,0 +1,182 @@
+//! A scripted executor for tests: records every argv, answers from a script.
+
+use std::sync::Mutex;
+
+use super::{Executor, Invocation, Output};
+use crate::error::ExecError;
+use crate::transcript;
+
+/// How the fake answers a matching command.
+#[derive(Debug, Clone)]
+pub enum FakeResponse {
+    /// Exit with this status and output.
+    Output(Output),
+    /// Behave as if the program did not exist.
+    Missing,
+}
+
+impl FakeResponse {
+    /// Exit status `status` with `stderr`.
+    pub fn fail(status: i32, stderr: impl Into<String>) -> Self {
+        FakeResponse::Output(Output {
+            status,
+            stdout: String::new(),
+            stderr: stderr.into(),
+        })
+    }
+    /// Success with `stdout`.
+    pub fn stdout(stdout: impl Into<String>) -> Self {
+        FakeResponse::Output(Output::ok(stdout))
+    }
+}
+
+type Matcher = Box<dyn Fn(&[String]) -> bool + Send + Sync>;
+
+struct State {
+    log: Vec<(Vec<String>, Option<Vec<u8>>)>,
+    script: Vec<(Matcher, FakeResponse)>,
+    next_handle: u64,
+    fixed_handle: Option<u64>,
+}
+
+/// An [`Executor`] that runs nothing.
+///
+/// By default every command succeeds with empty output, except nft creates run with `-ae` (one
+/// command, or a batch read with `-f`), which are answered with `# handle N` like the real `nft`,
+/// N counting up from 1 (or a fixed number, as libvirt's own test harness does with 5309).
+/// Responses for particular commands are scripted with [`FakeExecutor::on`]; the first matching
+/// entry wins.
+pub struct FakeExecutor {
+    state: Mutex<State>,
+}
+
+impl Default for FakeExecutor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeExecutor {
+    /// A fake where everything succeeds.
+    pub fn new() -> Self {
+        FakeExecutor {
+            state: Mutex::new(State {
+                log: Vec::new(),
+                script: Vec::new(),
+                next_handle: 1,
+                fixed_handle: None,
+            }),
+        }
+    }
+
+    /// Answer every `-ae` create with this handle (libvirt's harness uses 5309).
+    pub fn with_fixed_handle(self, handle: u64) -> Self {
+        self.state.lock().unwrap().fixed_handle = Some(handle);
+        self
+    }
+
+    /// Script the response for every argv (program included) that `matcher` accepts.
+    pub fn on(
+        self,
+        matcher: impl Fn(&[String]) -> bool + Send + Sync + 'static,
+        response: FakeResponse,
+    ) -> Self {
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .push((Box::new(matcher), response));
+        self
+    }
+
+    /// A matcher: the argv contains all of `needles`, in this order (not necessarily adjacent).
+    pub fn args_contain(needles: &[&str]) -> impl Fn(&[String]) -> bool + Send + Sync + 'static {
+        let needles: Vec<String> = needles.iter().map(|s| s.to_string()).collect();
+        move |argv: &[String]| {
+            let mut it = argv.iter();
+            needles.iter().all(|n| it.any(|a| a == n))
+        }
+    }
+
+    /// Every argv run so far, in order.
+    pub fn commands(&self) -> Vec<Vec<String>> {
+        self.state
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .map(|(a, _)| a.clone())
+            .collect()
+    }
+
+    /// Every argv with the standard input it was given.
+    pub fn invocations(&self) -> Vec<(Vec<String>, Option<Vec<u8>>)> {
+        self.state.lock().unwrap().log.clone()
+    }
+
+    /// The commands run so far, in libvirt's transcript format.
+    pub fn transcript(&self) -> String {
+        transcript::transcript(&self.commands())
+    }
+
+    /// Forget the recorded commands (the script stays).
+    pub fn clear(&self) {
+        self.state.lock().unwrap().log.clear();
+    }
+
+    fn handle(state: &mut State) -> u64 {
+        match state.fixed_handle {
+            Some(h) => h,
+            None => {
+                state.next_handle += 1;
+                state.next_handle - 1
+            }
+        }
+    }
+}
+
+fn is_echo(argv: &[String]) -> bool {
+    argv.first().is_some_and(|p| p == "nft")
+        && argv
+            .iter()
+            .skip(1)
+            .take_while(|a| a.starts_with('-'))
+            .any(|a| a == "-ae" || a == "-e" || a == "--echo")
+}
+
+impl Executor for FakeExecutor {
+    fn run(&self, inv: Invocation<'_>) -> Result<Output, ExecError> {
+        let mut state = self.state.lock().unwrap();
+        state
+            .log
+            .push((inv.argv.to_vec(), inv.stdin.map(<[u8]>::to_vec)));
+        if let Some((_, response)) = state.script.iter().find(|(m, _)| m(inv.argv)) {
+            return match response.clone() {
+                FakeResponse::Output(out) => Ok(out),
+                FakeResponse::Missing => Err(ExecError::NotFound {
+                    program: inv.argv[0].clone(),
+                }),
+            };
+        }
+        if !is_echo(inv.argv) {
+            return Ok(Output::default());
+        }
+        let mut stdout = String::new();
+        match inv.stdin {
+            Some(input) => {
+                for line in String::from_utf8_lossy(input).lines() {
+                    let words: Vec<String> = line.split_whitespace().map(String::from).collect();
+                    if crate::rollback::nft_create(&words).is_some() {
+                        let h = Self::handle(&mut state);
+                        stdout.push_str(&format!("{} # handle {h}\n", line.trim()));
+                    }
+                }
+            }
+            None => {
+                let h = Self::handle(&mut state);
+                stdout.push_str(&format!("# handle {h}"));
+            }
+        }
+        Ok(Output::ok(stdout))
+    }
+}

@@ -1,0 +1,76 @@
+//! The seam between the engine and the outside world.
+//!
+//! The engine only ever asks an [`Executor`] to run an argv (optionally with standard input) and
+//! looks at the exit status and output. [`ProcessExecutor`] spawns the real programs, optionally
+//! inside a named network namespace; [`FakeExecutor`] is a scripted stand-in for tests, public so
+//! that users of the library can test their own firewall code without root.
+
+mod fake;
+mod process;
+
+pub use fake::{FakeExecutor, FakeResponse};
+pub use process::ProcessExecutor;
+
+use crate::error::ExecError;
+
+/// What to run: the full argv (program first, bare name resolved on `PATH`) and optional input.
+#[derive(Debug, Clone, Copy)]
+pub struct Invocation<'a> {
+    pub argv: &'a [String],
+    pub stdin: Option<&'a [u8]>,
+}
+
+/// What a finished program left behind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    /// Exit status; a death by signal is reported as 128 + signal number, as shells do.
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// A successful run with this standard output.
+    pub fn ok(stdout: impl Into<String>) -> Self {
+        Output {
+            status: 0,
+            stdout: stdout.into(),
+            stderr: String::new(),
+        }
+    }
+
+    /// True for exit status 0.
+    pub fn success(&self) -> bool {
+        self.status == 0
+    }
+}
+
+/// Runs firewall programs on behalf of the engine.
+pub trait Executor: Send + Sync {
+    /// Run one program to completion and return its status and output.
+    fn run(&self, invocation: Invocation<'_>) -> Result<Output, ExecError>;
+
+    /// Check that a program can be run at all, so that a transaction needing a missing tool is
+    /// refused before anything is applied. The default accepts everything.
+    fn check_program(&self, _program: &str) -> Result<(), ExecError> {
+        Ok(())
+    }
+}
+
+impl<E: Executor + ?Sized> Executor for &E {
+    fn run(&self, invocation: Invocation<'_>) -> Result<Output, ExecError> {
+        (**self).run(invocation)
+    }
+    fn check_program(&self, program: &str) -> Result<(), ExecError> {
+        (**self).check_program(program)
+    }
+}
+
+impl<E: Executor + ?Sized> Executor for std::sync::Arc<E> {
+    fn run(&self, invocation: Invocation<'_>) -> Result<Output, ExecError> {
+        (**self).run(invocation)
+    }
+    fn check_program(&self, program: &str) -> Result<(), ExecError> {
+        (**self).check_program(program)
+    }
+}

@@ -1,0 +1,169 @@
+//! The real executor: spawns programs as argv vectors (never through a shell).
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::{Executor, Invocation, Output};
+use crate::error::ExecError;
+
+/// Spawns `nft`, `iptables`, … found on `PATH`, optionally inside a network namespace.
+///
+/// The namespace is entered in the child between fork and exec (`setns`), so the calling process
+/// and its other threads stay where they are, and no `ip netns exec` wrapper process is paid for.
+#[derive(Debug, Default)]
+pub struct ProcessExecutor {
+    netns: Option<(String, OwnedFd)>,
+    inherit_fds: Vec<RawFd>,
+}
+
+impl ProcessExecutor {
+    /// Run programs in the caller's own network namespace.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Run every program inside the named namespace (`/run/netns/NAME`, as made by
+    /// `ip netns add`). Fails at once, before anything runs, when it does not exist.
+    pub fn in_netns(name: &str) -> Result<Self, ExecError> {
+        let path = if name.contains('/') {
+            PathBuf::from(name)
+        } else {
+            Path::new("/run/netns").join(name)
+        };
+        let file = File::open(&path).map_err(|source| ExecError::Netns {
+            netns: name.to_string(),
+            source,
+        })?;
+        Ok(ProcessExecutor {
+            netns: Some((name.to_string(), OwnedFd::from(file))),
+            inherit_fds: Vec::new(),
+        })
+    }
+
+    /// The namespace commands run in, if any.
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_ref().map(|(n, _)| n.as_str())
+    }
+
+    /// Let children inherit this descriptor (normally close-on-exec).
+    ///
+    /// The `virtfw` command passes its state-directory lock this way: a child that outlives a
+    /// killed parent keeps the lock held, so `recover` cannot start before that child has
+    /// finished changing the ruleset.
+    pub fn inherit_fd(mut self, fd: RawFd) -> Self {
+        self.inherit_fds.push(fd);
+        self
+    }
+}
+
+/// Find `program` on `PATH` (a name with a slash is taken as a path).
+pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
+    let is_exec = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return is_exec(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| is_exec(p))
+}
+
+impl Executor for ProcessExecutor {
+    fn run(&self, inv: Invocation<'_>) -> Result<Output, ExecError> {
+        let (program, args) = inv
+            .argv
+            .split_first()
+            .ok_or_else(|| ExecError::Other("empty argv".into()))?;
+        let mut cmd = Command::new(OsStr::new(program));
+        cmd.args(args)
+            .stdin(if inv.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let netns_fd = self.netns.as_ref().map(|(_, fd)| fd.as_raw_fd());
+        let inherit = self.inherit_fds.clone();
+        if netns_fd.is_some() || !inherit.is_empty() {
+            // SAFETY: the closure runs in the forked child before exec and only makes
+            // async-signal-safe system calls (setns, fcntl) on descriptors opened beforehand.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if let Some(fd) = netns_fd {
+                        if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    for &fd in &inherit {
+                        let flags = libc::fcntl(fd, libc::F_GETFD);
+                        if flags >= 0 {
+                            libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ExecError::NotFound {
+                    program: program.clone(),
+                }
+            } else {
+                ExecError::Spawn {
+                    program: program.clone(),
+                    source,
+                }
+            }
+        })?;
+        if let Some(input) = inv.stdin {
+            let mut stdin = child.stdin.take().expect("stdin was piped");
+            // Write from a thread so a child that fills its stdout pipe before reading all of
+            // its input cannot deadlock against us.
+            let input = input.to_vec();
+            let writer = std::thread::spawn(move || {
+                let _ = stdin.write_all(&input);
+            });
+            let out = child.wait_with_output();
+            let _ = writer.join();
+            return finish(program, out);
+        }
+        finish(program, child.wait_with_output())
+    }
+
+    fn check_program(&self, program: &str) -> Result<(), ExecError> {
+        find_program(program)
+            .map(|_| ())
+            .ok_or_else(|| ExecError::NotFound {
+                program: program.to_string(),
+            })
+    }
+}
+
+fn finish(program: &str, out: std::io::Result<std::process::Output>) -> Result<Output, ExecError> {
+    let out = out.map_err(|source| ExecError::Spawn {
+        program: program.to_string(),
+        source,
+    })?;
+    let status = out
+        .status
+        .code()
+        .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
+    Ok(Output {
+        status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
