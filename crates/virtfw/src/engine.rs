@@ -37,6 +37,10 @@ pub trait ApplyObserver: Sync {
 pub struct ApplyOptions<'a> {
     /// Observer of the apply, if any.
     pub observer: Option<&'a dyn ApplyObserver>,
+    /// Force libvirt's one-process-per-command path (the CLI's `--no-batch`): identical logs and
+    /// transcripts to libvirt, for debugging and conformance tests. When false the engine may
+    /// run a group as one atomic batch where that cannot change the outcome.
+    pub per_command: bool,
 }
 
 struct NoObserver;
