@@ -37,6 +37,7 @@ struct State {
     script: Vec<(Matcher, FakeResponse)>,
     next_handle: u64,
     fixed_handle: Option<u64>,
+    missing: Vec<String>,
 }
 
 /// An [`Executor`] that runs nothing.
@@ -65,6 +66,7 @@ impl FakeExecutor {
                 script: Vec::new(),
                 next_handle: 1,
                 fixed_handle: None,
+                missing: Vec::new(),
             }),
         }
     }
@@ -72,6 +74,14 @@ impl FakeExecutor {
     /// Answer every `-ae` create with this handle (libvirt's harness uses 5309).
     pub fn with_fixed_handle(self, handle: u64) -> Self {
         self.state.lock().unwrap().fixed_handle = Some(handle);
+        self
+    }
+
+    /// Behave as if `program` were not installed: [`Executor::check_program`] refuses it (so
+    /// `apply` fails before running anything, as with the real executor) and running it fails
+    /// with [`ExecError::NotFound`].
+    pub fn without_program(self, program: &str) -> Self {
+        self.state.lock().unwrap().missing.push(program.to_string());
         self
     }
 
@@ -150,6 +160,11 @@ impl Executor for FakeExecutor {
         state
             .log
             .push((inv.argv.to_vec(), inv.stdin.map(<[u8]>::to_vec)));
+        if state.missing.iter().any(|m| Some(m) == inv.argv.first()) {
+            return Err(ExecError::NotFound {
+                program: inv.argv[0].clone(),
+            });
+        }
         if let Some((_, response)) = state.script.iter().find(|(m, _)| m(inv.argv)) {
             return match response.clone() {
                 FakeResponse::Output(out) => Ok(out),
@@ -178,5 +193,14 @@ impl Executor for FakeExecutor {
             }
         }
         Ok(Output::ok(stdout))
+    }
+
+    fn check_program(&self, program: &str) -> Result<(), ExecError> {
+        if self.state.lock().unwrap().missing.iter().any(|m| m == program) {
+            return Err(ExecError::NotFound {
+                program: program.to_string(),
+            });
+        }
+        Ok(())
     }
 }
