@@ -1,0 +1,62 @@
+//! The one-time global setup: libvirt's private chains (iptables) or tables (nftables), shared
+//! by every network on the host.
+//!
+//! Each family is set up by its own firewall, and a failure of one is kept apart from the other
+//! (libvirt does the same): a host without IPv6 netfilter can still run IPv4-only networks.
+
+use virtfw::{ApplyOptions, Backend, Executor, Firewall, Layer};
+
+use crate::def::NetworkDef;
+use crate::error::{NetworkError, Result};
+use crate::{iptables, nftables};
+
+/// The setup firewall of one family, not yet applied.
+pub fn setup_firewall(backend: Backend, layer: Layer) -> Firewall {
+    match backend {
+        Backend::Nftables => nftables::global_setup(layer),
+        _ => iptables::global_setup(layer),
+    }
+}
+
+/// The outcome of the setup, per family.
+#[derive(Debug)]
+pub struct GlobalSetup {
+    pub ipv4: Result<(), String>,
+    pub ipv6: Result<(), String>,
+}
+
+impl GlobalSetup {
+    /// Fail with the saved error of a family this network needs.
+    pub fn require(&self, def: &NetworkDef) -> Result<()> {
+        if let Err(message) = &self.ipv4 {
+            if def.has_ipv4() || !def.needs_ipv6_rules() {
+                return Err(NetworkError::GlobalSetup {
+                    family: "IPv4",
+                    message: message.clone(),
+                });
+            }
+        }
+        if let Err(message) = &self.ipv6 {
+            if def.needs_ipv6_rules() {
+                return Err(NetworkError::GlobalSetup {
+                    family: "IPv6",
+                    message: message.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Create whatever private chains/tables are missing, IPv4 then IPv6. Idempotent: existing
+/// chains and jumps are found by listing and reused.
+pub fn setup(backend: Backend, exec: &dyn Executor, options: ApplyOptions<'_>) -> GlobalSetup {
+    let run = |layer| {
+        setup_firewall(backend, layer)
+            .apply_with(exec, options)
+            .map_err(|e| e.to_string())
+    };
+    let ipv4 = run(Layer::Ipv4);
+    let ipv6 = run(Layer::Ipv6);
+    GlobalSetup { ipv4, ipv6 }
+}

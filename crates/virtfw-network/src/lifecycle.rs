@@ -1,0 +1,334 @@
+//! Starting, stopping, reloading and checking a network, in the order libvirt does it.
+//!
+//! Everything runs through one [`Executor`], so with an executor bound to a network namespace
+//! the bridge and the rules are made in that namespace. Nothing here keeps state: the caller
+//! stores the returned [`NetworkStatus`] (the CLI writes it as libvirt's status file).
+
+use std::collections::BTreeMap;
+
+use tracing::{debug, warn};
+use virtfw::executor::Invocation;
+use virtfw::{ApplyOptions, Backend, Executor, FakeExecutor, Firewall, Layer};
+
+use crate::def::NetworkDef;
+use crate::error::{NetworkError, Result};
+use crate::status::{NetworkStatus, REMOVAL_NAME};
+use crate::{global, iptables, nftables};
+
+/// The network's firewall for `backend`, not yet applied. Fails on values only checked when
+/// rules are built (libvirt's late checks).
+pub fn network_firewall(def: &NetworkDef, backend: Backend) -> Result<Firewall> {
+    match backend {
+        Backend::Nftables => nftables::network_firewall(def),
+        Backend::Iptables => iptables::network_firewall(def),
+        Backend::None => Err(NetworkError::Backend(
+            "No firewall backend is available".into(),
+        )),
+    }
+}
+
+fn run(exec: &dyn Executor, argv: &[&str]) -> Result<virtfw::executor::Output, String> {
+    let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    exec.run(Invocation {
+        argv: &argv,
+        stdin: None,
+    })
+    .map_err(|e| e.to_string())
+}
+
+fn ip_cmd(exec: &dyn Executor, bridge: &str, argv: &[&str]) -> Result<()> {
+    let out = run(exec, argv).map_err(|message| NetworkError::Bridge {
+        bridge: bridge.to_string(),
+        message,
+    })?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(NetworkError::Bridge {
+            bridge: bridge.to_string(),
+            message: format!("{} failed: {}", argv.join(" "), out.stderr.trim_end()),
+        })
+    }
+}
+
+/// Does a link of this name exist (in the executor's namespace)?
+pub fn link_exists(exec: &dyn Executor, name: &str) -> bool {
+    run(exec, &["ip", "link", "show", "dev", name]).is_ok_and(|o| o.success())
+}
+
+/// Create the bridge, give it the network's addresses and bring it up. Returns false when the
+/// bridge already existed (then it is left as it is: someone else owns it).
+fn ensure_bridge(def: &NetworkDef, exec: &dyn Executor) -> Result<bool> {
+    let br = def.bridge.as_str();
+    if link_exists(exec, br) {
+        return Ok(false);
+    }
+    ip_cmd(exec, br, &["ip", "link", "add", br, "type", "bridge"])?;
+    let configure = || -> Result<()> {
+        for ip in &def.ips {
+            let addr = ip.address.to_string();
+            let mut argv = vec!["ip", "addr", "add", &addr, "dev", br];
+            if ip.is_ipv6() {
+                // The host owns this address by definition; waiting for duplicate address
+                // detection would only delay the network.
+                argv.push("nodad");
+            }
+            ip_cmd(exec, br, &argv)?;
+        }
+        ip_cmd(exec, br, &["ip", "link", "set", "dev", br, "up"])
+    };
+    if let Err(e) = configure() {
+        delete_bridge(def, exec);
+        return Err(e);
+    }
+    Ok(true)
+}
+
+fn delete_bridge(def: &NetworkDef, exec: &dyn Executor) {
+    if let Err(e) = ip_cmd(
+        exec,
+        &def.bridge,
+        &["ip", "link", "del", "dev", &def.bridge],
+    ) {
+        warn!(error = %e, "could not delete bridge");
+    }
+}
+
+/// Apply `fw` and name its removal plan `fwRemoval` (absent when there is nothing to undo).
+fn apply_network(
+    mut fw: Firewall,
+    exec: &dyn Executor,
+    options: ApplyOptions<'_>,
+) -> Result<Option<Firewall>> {
+    fw.apply_with(exec, options)?;
+    let mut removal = fw.new_from_rollback().map_err(virtfw::Error::from)?;
+    if removal.is_empty() {
+        return Ok(None);
+    }
+    removal.set_name(Some(REMOVAL_NAME));
+    Ok(Some(removal))
+}
+
+/// Start a network: check everything that can be checked, run the global setup, create the
+/// bridge if missing, apply the network's firewall. On failure nothing of this network is left
+/// (auto-rollback removes its rules, a bridge made here is deleted); chains of the global
+/// setup stay, as they do in libvirt, since other networks share them.
+pub fn start(
+    def: NetworkDef,
+    backend: Backend,
+    exec: &dyn Executor,
+    options: ApplyOptions<'_>,
+) -> Result<NetworkStatus> {
+    if !def.forward.has_rules() {
+        let created_bridge = ensure_bridge(&def, exec)?;
+        return Ok(NetworkStatus {
+            def,
+            removal: None,
+            created_bridge,
+        });
+    }
+    // Built first: a bad value fails here, before the host is touched.
+    let fw = network_firewall(&def, backend)?;
+    global::setup(backend, exec, options).require(&def)?;
+    let created_bridge = ensure_bridge(&def, exec)?;
+    match apply_network(fw, exec, options) {
+        Ok(removal) => Ok(NetworkStatus {
+            def,
+            removal,
+            created_bridge,
+        }),
+        Err(e) => {
+            if created_bridge {
+                delete_bridge(&def, exec);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Remove the network's rules with its stored plan (or libvirt's legacy deletions), errors of
+/// individual deletes ignored as in libvirt.
+pub fn remove_rules(
+    status: &NetworkStatus,
+    exec: &dyn Executor,
+    options: ApplyOptions<'_>,
+) -> Result<()> {
+    if !status.def.forward.has_rules() {
+        return Ok(());
+    }
+    status.removal_plan().apply_with(exec, options)?;
+    Ok(())
+}
+
+/// Stop a network: remove its rules, then delete the bridge if it was made at start.
+pub fn stop(status: &NetworkStatus, exec: &dyn Executor, options: ApplyOptions<'_>) -> Result<()> {
+    remove_rules(status, exec, options)?;
+    if status.created_bridge && link_exists(exec, &status.def.bridge) {
+        ip_cmd(
+            exec,
+            &status.def.bridge,
+            &["ip", "link", "del", "dev", &status.def.bridge],
+        )?;
+    }
+    Ok(())
+}
+
+/// The outcome of a reload: the new status (its removal plan is absent when adding failed, so
+/// a later stop falls back to the legacy deletions, as in libvirt) and the error, if any.
+#[derive(Debug)]
+pub struct Reloaded {
+    pub status: NetworkStatus,
+    pub error: Option<NetworkError>,
+}
+
+/// Remove the rules with the stored plan and add them again with `backend` (after someone
+/// flushed the ruleset, or to switch backends: the old plan carries its own backend).
+pub fn reload(
+    status: NetworkStatus,
+    backend: Backend,
+    exec: &dyn Executor,
+    options: ApplyOptions<'_>,
+) -> Result<Reloaded> {
+    remove_rules(&status, exec, options)?;
+    let NetworkStatus {
+        def,
+        created_bridge,
+        ..
+    } = status;
+    if !def.forward.has_rules() {
+        return Ok(Reloaded {
+            status: NetworkStatus {
+                def,
+                removal: None,
+                created_bridge,
+            },
+            error: None,
+        });
+    }
+    let added = network_firewall(&def, backend).and_then(|fw| {
+        global::setup(backend, exec, options).require(&def)?;
+        apply_network(fw, exec, options)
+    });
+    let (removal, error) = match added {
+        Ok(removal) => (removal, None),
+        Err(e) => (None, Some(e)),
+    };
+    Ok(Reloaded {
+        status: NetworkStatus {
+            def,
+            removal,
+            created_bridge,
+        },
+        error,
+    })
+}
+
+/// How many of a network's rules are in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleCheck {
+    /// Rules the removal plan would delete.
+    pub total: usize,
+    /// The plan's delete commands whose rule was not found (one line each).
+    pub missing: Vec<String>,
+}
+
+impl RuleCheck {
+    pub fn all_present(&self) -> bool {
+        self.missing.is_empty()
+    }
+}
+
+/// Check that every rule the removal plan would delete is present: for nftables by handle in
+/// `nft -a list table F libvirt_network`, for iptables with `-C` and the rule the delete names.
+pub fn check(status: &NetworkStatus, exec: &dyn Executor) -> Result<RuleCheck> {
+    let plan = status.removal_plan();
+    let mut missing = Vec::new();
+    let mut total = 0;
+    if !status.def.forward.has_rules() {
+        return Ok(RuleCheck { total, missing });
+    }
+    let mut listings: BTreeMap<
+        (String, String),
+        BTreeMap<String, std::collections::BTreeSet<u64>>,
+    > = BTreeMap::new();
+    for group in plan.groups() {
+        for cmd in group.actions() {
+            let args = cmd.args();
+            total += 1;
+            let present = match plan.backend() {
+                Backend::Nftables => match args {
+                    [d, r, fam, table, chain, h, n]
+                        if d == "delete" && r == "rule" && h == "handle" =>
+                    {
+                        let key = (fam.clone(), table.clone());
+                        if !listings.contains_key(&key) {
+                            let out = run(exec, &["nft", "-a", "list", "table", fam, table])
+                                .map_err(|e| {
+                                    NetworkError::Firewall(virtfw::Error::Exec {
+                                        cmdline: format!("nft -a list table {fam} {table}"),
+                                        source: virtfw::ExecError::Other(e),
+                                    })
+                                })?;
+                            let handles = if out.success() {
+                                nftables::rule_handles(&out.stdout)
+                            } else {
+                                BTreeMap::new()
+                            };
+                            listings.insert(key.clone(), handles);
+                        }
+                        n.parse::<u64>().is_ok_and(|n| {
+                            listings[&key].get(chain).is_some_and(|s| s.contains(&n))
+                        })
+                    }
+                    _ => {
+                        // Not a rule delete (never in a network plan); count it as present
+                        // rather than guess.
+                        debug!(cmd = ?args, "not a rule delete, not checked");
+                        true
+                    }
+                },
+                _ => {
+                    let (program, lead) = cmd.layer().program(Backend::Iptables);
+                    let mut argv: Vec<String> = vec![program.to_string()];
+                    argv.extend(lead.iter().map(|s| s.to_string()));
+                    argv.extend(iptables::check_args(args));
+                    exec.run(Invocation {
+                        argv: &argv,
+                        stdin: None,
+                    })
+                    .is_ok_and(|o| o.success())
+                }
+            };
+            if !present {
+                missing.push(virtfw::transcript::command_line(
+                    &std::iter::once(cmd.layer().program(plan.backend()).0.to_string())
+                        .chain(args.iter().cloned())
+                        .collect::<Vec<_>>(),
+                ));
+            }
+        }
+    }
+    Ok(RuleCheck { total, missing })
+}
+
+/// What libvirt would run to start this network on a fresh host (global setup included when
+/// `with_global`), in libvirt's transcript format. Nothing is executed; nft creates are
+/// answered with counting handles.
+pub fn plan(def: &NetworkDef, backend: Backend, with_global: bool) -> Result<String> {
+    let options = ApplyOptions {
+        per_command: true,
+        ..Default::default()
+    };
+    let fake = FakeExecutor::new();
+    if !def.forward.has_rules() {
+        return Ok(String::new());
+    }
+    let mut fw = network_firewall(def, backend)?;
+    if with_global {
+        for layer in [Layer::Ipv4, Layer::Ipv6] {
+            global::setup_firewall(backend, layer).apply_with(&fake, options)?;
+        }
+    }
+    fw.apply_with(&fake, options)?;
+    Ok(fake.transcript())
+}
