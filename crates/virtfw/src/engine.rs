@@ -233,7 +233,13 @@ impl Firewall {
             }
             if let Some(mut callback) = self.groups[gi].actions[i].query.take() {
                 let cmd = &self.groups[gi].actions[i];
-                let lines: Vec<String> = ran.stdout.split('\n').map(str::to_owned).collect();
+                // Split like glib's g_strsplit, which libvirt uses: empty output is no lines
+                // at all, and a trailing newline leaves a final empty line.
+                let lines: Vec<String> = if ran.stdout.is_empty() {
+                    Vec::new()
+                } else {
+                    ran.stdout.split('\n').map(str::to_owned).collect()
+                };
                 let mut ctx = QueryContext {
                     layer: cmd.layer,
                     lines: &lines,
@@ -242,7 +248,8 @@ impl Firewall {
                 };
                 let result = callback(&mut ctx);
                 let added = std::mem::take(&mut ctx.added);
-                let cmdline = command_line(&cmd.args);
+                let auto = flags.contains(TransactionFlags::AUTO_ROLLBACK);
+                let cmdline = command_line(&argv_for(backend, auto, cmd).0);
                 self.groups[gi].actions[i].query = Some(callback);
                 self.groups[gi].actions.extend(added);
                 if let Err(message) = result {

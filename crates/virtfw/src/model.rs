@@ -150,7 +150,8 @@ impl QueryContext<'_> {
     }
 
     /// The query's standard output split on `\n`; output ending in a newline yields a final
-    /// empty string, exactly as libvirt passes it.
+    /// empty string and empty output yields no lines, exactly as libvirt passes it (glib's
+    /// `g_strsplit`).
     pub fn lines(&self) -> &[String] {
         self.lines
     }
