@@ -15,7 +15,7 @@
 //! someone else's, which must survive untouched.
 
 use virtfw::netns::Netns;
-use virtfw::{Backend, Firewall, Layer, RollbackFlags, TransactionFlags};
+use virtfw::{ApplyOptions, Backend, Firewall, Layer, RollbackFlags, TransactionFlags};
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -118,6 +118,17 @@ fn prime_nft(ns: &Netns) {
     );
 }
 
+/// Both ways the engine can apply: libvirt's one process per command, and the default (which
+/// may batch groups into one kernel transaction where that cannot change the outcome).
+const PATHS: [bool; 2] = [true, false];
+
+fn options(per_command: bool) -> ApplyOptions<'static> {
+    ApplyOptions {
+        per_command,
+        ..ApplyOptions::default()
+    }
+}
+
 fn w(s: &str) -> Vec<String> {
     s.split_whitespace().map(String::from).collect()
 }
@@ -151,6 +162,12 @@ fn removal_through_xml(fw: &Firewall) -> Firewall {
 #[test]
 fn nftables_apply_and_remove_restores_ruleset() {
     require_root();
+    for per_command in PATHS {
+        nftables_apply_and_remove(per_command);
+    }
+}
+
+fn nftables_apply_and_remove(per_command: bool) {
     let ns = netns("vfwk-nfta");
     prime_nft(&ns);
     let before = nft_snapshot(&ns);
@@ -197,7 +214,7 @@ fn nftables_apply_and_remove_restores_ruleset() {
     ] {
         fw.add_cmd(layer, nft_args(cmd));
     }
-    fw.apply(&exec).expect("apply");
+    fw.apply_with(&exec, options(per_command)).expect("apply");
 
     let during = nft_snapshot(&ns);
     for needle in [
@@ -215,13 +232,21 @@ fn nftables_apply_and_remove_restores_ruleset() {
 
     let mut removal = removal_through_xml(&fw);
     assert_eq!(removal.command_count(), 14);
-    removal.apply(&exec).expect("removal");
-    assert_eq!(nft_snapshot(&ns), before);
+    removal
+        .apply_with(&exec, options(per_command))
+        .expect("removal");
+    assert_eq!(nft_snapshot(&ns), before, "per_command={per_command}");
 }
 
 #[test]
 fn iptables_apply_and_remove_restores_ruleset() {
     require_root();
+    for per_command in PATHS {
+        iptables_apply_and_remove(per_command);
+    }
+}
+
+fn iptables_apply_and_remove(per_command: bool) {
     let ns = netns("vfwk-xta");
     prime_xt(&ns);
     let before = xt_snapshot(&ns);
@@ -267,7 +292,7 @@ fn iptables_apply_and_remove_restores_ruleset() {
     ] {
         fw.add_cmd(layer, w(cmd));
     }
-    fw.apply(&exec).expect("apply");
+    fw.apply_with(&exec, options(per_command)).expect("apply");
 
     let during = xt_snapshot(&ns);
     for needle in [
@@ -285,8 +310,10 @@ fn iptables_apply_and_remove_restores_ruleset() {
     let mut removal = removal_through_xml(&fw);
     assert_eq!(removal.groups().len(), 2);
     assert_eq!(removal.command_count(), 14);
-    removal.apply(&exec).expect("removal");
-    assert_eq!(xt_snapshot(&ns), before);
+    removal
+        .apply_with(&exec, options(per_command))
+        .expect("removal");
+    assert_eq!(xt_snapshot(&ns), before, "per_command={per_command}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -364,7 +391,7 @@ fn inject_everywhere(prefix: &str, plan: &Plan, prime: fn(&Netns), snapshot: fn(
             let ns = netns(prefix);
             prime(&ns);
             let mut fw = plan.build(g, None, false);
-            fw.apply(&ns.executor().unwrap())
+            fw.apply_with(&ns.executor().unwrap(), options(true))
                 .unwrap_or_else(|e| panic!("clean apply of {g} groups: {e}"));
             snapshot(&ns)
         })
@@ -379,7 +406,7 @@ fn inject_everywhere(prefix: &str, plan: &Plan, prime: fn(&Netns), snapshot: fn(
         );
     }
 
-    for inherit in [false, true] {
+    for (per_command, inherit) in PATHS.into_iter().flat_map(|p| [(p, false), (p, true)]) {
         for k in 0..plan.len() {
             let failing_group = plan.group_of(k);
             let ns = netns(prefix);
@@ -388,7 +415,7 @@ fn inject_everywhere(prefix: &str, plan: &Plan, prime: fn(&Netns), snapshot: fn(
             assert_eq!(before, expected[0]);
             let mut fw = plan.build(plan.groups.len(), Some(k), inherit);
             let err = fw
-                .apply(&ns.executor().unwrap())
+                .apply_with(&ns.executor().unwrap(), options(per_command))
                 .expect_err("the injected command must fail");
             assert!(
                 err.to_string().contains("VFNOSUCH") || err.to_string().contains("vfnosuch"),
@@ -402,7 +429,8 @@ fn inject_everywhere(prefix: &str, plan: &Plan, prime: fn(&Netns), snapshot: fn(
             };
             assert_eq!(
                 &after, want,
-                "failure injected at command {k} (group {failing_group}), inherit={inherit}"
+                "failure injected at command {k} (group {failing_group}), inherit={inherit}, \
+                 per_command={per_command}"
             );
         }
     }
