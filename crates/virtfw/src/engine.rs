@@ -30,10 +30,19 @@ pub trait ApplyObserver: Sync {
     fn inverse_recorded(&self, _group: usize, _inverse: &Command) {}
     /// Group `failed` failed; groups `first..=failed` are about to be rolled back.
     fn rolling_back(&self, _first: usize, _failed: usize) {}
+    /// A command of `group` that ignores errors did not take effect and the failure was
+    /// ignored (not called for `nft list`). `missing` is true when the object it deletes was
+    /// already gone: a removal's stale handle or rule. Both paths report here; the batch path
+    /// may call it from several threads. See [`crate::batch::IgnoredCounter`].
+    fn ignored_failure(&self, _group: usize, _cmd: &Command, _missing: bool) {}
 }
 
 /// Options of [`Firewall::apply_with`].
-#[derive(Default, Clone, Copy)]
+///
+/// `ApplyOptions::default()` honours the environment switch `VIRTFW_NO_BATCH=1`
+/// ([`crate::batch::NO_BATCH_ENV`]), so a whole test suite or program can be run on the
+/// per-command path without code changes; options written out field by field do not read it.
+#[derive(Clone, Copy)]
 pub struct ApplyOptions<'a> {
     /// Observer of the apply, if any.
     pub observer: Option<&'a dyn ApplyObserver>,
@@ -43,11 +52,20 @@ pub struct ApplyOptions<'a> {
     pub per_command: bool,
 }
 
+impl Default for ApplyOptions<'_> {
+    fn default() -> Self {
+        ApplyOptions {
+            observer: None,
+            per_command: crate::batch::disabled_by_env(),
+        }
+    }
+}
+
 struct NoObserver;
 impl ApplyObserver for NoObserver {}
 
 /// What running one command produced.
-struct Ran {
+pub(crate) struct Ran {
     stdout: String,
     inverse: Option<Command>,
 }
@@ -81,7 +99,7 @@ pub(crate) fn argv_for(
 }
 
 /// Run one command and derive its inverse when it is an auto-rollback create.
-fn run_command(
+pub(crate) fn run_command(
     backend: Backend,
     flags: TransactionFlags,
     cmd: &Command,
@@ -114,6 +132,7 @@ fn run_command(
         if is_list || cmd.ignore_errors {
             if !is_list {
                 debug!(cmd = %command_line(&argv), status = out.status, stderr = %out.stderr.trim_end(), "ignoring failure");
+                observer.ignored_failure(group, cmd, crate::batch::failure_is_missing(&out.stderr));
             }
             return Ok(Ran {
                 stdout: out.stdout,
@@ -163,12 +182,32 @@ impl Firewall {
         let _guard = APPLY_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         self.preflight(exec)?;
         let observer = options.observer.unwrap_or(&NoObserver);
-        for i in 0..self.groups.len() {
+        // The fast path (crate::batch) takes runs of groups it can apply as one kernel
+        // transaction; everything else, and every failed batch, runs command by command.
+        let batching = !options.per_command && exec.supports_batch();
+        let mut per_command_until = 0;
+        let mut i = 0;
+        while i < self.groups.len() {
+            if batching && i >= per_command_until {
+                match self.batch_step(i, exec, observer) {
+                    crate::batch::Step::Applied { next } => {
+                        i = next;
+                        continue;
+                    }
+                    crate::batch::Step::PerCommand { until } => per_command_until = until,
+                    crate::batch::Step::Failed { group, error } => {
+                        warn!(group, error = %error, "firewall group failed, rolling back");
+                        self.rollback_from(group, exec, observer);
+                        return Err(error);
+                    }
+                }
+            }
             if let Err(err) = self.apply_group(i, exec, observer) {
                 warn!(group = i, error = %err, "firewall group failed, rolling back");
                 self.rollback_from(i, exec, observer);
                 return Err(err);
             }
+            i += 1;
         }
         Ok(())
     }

@@ -71,6 +71,7 @@
 //! create that names no family gets `ip` in its inverse (nft's own default), and an iptables
 //! insert at a position (`-I CHAIN 3`) is undone by specification, not by position.
 
+pub mod batch;
 pub mod engine;
 pub mod error;
 pub mod executor;

@@ -38,6 +38,7 @@ struct State {
     next_handle: u64,
     fixed_handle: Option<u64>,
     missing: Vec<String>,
+    batching: bool,
 }
 
 /// An [`Executor`] that runs nothing.
@@ -67,6 +68,7 @@ impl FakeExecutor {
                 next_handle: 1,
                 fixed_handle: None,
                 missing: Vec::new(),
+                batching: false,
             }),
         }
     }
@@ -74,6 +76,17 @@ impl FakeExecutor {
     /// Answer every `-ae` create with this handle (libvirt's harness uses 5309).
     pub fn with_fixed_handle(self, handle: u64) -> Self {
         self.state.lock().unwrap().fixed_handle = Some(handle);
+        self
+    }
+
+    /// Accept batches (`nft -f -`, `*tables-restore`), simulating the kernel's all-or-nothing
+    /// transaction: each line of a batch is matched against the script as the argv it would have
+    /// run as alone (`nft [-ae] WORDS…`, `iptables -w --table T WORDS…`); when a scripted failure
+    /// matches any line the whole batch fails (nft: `/dev/stdin:LINE:1`, restore: `line N
+    /// failed`) and echoes nothing. Without this the fake asks for the per-command path, so
+    /// transcripts stay libvirt's.
+    pub fn with_batching(self) -> Self {
+        self.state.lock().unwrap().batching = true;
         self
     }
 
@@ -145,6 +158,54 @@ impl FakeExecutor {
     }
 }
 
+/// The lines of a batch invocation as the argv each would run as alone, with the line number
+/// the real program would blame; `None` when `argv` is not a batch.
+fn batch_lines(argv: &[String], stdin: &[u8]) -> Option<Vec<(usize, Vec<String>)>> {
+    let text = String::from_utf8_lossy(stdin);
+    let program = argv.first()?.as_str();
+    let split = |line: &str| -> Vec<String> {
+        line.split_whitespace()
+            .map(|w| w.trim_matches('"').to_string())
+            .collect()
+    };
+    if program == "nft" && argv.iter().any(|a| a == "-f") {
+        let echo = is_echo(argv);
+        return Some(
+            text.lines()
+                .enumerate()
+                .map(|(n, line)| {
+                    let words = split(line);
+                    let mut one = vec!["nft".to_string()];
+                    if echo && crate::rollback::nft_create(&words).is_some() {
+                        one.push("-ae".to_string());
+                    }
+                    one.extend(words);
+                    (n + 1, one)
+                })
+                .collect(),
+        );
+    }
+    let lead: &[&str] = match program {
+        "iptables-restore" => &["iptables", "-w"],
+        "ip6tables-restore" => &["ip6tables", "-w"],
+        "ebtables-restore" => &["ebtables", "--concurrent"],
+        _ => return None,
+    };
+    let mut table = "filter".to_string();
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.to_string();
+        } else if !line.is_empty() && line != "COMMIT" && !line.starts_with('#') {
+            let mut one: Vec<String> = lead.iter().map(|s| s.to_string()).collect();
+            one.extend(["--table".to_string(), table.clone()]);
+            one.extend(split(line));
+            out.push((n + 1, one));
+        }
+    }
+    Some(out)
+}
+
 fn is_echo(argv: &[String]) -> bool {
     argv.first().is_some_and(|p| p == "nft")
         && argv
@@ -165,7 +226,36 @@ impl Executor for FakeExecutor {
                 program: inv.argv[0].clone(),
             });
         }
-        if let Some((_, response)) = state.script.iter().find(|(m, _)| m(inv.argv)) {
+        if let Some(lines) = state
+            .batching
+            .then(|| inv.stdin.and_then(|input| batch_lines(inv.argv, input)))
+            .flatten()
+        {
+            for (n, one) in &lines {
+                let failure =
+                    state
+                        .script
+                        .iter()
+                        .find(|(m, _)| m(one))
+                        .and_then(|(_, r)| match r {
+                            FakeResponse::Output(o) if o.success() => None,
+                            FakeResponse::Output(o) => Some(o.stderr.clone()),
+                            FakeResponse::Missing => Some("not found".to_string()),
+                        });
+                if let Some(stderr) = failure {
+                    let stderr = if inv.argv[0] == "nft" {
+                        format!("/dev/stdin:{n}:1-1: Error: {}", stderr.trim_end())
+                    } else {
+                        format!("{}: line {n} failed: {}", inv.argv[0], stderr.trim_end())
+                    };
+                    return Ok(Output {
+                        status: 1,
+                        stdout: String::new(),
+                        stderr,
+                    });
+                }
+            }
+        } else if let Some((_, response)) = state.script.iter().find(|(m, _)| m(inv.argv)) {
             return match response.clone() {
                 FakeResponse::Output(out) => Ok(out),
                 FakeResponse::Missing => Err(ExecError::NotFound {
@@ -195,8 +285,19 @@ impl Executor for FakeExecutor {
         Ok(Output::ok(stdout))
     }
 
+    fn supports_batch(&self) -> bool {
+        self.state.lock().unwrap().batching
+    }
+
     fn check_program(&self, program: &str) -> Result<(), ExecError> {
-        if self.state.lock().unwrap().missing.iter().any(|m| m == program) {
+        if self
+            .state
+            .lock()
+            .unwrap()
+            .missing
+            .iter()
+            .any(|m| m == program)
+        {
             return Err(ExecError::NotFound {
                 program: program.to_string(),
             });

@@ -55,6 +55,14 @@ pub trait Executor: Send + Sync {
     fn check_program(&self, _program: &str) -> Result<(), ExecError> {
         Ok(())
     }
+
+    /// Whether the engine may hand this executor whole batches (`nft -f -`,
+    /// `iptables-restore`) instead of one command at a time. An executor that records or
+    /// prints commands for people to read (dry runs, transcripts) answers false to see
+    /// libvirt's per-command sequence. The default is true.
+    fn supports_batch(&self) -> bool {
+        true
+    }
 }
 
 impl<E: Executor + ?Sized> Executor for &E {
@@ -64,6 +72,9 @@ impl<E: Executor + ?Sized> Executor for &E {
     fn check_program(&self, program: &str) -> Result<(), ExecError> {
         (**self).check_program(program)
     }
+    fn supports_batch(&self) -> bool {
+        (**self).supports_batch()
+    }
 }
 
 impl<E: Executor + ?Sized> Executor for std::sync::Arc<E> {
@@ -72,5 +83,8 @@ impl<E: Executor + ?Sized> Executor for std::sync::Arc<E> {
     }
     fn check_program(&self, program: &str) -> Result<(), ExecError> {
         (**self).check_program(program)
+    }
+    fn supports_batch(&self) -> bool {
+        (**self).supports_batch()
     }
 }

@@ -1,0 +1,1251 @@
+//! The fast path: a group, or a run of consecutive groups, as one kernel transaction.
+//!
+//! libvirt runs one process per command. Each `nft -ae add rule` reloads the whole ruleset (nft
+//! 1.0.6 needs a full cache to echo) and each deleting process waits out an RCU grace period at
+//! exit, so one process per command costs milliseconds per rule and grows with the ruleset. The
+//! kernel's own unit of work is a transaction: `nft -f -` (all or nothing) and one
+//! `iptables-restore --noflush` table section (all or nothing per `*table … COMMIT`).
+//!
+//! This module runs a group that way whenever doing so **cannot change what a caller observes**:
+//!
+//! * A batch that succeeds has the same effect as the commands run one by one (the commands are
+//!   the same lines nft's argv mode would parse: nft joins its arguments with spaces), and the
+//!   inverses recorded are the ones the per-command path would record, in the same order.
+//! * A batch that fails leaves nothing behind (the kernel rejected the whole transaction), so the
+//!   engine re-runs the same groups command by command; that path finds the failing command,
+//!   reports it in libvirt's words and runs libvirt's rollback exactly.
+//! * Groups whose meaning depends on running command by command stay on that path: query
+//!   callbacks, `list` commands, commands with leading nft options, the `tc` layer, groups mixing
+//!   ignored and checked commands.
+//! * Removal plans (ignore-errors groups of `delete … handle N` / `--delete`) run as one batch;
+//!   only when it fails are the touched tables listed, vanished objects dropped (reported to
+//!   [`ApplyObserver::ignored_failure`](crate::ApplyObserver::ignored_failure) with
+//!   `missing = true`) and the rest retried, falling back to command-by-command as a last resort.
+//!
+//! iptables-restore is atomic per table section only, so every (program, table) section runs as
+//! its own process. Sections of one group run concurrently (they touch disjoint tables) when a
+//! failure can be undone exactly, i.e. when every command is a rule create whose inverse is known;
+//! then, if one section fails, the sections that committed are deleted again before the fallback.
+//!
+//! The switch [`NO_BATCH_ENV`] (`VIRTFW_NO_BATCH=1`) makes `ApplyOptions::default()` (and so
+//! [`Firewall::apply`]) take the per-command path, like
+//! [`ApplyOptions::per_command`](crate::ApplyOptions::per_command) does for one apply.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tracing::{debug, warn};
+
+use crate::engine::{argv_for, run_command, ApplyObserver};
+use crate::error::Error;
+use crate::executor::{Executor, Invocation, Output};
+use crate::firewall::{Firewall, Group};
+use crate::model::{Backend, Command, Layer, TransactionFlags};
+use crate::rollback::{self, NftObject};
+use crate::transcript::command_line;
+
+/// Environment variable that, set to anything but empty or `0`, disables batching everywhere.
+pub const NO_BATCH_ENV: &str = "VIRTFW_NO_BATCH";
+
+/// Whether [`NO_BATCH_ENV`] asks for the per-command path.
+pub fn disabled_by_env() -> bool {
+    std::env::var_os(NO_BATCH_ENV).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// What the planner did with the groups starting at a given index.
+pub(crate) enum Step {
+    /// Run groups up to (not including) `until` command by command.
+    PerCommand { until: usize },
+    /// Groups up to (not including) `next` were applied, inverses recorded.
+    Applied { next: usize },
+    /// Group `group` failed exactly as on the per-command path (its earlier commands applied,
+    /// their inverses recorded, later ones not applied); the engine rolls back from there.
+    Failed { group: usize, error: Error },
+}
+
+/// How a group can be batched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// nft, auto-rollback, every command a table/chain/rule create: `nft -ae -f -`.
+    NftCreates,
+    /// nft, no command needs echo or output: `nft -f -`.
+    NftPlain,
+    /// nft, ignore-errors, every command `delete … handle N`.
+    NftRemoval,
+    /// iptables family, errors checked. `undoable`: every command is a rule create, so committed
+    /// sections can be deleted again when another section fails.
+    IptApply { undoable: bool },
+    /// iptables family, ignore-errors.
+    IptRemoval,
+}
+
+impl Kind {
+    /// Whether consecutive groups of this kind may share one batch. Merging is exact because a
+    /// merged batch that fails is re-run group by group on the per-command path.
+    fn merges(self) -> bool {
+        !matches!(self, Kind::IptApply { undoable: false })
+    }
+}
+
+/// nft verbs that change the ruleset and print nothing without `-e`.
+fn nft_plain_verb(args: &[String]) -> bool {
+    matches!(
+        args.first().map(String::as_str),
+        Some("add" | "insert" | "create" | "delete" | "flush" | "replace" | "rename")
+    )
+}
+
+/// A line break inside an argument would split the command in a batch file.
+fn one_line(args: &[String]) -> bool {
+    !args.iter().any(|a| a.contains(['\n', '\r']))
+}
+
+/// A removal command `delete <rule|chain|table> <family> [table] [chain] handle N`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NftDelete {
+    object: NftObject,
+    family: String,
+    table: Option<String>,
+    handle: u64,
+}
+
+fn parse_nft_delete(args: &[String]) -> Option<NftDelete> {
+    if args.first()? != "delete" || args.len() < 5 {
+        return None;
+    }
+    let (object, names) = match args[1].as_str() {
+        "rule" => (NftObject::Rule, 2),
+        "chain" => (NftObject::Chain, 1),
+        "table" => (NftObject::Table, 0),
+        _ => return None,
+    };
+    if args.len() != 3 + names + 2 || args[3 + names] != "handle" {
+        return None;
+    }
+    Some(NftDelete {
+        object,
+        family: args[2].clone(),
+        table: (names > 0).then(|| args[3].clone()),
+        handle: args[4 + names].parse().ok()?,
+    })
+}
+
+/// One command of the iptables family in `*-restore` form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RestoreLine {
+    layer: Layer,
+    table: String,
+    line: String,
+    create: bool,
+}
+
+/// The restore program and its options for a layer.
+fn restore_program(layer: Layer) -> Option<(&'static str, &'static [&'static str])> {
+    match layer {
+        Layer::Ipv4 => Some(("iptables-restore", &["-w", "--noflush"])),
+        Layer::Ipv6 => Some(("ip6tables-restore", &["-w", "--noflush"])),
+        Layer::Ethernet => Some(("ebtables-restore", &["--noflush"])),
+        Layer::Tc => None,
+    }
+}
+
+/// Quote an argument for the restore tokenizer, or refuse one it cannot carry unchanged.
+fn restore_word(arg: &str, out: &mut String) -> bool {
+    if arg.contains(['"', '\'', '\\', '\n', '\r']) {
+        return false;
+    }
+    if arg.is_empty() || arg.contains([' ', '\t', '#']) {
+        out.push('"');
+        out.push_str(arg);
+        out.push('"');
+    } else {
+        out.push_str(arg);
+    }
+    true
+}
+
+/// Turn a command into a restore line: the table option becomes the section, exactly one
+/// ruleset-changing command option is allowed, anything that lists or checks is refused.
+fn restore_line(layer: Layer, args: &[String]) -> Option<RestoreLine> {
+    restore_program(layer)?;
+    let mut table = "filter".to_string();
+    let mut line = String::new();
+    let mut commands = 0;
+    let mut create = false;
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        match a {
+            "-t" | "--table" => {
+                table = args.get(i + 1)?.clone();
+                if table.is_empty()
+                    || !table
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    return None;
+                }
+                i += 2;
+                continue;
+            }
+            "-A" | "--append" | "-I" | "--insert" => {
+                commands += 1;
+                create = true;
+            }
+            "-D" | "--delete" | "-N" | "--new-chain" | "-X" | "--delete-chain" | "-F"
+            | "--flush" | "-P" | "--policy" => commands += 1,
+            _ if a.starts_with("--table=") => return None,
+            "-L" | "--list" | "-S" | "--list-rules" | "-C" | "--check" | "-w" | "--wait" | "-W"
+            | "--wait-interval" | "-Z" | "--zero" | "-E" | "--rename-chain" | "-R"
+            | "--replace" | "-h" | "--help" | "-V" | "--version" | "--concurrent"
+            | "--init-table" | "--atomic-file" | "--atomic-init" | "--atomic-save"
+            | "--atomic-commit" | "-L-" => return None,
+            _ => {}
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        if !restore_word(a, &mut line) {
+            return None;
+        }
+        i += 1;
+    }
+    (commands == 1).then_some(RestoreLine {
+        layer,
+        table,
+        line,
+        create,
+    })
+}
+
+/// Which kind of batch a group allows, if any.
+fn classify(backend: Backend, group: &Group) -> Option<Kind> {
+    let actions = &group.actions;
+    if actions.is_empty()
+        || actions
+            .iter()
+            .any(|c| c.query.is_some() || c.layer == Layer::Tc || c.args.is_empty())
+    {
+        return None;
+    }
+    let ignoring = actions[0].ignore_errors;
+    if actions.iter().any(|c| c.ignore_errors != ignoring) {
+        return None;
+    }
+    let auto = group.flags.contains(TransactionFlags::AUTO_ROLLBACK);
+    match backend {
+        Backend::None => None,
+        Backend::Nftables => {
+            if !actions.iter().all(|c| one_line(&c.args)) {
+                return None;
+            }
+            if ignoring {
+                return actions
+                    .iter()
+                    .all(|c| parse_nft_delete(&c.args).is_some())
+                    .then_some(Kind::NftRemoval);
+            }
+            let creates = actions
+                .iter()
+                .filter(|c| auto && rollback::nft_create(&c.args).is_some_and(|k| k.verb == 0))
+                .count();
+            if creates == actions.len() {
+                Some(Kind::NftCreates)
+            } else if creates == 0 && actions.iter().all(|c| nft_plain_verb(&c.args)) {
+                // Without auto-rollback nothing is echoed on the per-command path either.
+                let any_create = auto
+                    && actions
+                        .iter()
+                        .any(|c| rollback::nft_create(&c.args).is_some());
+                (!any_create).then_some(Kind::NftPlain)
+            } else {
+                None
+            }
+        }
+        Backend::Iptables => {
+            let lines: Option<Vec<RestoreLine>> = actions
+                .iter()
+                .map(|c| restore_line(c.layer, &c.args))
+                .collect();
+            let lines = lines?;
+            if ignoring {
+                return Some(Kind::IptRemoval);
+            }
+            let undoable = lines.iter().all(|l| l.create);
+            let sections: BTreeSet<(Layer, &str)> =
+                lines.iter().map(|l| (l.layer, l.table.as_str())).collect();
+            (undoable || sections.len() == 1).then_some(Kind::IptApply { undoable })
+        }
+    }
+}
+
+/// The key an nft create or its echo line is matched on: object, family, table, chain.
+fn create_key(words: &[&str]) -> Option<(String, String, String, String)> {
+    let object = *words.get(1)?;
+    let (family, rest) = match words.get(2) {
+        Some(f) if ["ip", "ip6", "inet", "arp", "bridge", "netdev"].contains(f) => {
+            (*f, &words[3..])
+        }
+        _ => ("ip", &words[2..]),
+    };
+    let unquote = |s: &str| s.trim_matches('"').to_string();
+    let table = rest.first().map(|s| unquote(s)).unwrap_or_default();
+    let chain = if object == "table" {
+        String::new()
+    } else {
+        rest.get(1).map(|s| unquote(s)).unwrap_or_default()
+    };
+    Some((object.to_string(), family.to_string(), table, chain))
+}
+
+/// The handles echoed for `creates` (joined command lines, in input order) by a successful
+/// `nft -ae -f -`: one `# handle N` line per create that made something, in input order.
+///
+/// When every create echoed, lines map one to one. A create of a table or chain that already
+/// existed echoes nothing (nft 1.0.6); such creates are found by matching each echo line's
+/// object/family/table/chain against the next create, and get `None`.
+pub(crate) fn map_echo(creates: &[String], stdout: &str) -> Vec<Option<u64>> {
+    let echoes: Vec<(&str, u64)> = stdout
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| rollback::parse_trailing_handle(l).map(|h| (l, h)))
+        .collect();
+    if echoes.len() == creates.len() {
+        return echoes.iter().map(|(_, h)| Some(*h)).collect();
+    }
+    let mut out = Vec::with_capacity(creates.len());
+    let mut next = 0;
+    for create in creates {
+        let words: Vec<&str> = create.split_whitespace().collect();
+        let want = create_key(&words);
+        match echoes.get(next) {
+            Some((line, handle)) => {
+                let got: Vec<&str> = line.split_whitespace().collect();
+                if want.is_some() && create_key(&got) == want {
+                    out.push(Some(*handle));
+                    next += 1;
+                } else {
+                    out.push(None);
+                }
+            }
+            None => out.push(None),
+        }
+    }
+    out
+}
+
+/// The input line (1-based) nft or a restore program blamed in its error output, if any:
+/// `/dev/stdin:LINE:COL`, `-:LINE:COL`, `line LINE failed`, `Error occurred at line: LINE`.
+pub fn error_line(stderr: &str) -> Option<usize> {
+    for l in stderr.lines() {
+        for prefix in ["/dev/stdin:", "-:"] {
+            if let Some(rest) = l.strip_prefix(prefix) {
+                if let Some(n) = rest.split(':').next().and_then(|n| n.parse().ok()) {
+                    return Some(n);
+                }
+            }
+        }
+        for marker in ["line ", "at line: "] {
+            if let Some(at) = l.find(marker) {
+                let digits: String = l[at + marker.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                if let Ok(n) = digits.parse() {
+                    return Some(n);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Whether a failure message says the object to delete was not there (so a removal found it
+/// already gone rather than failing for another reason).
+pub fn failure_is_missing(stderr: &str) -> bool {
+    [
+        "No such file or directory",
+        "does a matching rule exist",
+        "No chain/target/match by that name",
+        "does not exist",
+    ]
+    .iter()
+    .any(|m| stderr.contains(m))
+}
+
+/// Handles present now in the tables a failed nft removal touches.
+#[derive(Default)]
+struct Present {
+    /// (family, table) → handles of its chains and rules; absent key: table gone.
+    objects: HashMap<(String, String), BTreeSet<u64>>,
+    /// (family, handle) of tables.
+    tables: BTreeSet<(String, u64)>,
+    /// Whether `tables` is complete (listed with `nft -j list tables`).
+    tables_complete: bool,
+}
+
+impl Present {
+    fn list(exec: &dyn Executor, deletes: &[NftDelete]) -> Present {
+        let mut present = Present::default();
+        let touched: BTreeSet<(String, String)> = deletes
+            .iter()
+            .filter_map(|d| d.table.clone().map(|t| (d.family.clone(), t)))
+            .collect();
+        for (family, table) in touched {
+            let argv: Vec<String> = ["nft", "-a", "list", "table", &family, &table]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            let Ok(out) = exec.run(Invocation {
+                argv: &argv,
+                stdin: None,
+            }) else {
+                continue;
+            };
+            if !out.success() {
+                continue;
+            }
+            let mut handles = BTreeSet::new();
+            for line in out.stdout.lines() {
+                if let Some(h) = rollback::parse_trailing_handle(line) {
+                    if line.trim_start().starts_with("table ") {
+                        present.tables.insert((family.clone(), h));
+                    } else {
+                        handles.insert(h);
+                    }
+                }
+            }
+            present.objects.insert((family, table), handles);
+        }
+        if deletes.iter().any(|d| d.object == NftObject::Table) {
+            let argv: Vec<String> = ["nft", "-j", "list", "tables"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            if let Ok(out) = exec.run(Invocation {
+                argv: &argv,
+                stdin: None,
+            }) {
+                if out.success() {
+                    present.tables.extend(json_tables(&out.stdout));
+                    present.tables_complete = true;
+                }
+            }
+        }
+        present
+    }
+
+    /// Whether the object a delete names is still there (unknown counts as there).
+    fn has(&self, d: &NftDelete) -> bool {
+        match (&d.table, d.object) {
+            (_, NftObject::Table) => {
+                !self.tables_complete || self.tables.contains(&(d.family.clone(), d.handle))
+            }
+            (Some(t), _) => self
+                .objects
+                .get(&(d.family.clone(), t.clone()))
+                .is_some_and(|hs| hs.contains(&d.handle)),
+            (None, _) => true,
+        }
+    }
+}
+
+/// (family, handle) of every table in `nft -j list tables` output (a small scan of our own
+/// query's output; other fields are ignored).
+fn json_tables(json: &str) -> Vec<(String, u64)> {
+    let field = |s: &str, name: &str| -> Option<String> {
+        let at = s.find(&format!("\"{name}\":"))? + name.len() + 3;
+        let v = s[at..].trim_start();
+        let v = v.strip_prefix('"').unwrap_or(v);
+        let end = v.find(['"', ',', '}']).unwrap_or(v.len());
+        Some(v[..end].to_string())
+    };
+    json.split("{\"table\":")
+        .skip(1)
+        .filter_map(|obj| {
+            let obj = &obj[..obj.find('}').unwrap_or(obj.len())];
+            Some((field(obj, "family")?, field(obj, "handle")?.parse().ok()?))
+        })
+        .collect()
+}
+
+fn strings(argv: &[&str]) -> Vec<String> {
+    argv.iter().map(|s| s.to_string()).collect()
+}
+
+/// Run a batch; a failure to start the program counts as a failed batch (the per-command path
+/// will report it properly).
+fn run_batch(exec: &dyn Executor, argv: &[String], input: &str) -> Option<Output> {
+    match exec.run(Invocation {
+        argv,
+        stdin: Some(input.as_bytes()),
+    }) {
+        Ok(out) => Some(out),
+        Err(err) => {
+            debug!(cmd = %command_line(argv), error = %err, "batch could not run");
+            None
+        }
+    }
+}
+
+/// A (program, table) section of an iptables-family batch.
+struct Section<'a> {
+    layer: Layer,
+    table: String,
+    /// (group, action index, args, restore line)
+    cmds: Vec<(usize, usize, &'a [String], String)>,
+}
+
+impl Section<'_> {
+    fn argv(&self) -> Vec<String> {
+        let (program, lead) = restore_program(self.layer).expect("restore layer");
+        let mut argv = vec![program.to_string()];
+        argv.extend(lead.iter().map(|s| s.to_string()));
+        argv
+    }
+
+    fn input<'l>(&self, lines: impl Iterator<Item = &'l str>) -> String {
+        let mut input = format!("*{}\n", self.table);
+        for l in lines {
+            input.push_str(l);
+            input.push('\n');
+        }
+        input.push_str("COMMIT\n");
+        input
+    }
+
+    fn run(&self, exec: &dyn Executor) -> bool {
+        let input = self.input(self.cmds.iter().map(|c| c.3.as_str()));
+        run_batch(exec, &self.argv(), &input).is_some_and(|o| o.success())
+    }
+
+    /// Delete again the rules this (committed, all-create) section added, last first.
+    fn undo(&self, exec: &dyn Executor) {
+        let lines: Vec<String> = self
+            .cmds
+            .iter()
+            .rev()
+            .filter_map(|c| {
+                restore_line(self.layer, &rollback::iptables_inverse(c.2)).map(|l| l.line)
+            })
+            .collect();
+        let input = self.input(lines.iter().map(String::as_str));
+        if !run_batch(exec, &self.argv(), &input).is_some_and(|o| o.success()) {
+            warn!(table = %self.table, "could not undo a committed batch section");
+        }
+    }
+
+    /// Remove: batch; on failure drop the line the program blames (reporting it) and retry a
+    /// few times; then fall back to command by command with errors ignored.
+    fn remove(&self, backend: Backend, exec: &dyn Executor, observer: &dyn ApplyObserver) {
+        let mut pending: Vec<usize> = (0..self.cmds.len()).collect();
+        for _ in 0..16 {
+            if pending.is_empty() {
+                return;
+            }
+            let input = self.input(pending.iter().map(|&k| self.cmds[k].3.as_str()));
+            let Some(out) = run_batch(exec, &self.argv(), &input) else {
+                break;
+            };
+            if out.success() {
+                return;
+            }
+            // Line 1 is the `*table` header.
+            match error_line(&out.stderr) {
+                Some(n) if n >= 2 && n - 2 < pending.len() => {
+                    let k = pending.remove(n - 2);
+                    let (g, _, args, _) = &self.cmds[k];
+                    let cmd =
+                        Command::new(self.layer, args.iter().cloned()).with_ignore_errors(true);
+                    observer.ignored_failure(*g, &cmd, failure_is_missing(&out.stderr));
+                }
+                _ => break,
+            }
+        }
+        for k in pending {
+            let (g, _, args, _) = &self.cmds[k];
+            let cmd = Command::new(self.layer, args.iter().cloned()).with_ignore_errors(true);
+            let _ = run_command(backend, TransactionFlags::empty(), &cmd, exec, observer, *g);
+        }
+    }
+}
+
+impl Firewall {
+    /// Plan and run the batch that starts at group `start` (see the module docs).
+    pub(crate) fn batch_step(
+        &mut self,
+        start: usize,
+        exec: &dyn Executor,
+        observer: &dyn ApplyObserver,
+    ) -> Step {
+        let backend = self.backend;
+        let Some(kind) = classify(backend, &self.groups[start]) else {
+            return Step::PerCommand { until: start + 1 };
+        };
+        let mut end = start + 1;
+        if kind.merges() {
+            while end < self.groups.len() && classify(backend, &self.groups[end]) == Some(kind) {
+                end += 1;
+            }
+        }
+        for g in start..end {
+            let auto = self.groups[g]
+                .flags
+                .contains(TransactionFlags::AUTO_ROLLBACK);
+            for cmd in &self.groups[g].actions {
+                observer.will_run(g, &argv_for(backend, auto, cmd).0);
+            }
+        }
+        debug!(groups = ?(start..end), ?kind, "running groups as one batch");
+        let recorded: Vec<usize> = (start..end)
+            .map(|g| self.groups[g].rollbacks.len())
+            .collect();
+        let step = match kind {
+            Kind::NftCreates => self.nft_creates(start, end, exec),
+            Kind::NftPlain => self.nft_plain(start, end, exec),
+            Kind::NftRemoval => self.nft_removal(start, end, exec, observer),
+            Kind::IptApply { undoable } => self.ipt_apply(start, end, undoable, exec),
+            Kind::IptRemoval => self.ipt_removal(start, end, exec, observer),
+        };
+        for (g, from) in (start..end).zip(recorded) {
+            for inverse in &self.groups[g].rollbacks[from..] {
+                observer.inverse_recorded(g, inverse);
+            }
+        }
+        for g in start..end {
+            self.groups[g].adding_rollback = false;
+        }
+        self.current_group = end - 1;
+        step
+    }
+
+    /// The actions of groups `start..end` as (group, index) pairs and joined nft lines.
+    fn nft_lines(&self, start: usize, end: usize) -> (Vec<(usize, usize)>, Vec<String>) {
+        let mut items = Vec::new();
+        let mut lines = Vec::new();
+        for g in start..end {
+            for (i, cmd) in self.groups[g].actions.iter().enumerate() {
+                items.push((g, i));
+                lines.push(cmd.args.join(" "));
+            }
+        }
+        (items, lines)
+    }
+
+    fn log_batch_failure(&self, lines: &[String], out: Option<&Output>) {
+        let Some(out) = out else { return };
+        let blamed = error_line(&out.stderr).and_then(|n| lines.get(n.wrapping_sub(1)));
+        debug!(
+            status = out.status,
+            failing = blamed.map(String::as_str).unwrap_or("?"),
+            stderr = %out.stderr.trim_end(),
+            "batch failed; nothing was applied, re-running command by command"
+        );
+    }
+
+    fn nft_creates(&mut self, start: usize, end: usize, exec: &dyn Executor) -> Step {
+        let (items, lines) = self.nft_lines(start, end);
+        let mut input = lines.join("\n");
+        input.push('\n');
+        let argv = strings(&["nft", "-ae", "-f", "-"]);
+        let out = run_batch(exec, &argv, &input);
+        let out = match out {
+            Some(out) if out.success() => out,
+            other => {
+                self.log_batch_failure(&lines, other.as_ref());
+                return Step::PerCommand { until: end };
+            }
+        };
+        let handles = map_echo(&lines, &out.stdout);
+        let first_missing = handles.iter().position(Option::is_none);
+        let upto = first_missing.unwrap_or(items.len());
+        for (&(g, i), handle) in items.iter().zip(&handles).take(upto) {
+            let cmd = &self.groups[g].actions[i];
+            let create = rollback::nft_create(&cmd.args).expect("classified as create");
+            let inverse = Command::new(
+                cmd.layer,
+                rollback::nft_inverse(&cmd.args, create, handle.expect("before first missing")),
+            )
+            .with_ignore_errors(true);
+            self.groups[g].rollbacks.push(inverse);
+        }
+        let Some(k) = first_missing else {
+            return Step::Applied { next: end };
+        };
+        // The per-command path would have stopped at create `k` (no handle to record). Make the
+        // kernel state match: delete what the later creates made, newest first.
+        let mut undo: Vec<String> = Vec::new();
+        for (&(g, i), handle) in items.iter().zip(&handles).skip(k + 1).rev() {
+            if let Some(h) = handle {
+                let cmd = &self.groups[g].actions[i];
+                let create = rollback::nft_create(&cmd.args).expect("classified as create");
+                undo.push(rollback::nft_inverse(&cmd.args, create, *h).join(" "));
+            }
+        }
+        if !undo.is_empty() {
+            let mut input = undo.join("\n");
+            input.push('\n');
+            if !run_batch(exec, &strings(&["nft", "-f", "-"]), &input).is_some_and(|o| o.success())
+            {
+                warn!("could not undo the creates after a create that echoed no handle");
+            }
+        }
+        let (g, i) = items[k];
+        let cmd = &self.groups[g].actions[i];
+        let error = Error::NoHandle {
+            cmdline: command_line(&argv_for(self.backend, true, cmd).0),
+            stdout: String::new(),
+        };
+        // Inverses of the groups before `g` are observed by the caller's rollback; report them.
+        Step::Failed { group: g, error }
+    }
+
+    fn nft_plain(&mut self, start: usize, end: usize, exec: &dyn Executor) -> Step {
+        let (_, lines) = self.nft_lines(start, end);
+        let mut input = lines.join("\n");
+        input.push('\n');
+        let out = run_batch(exec, &strings(&["nft", "-f", "-"]), &input);
+        if out.as_ref().is_some_and(Output::success) {
+            Step::Applied { next: end }
+        } else {
+            self.log_batch_failure(&lines, out.as_ref());
+            Step::PerCommand { until: end }
+        }
+    }
+
+    fn nft_removal(
+        &mut self,
+        start: usize,
+        end: usize,
+        exec: &dyn Executor,
+        observer: &dyn ApplyObserver,
+    ) -> Step {
+        let (mut items, mut lines) = self.nft_lines(start, end);
+        let argv = strings(&["nft", "-f", "-"]);
+        for attempt in 0..2 {
+            if items.is_empty() {
+                return Step::Applied { next: end };
+            }
+            let mut input = lines.join("\n");
+            input.push('\n');
+            let out = run_batch(exec, &argv, &input);
+            if out.as_ref().is_some_and(Output::success) {
+                return Step::Applied { next: end };
+            }
+            if attempt == 1 || out.is_none() {
+                break;
+            }
+            // One stale handle aborts the whole batch: find what is gone, drop it, retry.
+            let deletes: Vec<NftDelete> = items
+                .iter()
+                .map(|&(g, i)| {
+                    parse_nft_delete(&self.groups[g].actions[i].args).expect("classified")
+                })
+                .collect();
+            let present = Present::list(exec, &deletes);
+            let mut kept_items = Vec::new();
+            let mut kept_lines = Vec::new();
+            for ((item, line), d) in items.iter().zip(lines).zip(&deletes) {
+                if present.has(d) {
+                    kept_items.push(*item);
+                    kept_lines.push(line);
+                } else {
+                    observer.ignored_failure(item.0, &self.groups[item.0].actions[item.1], true);
+                }
+            }
+            let dropped = items.len() - kept_items.len();
+            debug!(dropped, "removal batch failed; dropped vanished handles");
+            items = kept_items;
+            lines = kept_lines;
+            if dropped == 0 {
+                break;
+            }
+        }
+        for (g, i) in items {
+            let _ = run_command(
+                self.backend,
+                TransactionFlags::empty(),
+                &self.groups[g].actions[i],
+                exec,
+                observer,
+                g,
+            );
+        }
+        Step::Applied { next: end }
+    }
+
+    /// The iptables-family sections of groups `start..end`, in first-use order.
+    fn sections(&self, start: usize, end: usize) -> Vec<Section<'_>> {
+        let mut sections: Vec<Section<'_>> = Vec::new();
+        for g in start..end {
+            for (i, cmd) in self.groups[g].actions.iter().enumerate() {
+                let rl = restore_line(cmd.layer, &cmd.args).expect("classified");
+                let at = sections
+                    .iter()
+                    .position(|s| s.layer == rl.layer && s.table == rl.table);
+                let at = at.unwrap_or_else(|| {
+                    sections.push(Section {
+                        layer: rl.layer,
+                        table: rl.table.clone(),
+                        cmds: Vec::new(),
+                    });
+                    sections.len() - 1
+                });
+                sections[at].cmds.push((g, i, &cmd.args, rl.line));
+            }
+        }
+        sections
+    }
+
+    fn ipt_apply(&mut self, start: usize, end: usize, undoable: bool, exec: &dyn Executor) -> Step {
+        let sections = self.sections(start, end);
+        let ok: Vec<bool> = if sections.len() == 1 {
+            vec![sections[0].run(exec)]
+        } else {
+            debug_assert!(undoable, "multi-section batches are all creates");
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = sections
+                    .iter()
+                    .map(|s| scope.spawn(move || s.run(exec)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or(false))
+                    .collect()
+            })
+        };
+        if ok.iter().all(|&b| b) {
+            drop(sections);
+            for g in start..end {
+                if !self.groups[g]
+                    .flags
+                    .contains(TransactionFlags::AUTO_ROLLBACK)
+                {
+                    continue;
+                }
+                let group = &mut self.groups[g];
+                for cmd in &group.actions {
+                    if rollback::iptables_is_create(&cmd.args) {
+                        group.rollbacks.push(
+                            Command::new(cmd.layer, rollback::iptables_inverse(&cmd.args))
+                                .with_ignore_errors(true),
+                        );
+                    }
+                }
+            }
+            return Step::Applied { next: end };
+        }
+        // Sections are atomic one by one only: take back those that committed.
+        for (s, _) in sections.iter().zip(&ok).filter(|(_, &b)| b) {
+            s.undo(exec);
+        }
+        debug!("iptables batch failed; re-running command by command");
+        Step::PerCommand { until: end }
+    }
+
+    fn ipt_removal(
+        &mut self,
+        start: usize,
+        end: usize,
+        exec: &dyn Executor,
+        observer: &dyn ApplyObserver,
+    ) -> Step {
+        let backend = self.backend;
+        let sections = self.sections(start, end);
+        if sections.len() == 1 {
+            sections[0].remove(backend, exec, observer);
+        } else {
+            std::thread::scope(|scope| {
+                for s in &sections {
+                    scope.spawn(move || s.remove(backend, exec, observer));
+                }
+            });
+        }
+        Step::Applied { next: end }
+    }
+}
+
+/// An [`ApplyObserver`] that counts the failures an apply ignored, e.g. for `virtfw remove` to
+/// say how many objects of a removal plan were already gone.
+#[derive(Debug, Default)]
+pub struct IgnoredCounter {
+    missing: std::sync::atomic::AtomicUsize,
+    failed: std::sync::atomic::AtomicUsize,
+}
+
+impl IgnoredCounter {
+    /// Commands whose object was already gone.
+    pub fn missing(&self) -> usize {
+        self.missing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    /// Commands that failed for another reason (the failure was ignored).
+    pub fn failed(&self) -> usize {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl ApplyObserver for IgnoredCounter {
+    fn ignored_failure(&self, _group: usize, _cmd: &Command, missing: bool) {
+        let counter = if missing { &self.missing } else { &self.failed };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::{FakeExecutor, FakeResponse};
+    use crate::ApplyOptions;
+
+    fn nft_firewall() -> Firewall {
+        let mut fw = Firewall::new(Backend::Nftables);
+        fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+        fw.add_cmd(Layer::Ipv4, ["add", "table", "ip", "T"]);
+        fw.add_cmd(
+            Layer::Ipv4,
+            [
+                "add",
+                "chain",
+                "ip",
+                "T",
+                "C",
+                "{ type filter hook forward priority 0; policy accept; }",
+            ],
+        );
+        fw.add_cmd(Layer::Ipv4, ["insert", "rule", "ip", "T", "C", "accept"]);
+        fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+        fw.add_cmd(Layer::Ipv6, ["add", "rule", "ip6", "T", "C", "drop"]);
+        fw.add_cmd(
+            Layer::Ipv6,
+            ["add", "rule", "ip6", "T", "C", "comment", "\"x y\""],
+        );
+        fw
+    }
+
+    fn rollbacks(fw: &Firewall) -> Vec<Vec<Vec<String>>> {
+        fw.groups()
+            .iter()
+            .map(|g| g.rollbacks().iter().map(|c| c.args().to_vec()).collect())
+            .collect()
+    }
+
+    /// Batching allowed, whatever the environment says (these tests are about the batch path).
+    fn batched(fw: &mut Firewall, fake: &FakeExecutor) -> crate::Result<()> {
+        fw.apply_with(
+            fake,
+            ApplyOptions {
+                observer: None,
+                per_command: false,
+            },
+        )
+    }
+
+    fn per_command(fw: &mut Firewall, fake: &FakeExecutor) -> crate::Result<()> {
+        fw.apply_with(
+            fake,
+            ApplyOptions {
+                per_command: true,
+                ..ApplyOptions::default()
+            },
+        )
+    }
+
+    #[test]
+    fn consecutive_create_groups_run_as_one_echo_batch() {
+        let fake = FakeExecutor::new().with_batching();
+        let mut fw = nft_firewall();
+        batched(&mut fw, &fake).unwrap();
+        let inv = fake.invocations();
+        assert_eq!(inv.len(), 1, "{:?}", fake.commands());
+        assert_eq!(inv[0].0, ["nft", "-ae", "-f", "-"]);
+        let input = String::from_utf8(inv[0].1.clone().unwrap()).unwrap();
+        assert_eq!(
+            input.lines().nth(1),
+            Some("add chain ip T C { type filter hook forward priority 0; policy accept; }")
+        );
+        assert_eq!(
+            input.lines().nth(4),
+            Some("add rule ip6 T C comment \"x y\"")
+        );
+        // The same handles in the same order as one process per command would get.
+        let plain = FakeExecutor::new();
+        let mut fw2 = nft_firewall();
+        per_command(&mut fw2, &plain).unwrap();
+        assert_eq!(rollbacks(&fw), rollbacks(&fw2));
+        assert_eq!(plain.commands().len(), 5);
+    }
+
+    #[test]
+    fn groups_with_callbacks_or_ignored_commands_stay_per_command() {
+        let fake = FakeExecutor::new().with_batching();
+        let mut fw = Firewall::new(Backend::Nftables);
+        fw.start_transaction(TransactionFlags::empty());
+        fw.add_cmd_full(
+            Layer::Ipv4,
+            false,
+            Some(Box::new(|_ctx: &mut crate::QueryContext| Ok(()))),
+            ["list", "table", "ip", "T"],
+        );
+        fw.start_transaction(TransactionFlags::empty());
+        fw.add_cmd(Layer::Ipv4, ["add", "table", "ip", "T"]);
+        fw.add_cmd_full(Layer::Ipv4, true, None, ["add", "table", "ip", "U"]);
+        fw.start_transaction(TransactionFlags::empty());
+        fw.add_cmd(Layer::Ipv4, ["-c", "add", "table", "ip", "V"]);
+        batched(&mut fw, &fake).unwrap();
+        assert!(fake
+            .commands()
+            .iter()
+            .all(|argv| !argv.contains(&"-f".to_string())));
+        assert_eq!(fake.commands().len(), 4);
+    }
+
+    #[test]
+    fn failing_batch_falls_back_and_rolls_back_like_libvirt() {
+        let script = |fake: FakeExecutor| {
+            fake.on(
+                FakeExecutor::args_contain(&["drop"]),
+                FakeResponse::fail(
+                    1,
+                    "Error: Could not process rule: No such file or directory",
+                ),
+            )
+        };
+        let batching = script(FakeExecutor::new().with_batching());
+        let mut fw = nft_firewall();
+        fw.start_rollback(crate::RollbackFlags::INHERIT_PREVIOUS);
+        let err = batched(&mut fw, &batching).unwrap_err().to_string();
+
+        let plain = script(FakeExecutor::new());
+        let mut fw2 = nft_firewall();
+        fw2.start_rollback(crate::RollbackFlags::INHERIT_PREVIOUS);
+        let err2 = per_command(&mut fw2, &plain).unwrap_err().to_string();
+        assert_eq!(err, err2);
+        assert!(err.contains("drop"), "{err}");
+        assert_eq!(rollbacks(&fw), rollbacks(&fw2));
+        // After the one failed batch, exactly the per-command sequence (with its rollback).
+        let cmds = batching.commands();
+        assert_eq!(cmds[0], ["nft", "-ae", "-f", "-"]);
+        assert_eq!(cmds[1..], plain.commands()[..]);
+        assert!(plain
+            .transcript()
+            .contains("delete \\\ntable \\\nip \\\nhandle \\\n1"));
+    }
+
+    #[test]
+    fn echo_mapping_takes_trailing_handles_and_spots_silent_creates() {
+        let creates: Vec<String> = [
+            "add table ip T",
+            "add chain ip T C { type filter hook forward priority 0; policy accept; }",
+            "add rule ip T C ip saddr 10.1.0.1 accept",
+            "insert rule ip T C accept",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let echo = "add table ip T # handle 3\n\
+            add chain ip T C { type filter hook forward priority filter; policy accept; } # handle 1\n\
+            add rule ip T C handle 4 ip saddr 10.1.0.1 accept # handle 2\n\
+            insert rule ip T C accept # handle 4\n\
+            # new generation 14 by process 3990 (nft)\n";
+        assert_eq!(
+            map_echo(&creates, echo),
+            [Some(3), Some(1), Some(2), Some(4)]
+        );
+        // The table existed already: nft printed nothing for it.
+        let echo = echo.lines().skip(1).collect::<Vec<_>>().join("\n");
+        assert_eq!(map_echo(&creates, &echo), [None, Some(1), Some(2), Some(4)]);
+    }
+
+    #[test]
+    fn silent_create_fails_like_the_per_command_path() {
+        // `add chain` of an existing chain echoes nothing (nft 1.0.6): no handle for it.
+        let lines = vec![
+            "add table ip T".to_string(),
+            "add chain ip T C".to_string(),
+            "add rule ip T C accept".to_string(),
+        ];
+        let got = map_echo(
+            &lines,
+            "add table ip T # handle 1\nadd rule ip T C handle 0 accept # handle 2\n",
+        );
+        assert_eq!(got, [Some(1), None, Some(2)]);
+    }
+
+    #[test]
+    fn error_lines_and_missing_messages() {
+        assert_eq!(
+            error_line("/dev/stdin:4:22-27: Error: Could not process rule"),
+            Some(4)
+        );
+        assert_eq!(error_line("-:2:1-3: Error: syntax error"), Some(2));
+        assert_eq!(
+            error_line("iptables-restore: line 3 failed: Bad rule"),
+            Some(3)
+        );
+        assert_eq!(error_line("Error occurred at line: 5\nTry"), Some(5));
+        assert_eq!(error_line("nothing"), None);
+        assert!(failure_is_missing(
+            "Error: Could not process rule: No such file or directory"
+        ));
+        assert!(!failure_is_missing("Error: Device or resource busy"));
+    }
+
+    #[test]
+    fn restore_lines() {
+        let v = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let l = restore_line(
+            Layer::Ipv4,
+            &v("--table nat --insert LIBVIRT_PRT -j MASQUERADE"),
+        )
+        .unwrap();
+        assert_eq!(
+            (l.table.as_str(), l.line.as_str(), l.create),
+            ("nat", "--insert LIBVIRT_PRT -j MASQUERADE", true)
+        );
+        let mut args = v("-A INPUT -m comment --comment");
+        args.push("a b".into());
+        assert_eq!(
+            restore_line(Layer::Ipv6, &args).unwrap().line,
+            "-A INPUT -m comment --comment \"a b\""
+        );
+        assert!(restore_line(Layer::Ipv4, &v("-L INPUT")).is_none());
+        assert!(restore_line(Layer::Ipv4, &v("--list-rules")).is_none());
+        assert!(restore_line(Layer::Tc, &v("-A X")).is_none());
+        assert!(restore_line(Layer::Ipv4, &["-A".into(), "X".into(), "it's".into()]).is_none());
+    }
+
+    fn ipt_firewall() -> Firewall {
+        let mut fw = Firewall::new(Backend::Iptables);
+        fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+        fw.add_cmd(
+            Layer::Ipv4,
+            ["--table", "filter", "--insert", "INPUT", "-j", "ACCEPT"],
+        );
+        fw.add_cmd(
+            Layer::Ipv4,
+            ["--table", "nat", "-A", "POSTROUTING", "-j", "MASQUERADE"],
+        );
+        fw.add_cmd(Layer::Ipv6, ["-A", "FORWARD", "-j", "DROP"]);
+        fw
+    }
+
+    #[test]
+    fn iptables_sections_run_per_table_and_failures_undo_committed_sections() {
+        let fake = FakeExecutor::new().with_batching();
+        let mut fw = ipt_firewall();
+        batched(&mut fw, &fake).unwrap();
+        let mut programs: Vec<String> = fake.commands().iter().map(|a| a[0].clone()).collect();
+        programs.sort();
+        assert_eq!(
+            programs,
+            ["ip6tables-restore", "iptables-restore", "iptables-restore"]
+        );
+        let plain = FakeExecutor::new();
+        let mut fw2 = ipt_firewall();
+        per_command(&mut fw2, &plain).unwrap();
+        assert_eq!(rollbacks(&fw), rollbacks(&fw2));
+
+        let fail = |f: FakeExecutor| {
+            f.on(
+                FakeExecutor::args_contain(&["MASQUERADE"]),
+                FakeResponse::fail(1, "iptables: No chain/target/match by that name."),
+            )
+        };
+        let fake = fail(FakeExecutor::new().with_batching());
+        let mut fw = ipt_firewall();
+        let err = batched(&mut fw, &fake).unwrap_err().to_string();
+        let plain = fail(FakeExecutor::new());
+        let mut fw2 = ipt_firewall();
+        let err2 = per_command(&mut fw2, &plain).unwrap_err().to_string();
+        assert_eq!(err, err2);
+        let cmds = fake.commands();
+        // Three sections, the committed filter and ip6 ones undone, then libvirt's sequence.
+        let undo: Vec<_> = fake
+            .invocations()
+            .into_iter()
+            .filter(|(_, stdin)| {
+                stdin
+                    .as_ref()
+                    .is_some_and(|s| String::from_utf8_lossy(s).contains("--delete"))
+            })
+            .collect();
+        assert_eq!(undo.len(), 2, "{cmds:?}");
+        assert_eq!(cmds[5..], plain.commands()[..]);
+    }
+
+    #[test]
+    fn nft_removal_drops_vanished_handles_and_counts_them() {
+        let listing = "table ip T { # handle 4\n\tchain C { # handle 1\n\t\tip saddr 1.2.3.4 accept # handle 2\n\t}\n}\n";
+        let fake = FakeExecutor::new()
+            .with_batching()
+            .on(
+                FakeExecutor::args_contain(&["handle", "9"]),
+                FakeResponse::fail(1, "Error: Could not process rule: No such file or directory"),
+            )
+            .on(
+                FakeExecutor::args_contain(&["-a", "list", "table"]),
+                FakeResponse::stdout(listing),
+            )
+            .on(
+                FakeExecutor::args_contain(&["-j", "list", "tables"]),
+                FakeResponse::stdout(
+                    r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "ip", "name": "T", "handle": 4}}]}"#,
+                ),
+            );
+        let mut removal = Firewall::new(Backend::Nftables);
+        removal.start_transaction(TransactionFlags::IGNORE_ERRORS);
+        for args in [
+            "delete rule ip T C handle 2",
+            "delete rule ip T C handle 9",
+            "delete chain ip T handle 1",
+            "delete table ip handle 4",
+        ] {
+            removal.add_cmd(Layer::Ipv4, args.split(' '));
+        }
+        let counter = IgnoredCounter::default();
+        removal
+            .apply_with(
+                &fake,
+                ApplyOptions {
+                    observer: Some(&counter),
+                    per_command: false,
+                },
+            )
+            .unwrap();
+        assert_eq!((counter.missing(), counter.failed()), (1, 0));
+        let inv = fake.invocations();
+        let last = String::from_utf8(inv.last().unwrap().1.clone().unwrap()).unwrap();
+        assert_eq!(
+            last,
+            "delete rule ip T C handle 2\ndelete chain ip T handle 1\ndelete table ip handle 4\n"
+        );
+        assert_eq!(inv.len(), 4, "{:?}", fake.commands());
+    }
+
+    #[test]
+    fn iptables_removal_drops_the_blamed_line_and_retries() {
+        let fake = FakeExecutor::new().with_batching().on(
+            FakeExecutor::args_contain(&["--delete", "INPUT", "DROP"]),
+            FakeResponse::fail(1, "Bad rule (does a matching rule exist in that chain?)."),
+        );
+        let mut removal = Firewall::new(Backend::Iptables);
+        removal.start_transaction(TransactionFlags::IGNORE_ERRORS);
+        removal.add_cmd(Layer::Ipv4, ["--delete", "INPUT", "-j", "ACCEPT"]);
+        removal.add_cmd(Layer::Ipv4, ["--delete", "INPUT", "-j", "DROP"]);
+        removal.add_cmd(
+            Layer::Ipv4,
+            ["--table", "nat", "--delete", "X", "-j", "DROP"],
+        );
+        let counter = IgnoredCounter::default();
+        removal
+            .apply_with(
+                &fake,
+                ApplyOptions {
+                    observer: Some(&counter),
+                    per_command: false,
+                },
+            )
+            .unwrap();
+        assert_eq!(counter.missing(), 1);
+        assert_eq!(fake.commands().len(), 3);
+    }
+}
