@@ -1386,3 +1386,49 @@ fn program_vanishing_mid_apply_fails_cleanly_and_rolls_back() {
         ]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The README's examples are real
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn readme_xml_examples_parse_and_apply() {
+    let readme = include_str!("../../../README.md");
+    let blocks: Vec<&str> = readme
+        .split("```xml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert_eq!(
+        blocks.len(),
+        2,
+        "the README shows a removal plan and a transaction"
+    );
+
+    let plan = Firewall::from_xml(blocks[0], "README plan").unwrap();
+    assert_eq!(
+        plan.to_xml(),
+        blocks[0],
+        "the plan example is in libvirt's exact format"
+    );
+
+    let mut fw = Firewall::from_xml(blocks[1], "README transaction").unwrap();
+    let fake = FakeExecutor::new();
+    fw.apply(&fake).unwrap();
+    let removal = fw.new_from_rollback().unwrap();
+    let ran: Vec<String> = removal
+        .groups()
+        .iter()
+        .flat_map(|g| g.actions())
+        .map(|c| c.args().join(" "))
+        .collect();
+    assert_eq!(
+        ran,
+        [
+            "--delete INPUT --jump DEMO",
+            "--delete DEMO --source 192.0.2.0/24 --jump ACCEPT",
+            "--delete-chain DEMO",
+            "--flush DEMO",
+        ]
+    );
+}
