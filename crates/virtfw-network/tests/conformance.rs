@@ -5,47 +5,11 @@
 //! The golden files are read from the shared conformance directory at test time (never copied
 //! into the repository); a missing directory fails the suite.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::{case_names, suite_file};
 use virtfw::{ApplyOptions, Backend, FakeExecutor, Layer};
 use virtfw_network::{global, lifecycle, NetworkDef};
-
-const SUBDIR: &str = "shared/conformance/libvirt-networkxml2firewall";
-
-/// `VIRTFW_CONFORMANCE_DIR`, or `shared/conformance/...` in an ancestor of the crate.
-fn conformance_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("VIRTFW_CONFORMANCE_DIR") {
-        let dir = PathBuf::from(dir);
-        assert!(
-            dir.is_dir(),
-            "VIRTFW_CONFORMANCE_DIR={} is not a directory",
-            dir.display()
-        );
-        return dir;
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for ancestor in manifest.ancestors() {
-        let candidate = ancestor.join(SUBDIR);
-        if candidate.join("base.nftables").is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "conformance data not found: set VIRTFW_CONFORMANCE_DIR or put {SUBDIR} in an ancestor of {}",
-        manifest.display()
-    );
-}
-
-/// A file of the suite: top level, else `derived/`.
-fn suite_file(name: &str) -> (PathBuf, String) {
-    let dir = conformance_dir();
-    for path in [dir.join(name), dir.join("derived").join(name)] {
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            return (path, text);
-        }
-    }
-    panic!("{name} is in neither {} nor its derived/", dir.display());
-}
 
 fn options() -> ApplyOptions<'static> {
     ApplyOptions {
@@ -101,14 +65,8 @@ macro_rules! cases {
         #[test]
         fn every_case_is_listed() {
             let listed = [$($case),*];
-            let dir = conformance_dir();
-            for d in [dir.clone(), dir.join("derived")] {
-                for entry in std::fs::read_dir(&d).unwrap() {
-                    let name = entry.unwrap().file_name().into_string().unwrap();
-                    if let Some(case) = name.strip_suffix(".xml") {
-                        assert!(listed.contains(&case), "case {case} has no test");
-                    }
-                }
+            for case in case_names() {
+                assert!(listed.contains(&case.as_str()), "case {case} has no test");
             }
         }
     };
