@@ -1,0 +1,306 @@
+//! The batch fast path against the real kernel, each test in its own throwaway namespace: the
+//! batch and the per-command path must leave identical rulesets and report identical errors.
+
+use virtfw::batch::IgnoredCounter;
+use virtfw::netns::Netns;
+use virtfw::{ApplyOptions, Backend, Firewall, Layer, TransactionFlags};
+
+fn opts(per_command: bool) -> ApplyOptions<'static> {
+    ApplyOptions {
+        observer: None,
+        per_command,
+    }
+}
+
+fn nft_firewall(rules: usize, bad_at: Option<usize>) -> Firewall {
+    let mut fw = Firewall::new(Backend::Nftables);
+    fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+    fw.add_cmd(Layer::Ipv4, ["add", "table", "ip", "vt"]);
+    fw.add_cmd(
+        Layer::Ipv4,
+        [
+            "add",
+            "chain",
+            "ip",
+            "vt",
+            "gfwd",
+            "{ type filter hook forward priority 0; policy accept; }",
+        ],
+    );
+    fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+    for i in 0..rules {
+        let addr = format!("10.9.{}.{}/32", i >> 8, i & 255);
+        let port = (1024 + i).to_string();
+        let verb = if i % 3 == 0 { "insert" } else { "add" };
+        if Some(i) == bad_at {
+            fw.add_cmd(
+                Layer::Ipv4,
+                [verb, "rule", "ip", "vt", "gfwd", "jump", "nosuch"],
+            );
+        }
+        fw.add_cmd(
+            Layer::Ipv4,
+            [
+                verb,
+                "rule",
+                "ip",
+                "vt",
+                "gfwd",
+                "ip",
+                "saddr",
+                &addr,
+                "tcp",
+                "dport",
+                &port,
+                "counter",
+                "accept",
+                "comment",
+                "\"rule x\"",
+            ],
+        );
+    }
+    fw
+}
+
+fn ruleset(ns: &Netns) -> String {
+    ns.run(&["nft", "-a", "list", "ruleset"]).unwrap()
+}
+
+#[test]
+fn nft_batch_apply_and_removal_match_the_per_command_path() {
+    let (batch_ns, plain_ns) = (Netns::new("vfb").unwrap(), Netns::new("vfb").unwrap());
+    let mut batch = nft_firewall(40, None);
+    batch
+        .apply_with(&batch_ns.executor().unwrap(), opts(false))
+        .unwrap();
+    let mut plain = nft_firewall(40, None);
+    plain
+        .apply_with(&plain_ns.executor().unwrap(), opts(true))
+        .unwrap();
+    let listing = ruleset(&batch_ns);
+    assert!(listing.contains("comment \"rule x\""), "{listing}");
+    assert_eq!(listing, ruleset(&plain_ns));
+    // Same handles in the same order on the rollback lists.
+    let (rb, rp) = (
+        batch.new_from_rollback().unwrap(),
+        plain.new_from_rollback().unwrap(),
+    );
+    assert_eq!(rb.to_xml(), rp.to_xml());
+    assert_eq!(rb.command_count(), 42);
+
+    let mut removal = rb;
+    let counter = IgnoredCounter::default();
+    removal
+        .apply_with(
+            &batch_ns.executor().unwrap(),
+            ApplyOptions {
+                observer: Some(&counter),
+                per_command: false,
+            },
+        )
+        .unwrap();
+    assert_eq!((counter.missing(), counter.failed()), (0, 0));
+    assert_eq!(ruleset(&batch_ns), "");
+}
+
+#[test]
+fn failing_nft_batch_falls_back_and_rolls_back_exactly() {
+    let (batch_ns, plain_ns) = (Netns::new("vfb").unwrap(), Netns::new("vfb").unwrap());
+    let mut batch = nft_firewall(10, Some(6));
+    let err = batch
+        .apply_with(&batch_ns.executor().unwrap(), opts(false))
+        .unwrap_err()
+        .to_string();
+    let mut plain = nft_firewall(10, Some(6));
+    let err2 = plain
+        .apply_with(&plain_ns.executor().unwrap(), opts(true))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("jump nosuch"), "{err}");
+    assert_eq!(err, err2);
+    // Group 1 failed and was rolled back; group 0 (table, chain) stays, as in libvirt.
+    let listing = ruleset(&batch_ns);
+    assert!(listing.contains("chain gfwd"), "{listing}");
+    assert!(!listing.contains("saddr"), "{listing}");
+    // Handles are compared without their numbers: the aborted batch used up a table handle
+    // of the namespace-wide counter (the kernel allocates it even for an aborted transaction).
+    let plain = |ns: &Netns| ns.run(&["nft", "list", "ruleset"]).unwrap();
+    assert_eq!(plain(&batch_ns), plain(&plain_ns));
+}
+
+#[test]
+fn stale_handles_in_a_removal_are_dropped_and_counted() {
+    let ns = Netns::new("vfb").unwrap();
+    let exec = ns.executor().unwrap();
+    let mut fw = nft_firewall(20, None);
+    fw.apply_with(&exec, opts(false)).unwrap();
+    let mut removal = fw.new_from_rollback().unwrap();
+    // Someone else deleted two of our rules meanwhile.
+    let handles: Vec<String> = ruleset(&ns)
+        .lines()
+        .filter(|l| l.contains("saddr"))
+        .filter_map(|l| l.rsplit("# handle ").next().map(str::to_string))
+        .take(2)
+        .collect();
+    for h in &handles {
+        ns.run(&["nft", "delete", "rule", "ip", "vt", "gfwd", "handle", h])
+            .unwrap();
+    }
+    let counter = IgnoredCounter::default();
+    removal
+        .apply_with(
+            &exec,
+            ApplyOptions {
+                observer: Some(&counter),
+                per_command: false,
+            },
+        )
+        .unwrap();
+    assert_eq!((counter.missing(), counter.failed()), (2, 0));
+    assert_eq!(ruleset(&ns), "");
+}
+
+fn ipt_firewall(bad_nat: bool) -> Firewall {
+    let mut fw = Firewall::new(Backend::Iptables);
+    fw.start_transaction(TransactionFlags::empty());
+    fw.add_cmd(Layer::Ipv4, ["--table", "filter", "--new-chain", "VF_IN"]);
+    fw.add_cmd(Layer::Ipv4, ["--table", "nat", "--new-chain", "VF_NAT"]);
+    fw.add_cmd(Layer::Ipv6, ["--table", "filter", "--new-chain", "VF_IN"]);
+    fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+    for i in 0..12 {
+        let src = format!("192.168.{i}.0/24");
+        fw.add_cmd(
+            Layer::Ipv4,
+            [
+                "--table", "filter", "--insert", "VF_IN", "--source", &src, "--jump", "ACCEPT",
+            ],
+        );
+        fw.add_cmd(
+            Layer::Ipv4,
+            [
+                "--table",
+                "nat",
+                "--append",
+                "VF_NAT",
+                "--source",
+                &src,
+                "--jump",
+                "MASQUERADE",
+            ],
+        );
+        let src6 = format!("2001:db8:{i}::/48");
+        fw.add_cmd(
+            Layer::Ipv6,
+            [
+                "--table",
+                "filter",
+                "-A",
+                "VF_IN",
+                "--source",
+                &src6,
+                "-m",
+                "comment",
+                "--comment",
+                "a b",
+                "-j",
+                "DROP",
+            ],
+        );
+    }
+    if bad_nat {
+        fw.add_cmd(
+            Layer::Ipv4,
+            [
+                "--table",
+                "nat",
+                "--append",
+                "VF_NAT",
+                "--jump",
+                "NOSUCHCHAIN",
+            ],
+        );
+    }
+    fw
+}
+
+fn ipt_state(ns: &Netns) -> String {
+    let mut s = ns.run(&["iptables", "-w", "-S"]).unwrap();
+    s.push_str(&ns.run(&["iptables", "-w", "-t", "nat", "-S"]).unwrap());
+    s.push_str(&ns.run(&["ip6tables", "-w", "-S"]).unwrap());
+    s
+}
+
+#[test]
+fn iptables_batch_apply_removal_and_failure_match_the_per_command_path() {
+    let (batch_ns, plain_ns) = (Netns::new("vfb").unwrap(), Netns::new("vfb").unwrap());
+    let mut batch = ipt_firewall(false);
+    batch
+        .apply_with(&batch_ns.executor().unwrap(), opts(false))
+        .unwrap();
+    let mut plain = ipt_firewall(false);
+    plain
+        .apply_with(&plain_ns.executor().unwrap(), opts(true))
+        .unwrap();
+    let state = ipt_state(&batch_ns);
+    assert!(
+        state.contains("-A VF_NAT -s 192.168.11.0/24 -j MASQUERADE"),
+        "{state}"
+    );
+    assert!(state.contains("--comment \"a b\""), "{state}");
+    assert_eq!(state, ipt_state(&plain_ns));
+    let mut removal = batch.new_from_rollback().unwrap();
+    assert_eq!(
+        removal.to_xml(),
+        plain.new_from_rollback().unwrap().to_xml()
+    );
+    // A rule removed behind our back: the removal still completes and counts it.
+    batch_ns
+        .run(&[
+            "iptables",
+            "-w",
+            "-t",
+            "nat",
+            "-D",
+            "VF_NAT",
+            "-s",
+            "192.168.3.0/24",
+            "-j",
+            "MASQUERADE",
+        ])
+        .unwrap();
+    let counter = IgnoredCounter::default();
+    removal
+        .apply_with(
+            &batch_ns.executor().unwrap(),
+            ApplyOptions {
+                observer: Some(&counter),
+                per_command: false,
+            },
+        )
+        .unwrap();
+    assert_eq!((counter.missing(), counter.failed()), (1, 0));
+    let empty = ipt_state(&batch_ns);
+    assert!(!empty.contains("-A VF_"), "{empty}");
+
+    // A failing nat rule: the filter and ip6 sections that committed are taken back, then the
+    // per-command path reports the failing command and rolls back, as libvirt would.
+    let (batch_ns, plain_ns) = (Netns::new("vfb").unwrap(), Netns::new("vfb").unwrap());
+    let mut batch = ipt_firewall(true);
+    let err = batch
+        .apply_with(&batch_ns.executor().unwrap(), opts(false))
+        .unwrap_err()
+        .to_string();
+    let mut plain = ipt_firewall(true);
+    let err2 = plain
+        .apply_with(&plain_ns.executor().unwrap(), opts(true))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("NOSUCHCHAIN"), "{err}");
+    assert_eq!(err, err2);
+    let state = ipt_state(&batch_ns);
+    assert!(
+        state.contains("-N VF_IN") && !state.contains("-A VF_"),
+        "{state}"
+    );
+    assert_eq!(state, ipt_state(&plain_ns));
+}
