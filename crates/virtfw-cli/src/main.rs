@@ -1,1 +1,90 @@
-fn main() {}
+//! `virtfw`: apply firewall transactions, keep their exact removal plans on disk, and remove
+//! them later — safely across restarts, crashes and concurrent invocations. See docs/cli.md.
+
+mod cli;
+mod commands;
+mod demo;
+mod error;
+mod exec;
+mod journal;
+mod lock;
+mod network;
+mod plan;
+mod recover;
+mod state;
+mod undo;
+mod verify;
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use cli::{Cli, CliCommand};
+use commands::Ctx;
+use error::{CliError, CliResult, EXIT_USAGE};
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIRTFW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn dispatch(ctx: &Ctx, command: &CliCommand) -> CliResult<i32> {
+    match command {
+        CliCommand::Apply(a) => commands::apply(ctx, &a.file, a.name.as_deref(), a.dry_run),
+        CliCommand::Remove(r) => commands::remove(ctx, &r.name, r.dry_run, r.forget),
+        CliCommand::List => commands::list(ctx),
+        CliCommand::Show { name } => commands::show(ctx, name),
+        CliCommand::Verify { names } => commands::verify(ctx, names),
+        CliCommand::Recover => commands::recover(ctx),
+        CliCommand::Demo => demo::run(ctx),
+        CliCommand::Network(args) => network::run(ctx, args),
+    }
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    init_logging(cli.verbose, cli.quiet);
+    let ctx = Ctx {
+        state_dir: cli.state_dir.clone(),
+        netns: cli.netns.clone(),
+        json: cli.json,
+        per_command: cli.no_batch,
+        lock_timeout: Duration::from_secs(cli.lock_timeout),
+    };
+    let code = match dispatch(&ctx, &cli.command) {
+        Ok(code) => code,
+        Err(err) => report(&ctx, &err),
+    };
+    std::process::exit(code);
+}
+
+fn report(ctx: &Ctx, err: &CliError) -> i32 {
+    let code = err.exit_code();
+    eprintln!("virtfw: error: {err}");
+    if ctx.json {
+        println!(
+            "{}",
+            serde_json::json!({"error": err.to_string(), "exit_code": code})
+        );
+    }
+    code
+}

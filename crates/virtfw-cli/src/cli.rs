@@ -1,0 +1,102 @@
+//! Command-line definitions (clap). Only parsing lives here; the commands are in `commands`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::network;
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  the firewall refused a command (everything applied was rolled back)
+  2  bad usage or bad input (file, XML, name, namespace, missing program)
+  3  verify found drift (objects of a plan missing from the ruleset)
+  4  state problem (lock timeout, corrupt or missing plan, name already stored,
+     unsafe state directory, interrupted operation waiting for `virtfw recover`)";
+
+/// Install host firewall rules as transactions and remove them exactly later.
+#[derive(Debug, Parser)]
+#[command(name = "virtfw", version, after_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    /// Where removal plans and journals are kept (created 0700).
+    #[arg(long, global = true, value_name = "DIR", default_value = crate::state::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// Run every firewall command inside /run/netns/NAME (remembered by the plan).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub netns: Option<String>,
+
+    /// Machine-readable output (one JSON document on stdout) for every command.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log output on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// Run one process per command, exactly like libvirt (no batching).
+    #[arg(long, global = true)]
+    pub no_batch: bool,
+
+    /// Seconds to wait for another virtfw holding the state lock.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 120)]
+    pub lock_timeout: u64,
+
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CliCommand {
+    /// Apply a transaction file; store its removal plan as NAME.
+    Apply(ApplyArgs),
+    /// Run the stored removal plan NAME, then forget it.
+    Remove(RemoveArgs),
+    /// Stored plans: name, backend, groups, commands, netns, age, staleness.
+    List,
+    /// The stored removal plan NAME, in libvirt's <firewall> XML.
+    Show {
+        /// Plan name.
+        name: String,
+    },
+    /// Check that every object the plans would remove still exists (all plans by default).
+    Verify {
+        /// Plan names.
+        names: Vec<String>,
+    },
+    /// Finish what a killed virtfw left half done.
+    Recover,
+    /// Show the whole job in a throwaway namespace: apply, list, verify, remove, on both backends.
+    Demo,
+    /// libvirt virtual networks.
+    Network(network::NetworkArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApplyArgs {
+    /// Transaction XML (libvirt's <firewall>, with autoRollback and <rollback>); `-` for stdin.
+    pub file: PathBuf,
+    /// Plan name (default: the file's `name` attribute, else the file stem).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print the commands that would run (libvirt transcript format); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RemoveArgs {
+    /// Plan name.
+    pub name: String,
+    /// Print the commands that would run; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Drop the plan without running it (for a stale plan whose rules are already gone).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub forget: bool,
+}

@@ -1,0 +1,254 @@
+//! The executor of state-changing commands: journals every command before it runs and lets the
+//! child write its output straight into the journal.
+//!
+//! Compared with the engine's `ProcessExecutor` it differs in three ways that crash recovery
+//! relies on:
+//!
+//! * a `start` record (argv, group) is written and fdatasync'ed BEFORE the child is spawned, so
+//!   every command that may have touched the kernel is known to `recover`;
+//! * standard output and error go to files (`N.out`, `N.err`) opened by us and written by the
+//!   child, not to pipes: if virtfw dies, an `nft -ae` child that still commits writes its
+//!   `# handle N` echo to the file anyway;
+//! * the state lock's descriptor is inherited by the child (the lock's open file description
+//!   stays referenced), so the lock is only free again once every such child has exited and
+//!   its output file is complete.
+//!
+//! It still enters `--netns` with `setns` between fork and exec, like `ProcessExecutor`.
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use virtfw::executor::{Invocation, Output};
+use virtfw::{ApplyObserver, ExecError, Executor};
+
+use crate::error::{CliError, CliResult};
+use crate::journal::{Journal, Record};
+
+const NO_GROUP: usize = usize::MAX;
+
+/// Open `/run/netns/NAME` (or a path), the namespace commands run in.
+pub(crate) fn open_netns(name: &str) -> CliResult<OwnedFd> {
+    let path = if name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        Path::new("/run/netns").join(name)
+    };
+    File::open(&path)
+        .map(OwnedFd::from)
+        .map_err(|source| CliError::Netns {
+            name: name.to_string(),
+            source,
+        })
+}
+
+/// Spawns firewall programs, journalling each one (see the module docs).
+pub(crate) struct JournalExecutor {
+    netns: Option<OwnedFd>,
+    lock_fd: Option<RawFd>,
+    journal: Arc<Journal>,
+    group: AtomicUsize,
+    failures: AtomicUsize,
+}
+
+impl JournalExecutor {
+    pub(crate) fn new(
+        netns: Option<&str>,
+        lock_fd: Option<RawFd>,
+        journal: Arc<Journal>,
+    ) -> CliResult<Self> {
+        let netns = netns.map(open_netns).transpose()?;
+        Ok(JournalExecutor {
+            netns,
+            lock_fd,
+            journal,
+            group: AtomicUsize::new(NO_GROUP),
+            failures: AtomicUsize::new(0),
+        })
+    }
+
+    /// How many commands exited non-zero so far (for `remove`: objects already gone).
+    pub(crate) fn failures(&self) -> usize {
+        self.failures.load(Ordering::SeqCst)
+    }
+
+    /// Append a phase mark to the journal.
+    pub(crate) fn mark(&self, mark: &str) -> CliResult<()> {
+        self.journal.append(
+            &Record::Mark {
+                mark: mark.to_string(),
+            },
+            true,
+        )
+    }
+
+    fn spawn_and_wait(&self, seq: u64, inv: &Invocation<'_>) -> Result<Output, ExecError> {
+        let (program, args) = inv
+            .argv
+            .split_first()
+            .ok_or_else(|| ExecError::Other("empty argv".into()))?;
+        let other = |e: std::io::Error| ExecError::Spawn {
+            program: program.clone(),
+            source: e,
+        };
+        let create = |p: &Path| {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(p)
+        };
+        let stdin = match inv.stdin {
+            Some(input) => {
+                let path = self.journal.cmd_file(seq, "in");
+                let mut f = create(&path).map_err(other)?;
+                f.write_all(input).map_err(other)?;
+                drop(f);
+                Stdio::from(File::open(&path).map_err(other)?)
+            }
+            None => Stdio::null(),
+        };
+        let out_path = self.journal.cmd_file(seq, "out");
+        let err_path = self.journal.cmd_file(seq, "err");
+        let out = create(&out_path).map_err(other)?;
+        let err = create(&err_path).map_err(other)?;
+        let mut cmd = Command::new(OsStr::new(program));
+        cmd.args(args).stdin(stdin).stdout(out).stderr(err);
+        let netns_fd = self.netns.as_ref().map(|fd| fd.as_raw_fd());
+        let lock_fd = self.lock_fd;
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe system calls (setns, fcntl) on descriptors opened beforehand.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(fd) = netns_fd {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if let Some(fd) = lock_fd {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags >= 0 {
+                        libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                    }
+                }
+                Ok(())
+            });
+        }
+        let status = cmd
+            .spawn()
+            .map_err(|source| {
+                if source.kind() == std::io::ErrorKind::NotFound {
+                    ExecError::NotFound {
+                        program: program.clone(),
+                    }
+                } else {
+                    ExecError::Spawn {
+                        program: program.clone(),
+                        source,
+                    }
+                }
+            })?
+            .wait()
+            .map_err(other)?;
+        let status = status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        let read = |p: &Path| {
+            std::fs::read(p)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        Ok(Output {
+            status,
+            stdout: read(&out_path),
+            stderr: read(&err_path),
+        })
+    }
+}
+
+impl Executor for JournalExecutor {
+    fn run(&self, inv: Invocation<'_>) -> Result<Output, ExecError> {
+        let seq = self.journal.next_seq();
+        let group = self.group.load(Ordering::SeqCst);
+        self.journal
+            .append(
+                &Record::Start {
+                    seq,
+                    group: (group != NO_GROUP).then_some(group),
+                    argv: inv.argv.to_vec(),
+                    stdin: inv.stdin.is_some(),
+                },
+                true,
+            )
+            .map_err(|e| ExecError::Other(e.to_string()))?;
+        match self.spawn_and_wait(seq, &inv) {
+            Ok(out) => {
+                if !out.success() {
+                    self.failures.fetch_add(1, Ordering::SeqCst);
+                }
+                // Not fsync'ed: see docs/cli.md (recovery derives outcomes from N.out and
+                // from the ruleset when a `done` record is missing).
+                let _ = self.journal.append(
+                    &Record::Done {
+                        seq,
+                        status: out.status,
+                    },
+                    false,
+                );
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = self.journal.append(
+                    &Record::NotRun {
+                        seq,
+                        error: e.to_string(),
+                    },
+                    false,
+                );
+                Err(e)
+            }
+        }
+    }
+
+    fn check_program(&self, program: &str) -> Result<(), ExecError> {
+        find_program(program)
+            .map(|_| ())
+            .ok_or_else(|| ExecError::NotFound {
+                program: program.to_string(),
+            })
+    }
+}
+
+impl ApplyObserver for JournalExecutor {
+    fn will_run(&self, group: usize, _argv: &[String]) {
+        self.group.store(group, Ordering::SeqCst);
+    }
+    fn rolling_back(&self, first: usize, failed: usize) {
+        let _ = self.mark(&format!("rollback {first} {failed}"));
+    }
+}
+
+/// Find `program` on `PATH` (a name with a slash is taken as a path).
+pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
+    let is_exec = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return is_exec(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| is_exec(p))
+}

@@ -1,0 +1,263 @@
+//! The write-ahead journal of one state-changing operation (`apply` or `remove`).
+//!
+//! A journal is a directory `DIR/journal/OPID/`:
+//!
+//! ```text
+//! op.json     what the operation is: kind, plan name, backend, namespace (and its identity),
+//!             boot id, and the document it works from (the transaction for apply, the removal
+//!             plan for remove). Written to a temporary directory and renamed into place, so a
+//!             journal either exists whole or not at all.
+//! log         JSON lines, appended: `start` (argv, group) BEFORE a command is spawned,
+//!             `done` (exit status) after it exited, and marks (rollback started, plan stored).
+//! N.in        standard input of command N, when it has one (nft batches).
+//! N.out       standard output of command N: the child writes it itself (no pipe), so the echoed
+//!             `# handle` lines land here even when virtfw is killed while the child runs.
+//! N.err       standard error of command N.
+//! ```
+//!
+//! The journal is deleted when the operation has finished (the plan stored, or deleted). A
+//! journal found later belongs to a virtfw that was killed; `recover` reads it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CliError, CliResult};
+use crate::state::{self, StateDir};
+
+/// Version of the journal format.
+pub(crate) const JOURNAL_VERSION: u32 = 1;
+
+/// Which operation a journal belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum OpKind {
+    Apply,
+    Remove,
+}
+
+/// The head of a journal (`op.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct OpHeader {
+    pub version: u32,
+    pub op_id: String,
+    pub kind: OpKind,
+    pub name: String,
+    pub backend: String,
+    pub netns: Option<String>,
+    pub netns_id: String,
+    pub boot_id: String,
+    pub created: u64,
+    /// apply: the transaction XML; remove: the removal plan XML.
+    pub document: String,
+}
+
+/// One line of `log`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "rec", rename_all = "snake_case")]
+pub(crate) enum Record {
+    /// Command `seq` is about to be spawned (written and flushed before the spawn).
+    Start {
+        seq: u64,
+        group: Option<usize>,
+        argv: Vec<String>,
+        stdin: bool,
+    },
+    /// Command `seq` exited with `status` (128+N for a signal).
+    Done { seq: u64, status: i32 },
+    /// Command `seq` could not be spawned at all: it never ran.
+    NotRun { seq: u64, error: String },
+    /// A phase boundary, for the reader and for recovery (`rollback`, `undo`, `recover`,
+    /// `plan_stored`).
+    Mark { mark: String },
+}
+
+/// An open journal being appended to.
+#[derive(Debug)]
+pub(crate) struct Journal {
+    dir: PathBuf,
+    log: Mutex<File>,
+    next_seq: AtomicU64,
+}
+
+/// A new operation id: unique per process and time.
+pub(crate) fn new_op_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{nanos}-{}", std::process::id())
+}
+
+impl Journal {
+    /// Create the journal of a new operation, durably, before anything of it happens.
+    pub(crate) fn begin(state: &StateDir, header: &OpHeader) -> CliResult<Journal> {
+        let jdir = state.journal_dir();
+        let tmp = jdir.join(format!(".tmp-{}", header.op_id));
+        let dir = jdir.join(&header.op_id);
+        let io =
+            |what: &str, p: &Path, e| CliError::io(format!("cannot {what} {}", p.display()), e);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(|e| io("create", &tmp, e))?;
+        let op = tmp.join("op.json");
+        let mut data = serde_json::to_vec_pretty(header)
+            .map_err(|e| CliError::Failed(format!("cannot encode journal: {e}")))?;
+        data.push(b'\n');
+        state::write_atomic(&op, &data)?;
+        File::create(tmp.join("log")).map_err(|e| io("create", &tmp, e))?;
+        state::sync_dir(&tmp)?;
+        fs::rename(&tmp, &dir).map_err(|e| io("rename into", &dir, e))?;
+        state::sync_dir(&jdir)?;
+        Journal::open(&dir)
+    }
+
+    /// Re-open an existing journal to append to it (recovery journals its own commands in the
+    /// journal it is finishing, so a crash during recovery is recovered the same way).
+    pub(crate) fn open(dir: &Path) -> CliResult<Journal> {
+        let path = dir.join("log");
+        let log = OpenOptions::new()
+            .append(true)
+            .mode(0o600)
+            .create(true)
+            .open(&path)
+            .map_err(|e| CliError::io(format!("cannot open {}", path.display()), e))?;
+        let next = read_records(dir)
+            .iter()
+            .filter_map(|r| match r {
+                Record::Start { seq, .. } => Some(seq + 1),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            log: Mutex::new(log),
+            next_seq: AtomicU64::new(next),
+        })
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reserve the number of the next command.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Append one record. `durable` records (command starts) are fdatasync'ed before we go on.
+    pub(crate) fn append(&self, rec: &Record, durable: bool) -> CliResult<()> {
+        let mut line = serde_json::to_vec(rec)
+            .map_err(|e| CliError::Failed(format!("cannot encode journal record: {e}")))?;
+        line.push(b'\n');
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        // One write() per record: a record is in the file whole or (killed mid-call) not at all
+        // for all practical sizes; the reader also tolerates a torn last line.
+        (&*log)
+            .write_all(&line)
+            .map_err(|e| CliError::io(format!("cannot write journal {}", self.dir.display()), e))?;
+        if durable {
+            log.sync_data().map_err(|e| {
+                CliError::io(format!("cannot fsync journal {}", self.dir.display()), e)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Path of a per-command file (`N.in`, `N.out`, `N.err`).
+    pub(crate) fn cmd_file(&self, seq: u64, ext: &str) -> PathBuf {
+        cmd_file(&self.dir, seq, ext)
+    }
+
+    /// The operation is over: delete the journal durably.
+    pub(crate) fn finish(self) -> CliResult<()> {
+        remove_journal(&self.dir)
+    }
+}
+
+pub(crate) fn cmd_file(dir: &Path, seq: u64, ext: &str) -> PathBuf {
+    dir.join(format!("{seq}.{ext}"))
+}
+
+/// Delete a journal directory and make that durable.
+pub(crate) fn remove_journal(dir: &Path) -> CliResult<()> {
+    fs::remove_dir_all(dir)
+        .or_else(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(|e| CliError::io(format!("cannot delete journal {}", dir.display()), e))?;
+    if let Some(parent) = dir.parent() {
+        state::sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Read the header of a journal.
+pub(crate) fn read_header(dir: &Path) -> CliResult<OpHeader> {
+    let path = dir.join("op.json");
+    let text = fs::read_to_string(&path).map_err(|e| CliError::State {
+        path: path.clone(),
+        message: format!("unreadable journal header: {e}"),
+    })?;
+    let header: OpHeader = serde_json::from_str(&text).map_err(|e| CliError::State {
+        path: path.clone(),
+        message: format!("corrupt journal header: {e}"),
+    })?;
+    if header.version != JOURNAL_VERSION {
+        return Err(CliError::State {
+            path,
+            message: format!("journal format version {} is not supported", header.version),
+        });
+    }
+    Ok(header)
+}
+
+/// Read every complete record; a torn last line (killed mid-write) is skipped.
+pub(crate) fn read_records(dir: &Path) -> Vec<Record> {
+    let text = fs::read_to_string(dir.join("log")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Journals waiting for recovery, oldest first. Half-created journals (`.tmp-*`, killed before
+/// the rename) never started anything and are deleted here.
+pub(crate) fn pending(state: &StateDir) -> CliResult<Vec<PathBuf>> {
+    let jdir = state.journal_dir();
+    let mut out = Vec::new();
+    let entries = fs::read_dir(&jdir)
+        .map_err(|e| CliError::io(format!("cannot read {}", jdir.display()), e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".tmp-") {
+            continue;
+        }
+        if entry.path().is_dir() {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Delete leftovers of journals that were never completed (only under the exclusive lock).
+pub(crate) fn clean_temporaries(state: &StateDir) {
+    if let Ok(entries) = fs::read_dir(state.journal_dir()) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! What a journalled operation left in the kernel, and the commands that take it away.
+//!
+//! Pure functions over the journal's records and files, so they are unit-tested without root.
+//! The rules (see docs/cli.md for why they are sufficient):
+//!
+//! * nft creates run with echo: the object exists iff its `N.out` holds a `# handle N` for it
+//!   (nft prints the echo only after the kernel committed, and a batch commits all or nothing).
+//!   The inverse is the exact `delete … handle N`.
+//! * iptables-family creates: exit status 0 in a `done` record means created; another status
+//!   means not; no `done` record means "unknown" (virtfw died while it ran): the undo then
+//!   checks with `--check` first and deletes only what exists.
+//! * A command counts as already undone when the same argv ran to completion after the
+//!   rollback had started (a previous rollback or recovery pass): it is never run twice.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use virtfw::rollback;
+use virtfw::{Backend, Firewall, Layer, TransactionFlags};
+
+use crate::journal::{cmd_file, Record};
+
+/// One command of an undo, with an optional existence check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UndoCmd {
+    /// The command that removes the object (full argv, program first).
+    pub argv: Vec<String>,
+    /// For the iptables family: the `--check` twin; the delete runs only when it succeeds.
+    pub check: Option<Vec<String>>,
+}
+
+/// An object the operation created.
+#[derive(Debug, Clone)]
+struct Created {
+    group: Option<usize>,
+    undo: UndoCmd,
+}
+
+fn base(program: &str) -> &str {
+    program.rsplit('/').next().unwrap_or(program)
+}
+
+/// The iptables-family program and leading options of `layer` (iptables backend).
+fn ipt_lead(layer: Layer) -> Vec<String> {
+    let (p, lead) = layer.program(Backend::Iptables);
+    std::iter::once(p)
+        .chain(lead.iter().copied())
+        .map(String::from)
+        .collect()
+}
+
+fn ipt_layer(program: &str) -> Option<Layer> {
+    match base(program) {
+        "iptables" | "iptables-restore" => Some(Layer::Ipv4),
+        "ip6tables" | "ip6tables-restore" => Some(Layer::Ipv6),
+        "ebtables" | "ebtables-restore" => Some(Layer::Ethernet),
+        _ => None,
+    }
+}
+
+/// The `--check` twin of an iptables-family delete (`--delete`/`-D` → `--check`).
+pub(crate) fn check_of_delete(argv: &[String]) -> Option<Vec<String>> {
+    let mut found = false;
+    let out = argv
+        .iter()
+        .map(|a| match a.as_str() {
+            "--delete" | "-D" if !found => {
+                found = true;
+                "--check".to_string()
+            }
+            _ => a.clone(),
+        })
+        .collect();
+    found.then_some(out)
+}
+
+/// Split a line of `nft -f` or `iptables-restore` input into words: whitespace separates,
+/// single or double quotes group (and are dropped), a backslash escapes inside double quotes.
+pub(crate) fn split_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' => {
+                in_word = true;
+                while let Some(d) = chars.next() {
+                    if d == c {
+                        break;
+                    }
+                    if d == '\\' && c == '"' {
+                        if let Some(e) = chars.next() {
+                            cur.push(e);
+                        }
+                        continue;
+                    }
+                    cur.push(d);
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
+}
+
+fn has_echo(args: &[String]) -> bool {
+    args.iter()
+        .take_while(|a| a.starts_with('-'))
+        .any(|a| a == "--echo" || (a.starts_with('-') && !a.starts_with("--") && a.contains('e')))
+}
+
+fn nft_delete(words: &[String], handle: u64) -> Option<UndoCmd> {
+    let create = rollback::nft_create(words)?;
+    let mut argv = vec!["nft".to_string()];
+    argv.extend(rollback::nft_inverse(words, create, handle));
+    Some(UndoCmd { argv, check: None })
+}
+
+fn ipt_delete(layer: Layer, args: &[String]) -> UndoCmd {
+    let mut argv = ipt_lead(layer);
+    argv.extend(rollback::iptables_inverse(args));
+    let check = check_of_delete(&argv);
+    UndoCmd { argv, check }
+}
+
+/// Everything the journalled commands of an apply created, in creation order.
+fn created(
+    dir: &Path,
+    records: &[Record],
+    auto_group: &dyn Fn(Option<usize>) -> bool,
+) -> Vec<Created> {
+    let done: HashMap<u64, i32> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Done { seq, status } => Some((*seq, *status)),
+            _ => None,
+        })
+        .collect();
+    let not_run: Vec<u64> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::NotRun { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for rec in records {
+        let Record::Start {
+            seq,
+            group,
+            argv,
+            stdin,
+        } = rec
+        else {
+            continue;
+        };
+        if not_run.contains(seq) || !auto_group(*group) {
+            continue;
+        }
+        let Some((program, args)) = argv.split_first() else {
+            continue;
+        };
+        let read =
+            |ext: &str| std::fs::read_to_string(cmd_file(dir, *seq, ext)).unwrap_or_default();
+        let status = done.get(seq).copied();
+        let mut push = |undo: UndoCmd| {
+            out.push(Created {
+                group: *group,
+                undo,
+            })
+        };
+        match base(program) {
+            "nft" => {
+                if !has_echo(args) {
+                    continue;
+                }
+                let stdout = read("out");
+                if args.iter().any(|a| a == "-f" || a == "--file") {
+                    if !*stdin {
+                        continue;
+                    }
+                    // A batch: echo lines ending in `# handle N` come in input order, one
+                    // per create; the `handle P` inside a line is a position, not ours.
+                    let input = read("in");
+                    let mut handles = stdout.lines().filter_map(rollback::parse_trailing_handle);
+                    for line in input.lines() {
+                        let words = split_words(line);
+                        if rollback::nft_create(&words).is_none() {
+                            continue;
+                        }
+                        let Some(h) = handles.next() else { break };
+                        if let Some(u) = nft_delete(&words, h) {
+                            push(u);
+                        }
+                    }
+                } else if let Some(h) = rollback::parse_handle(&stdout) {
+                    if let Some(u) = nft_delete(args, h) {
+                        push(u);
+                    }
+                }
+            }
+            p if p.ends_with("-restore") => {
+                let Some(layer) = ipt_layer(p) else { continue };
+                if status.is_some_and(|s| s != 0 && !*stdin) {
+                    continue;
+                }
+                let input = read("in");
+                let mut table = "filter".to_string();
+                for line in input.lines() {
+                    let line = line.trim();
+                    if let Some(t) = line.strip_prefix('*') {
+                        table = t.trim().to_string();
+                        continue;
+                    }
+                    let words = split_words(line);
+                    if rollback::iptables_is_create(&words) {
+                        let mut args = vec!["--table".to_string(), table.clone()];
+                        args.extend(words);
+                        push(ipt_delete(layer, &args));
+                    }
+                }
+            }
+            p => {
+                let Some(layer) = ipt_layer(p) else { continue };
+                if status.is_some_and(|s| s != 0) {
+                    continue;
+                }
+                let lead = ipt_lead(layer).len() - 1;
+                let args = &args[lead.min(args.len())..];
+                if rollback::iptables_is_create(args) {
+                    push(ipt_delete(layer, args));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Argvs (with multiplicity) that ran to completion after the first rollback/undo/recover mark.
+fn completed_undos(records: &[Record]) -> HashMap<Vec<String>, usize> {
+    let mut started = false;
+    let mut argv_of: HashMap<u64, &Vec<String>> = HashMap::new();
+    let mut out: HashMap<Vec<String>, usize> = HashMap::new();
+    for rec in records {
+        match rec {
+            Record::Mark { mark } if !started => {
+                started = ["rollback", "undo", "recover"]
+                    .iter()
+                    .any(|m| mark.starts_with(m));
+            }
+            Record::Start { seq, argv, .. } if started => {
+                argv_of.insert(*seq, argv);
+            }
+            Record::Done { seq, .. } => {
+                if let Some(argv) = argv_of.get(seq) {
+                    *out.entry((*argv).clone()).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn drop_completed(cmds: Vec<UndoCmd>, records: &[Record]) -> Vec<UndoCmd> {
+    let mut done = completed_undos(records);
+    cmds.into_iter()
+        .filter(|c| match done.get_mut(&c.argv) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                false
+            }
+            _ => true,
+        })
+        .collect()
+}
+
+/// The full argv of a stored command of `fw`.
+fn argv_of(fw: &Firewall, cmd: &virtfw::Command) -> Vec<String> {
+    let (p, lead) = cmd.layer().program(fw.backend());
+    std::iter::once(p)
+        .chain(lead.iter().copied())
+        .map(String::from)
+        .chain(cmd.args().iter().cloned())
+        .collect()
+}
+
+/// The undo of an interrupted apply of `tx`: for every group that started, last group first,
+/// the inverses of what it created (last first), then its hand-written rollback commands (in
+/// their written order, as libvirt runs rollbacks). Commands already completed by an earlier
+/// rollback or recovery pass are left out.
+pub(crate) fn undo_apply(tx: &Firewall, dir: &Path, records: &[Record]) -> Vec<UndoCmd> {
+    let any_auto = tx
+        .groups()
+        .iter()
+        .any(|g| g.flags().contains(TransactionFlags::AUTO_ROLLBACK));
+    let auto_group = |g: Option<usize>| match g.and_then(|g| tx.groups().get(g)) {
+        Some(group) => group.flags().contains(TransactionFlags::AUTO_ROLLBACK),
+        None => any_auto,
+    };
+    let created = created(dir, records, &auto_group);
+    let last_group = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Start { group, .. } => *group,
+            _ => None,
+        })
+        .max();
+    let mut cmds: Vec<UndoCmd> = created
+        .iter()
+        .rev()
+        .filter(|c| c.group.is_none())
+        .map(|c| c.undo.clone())
+        .collect();
+    if let Some(last) = last_group {
+        for j in (0..=last.min(tx.groups().len().saturating_sub(1))).rev() {
+            cmds.extend(
+                created
+                    .iter()
+                    .rev()
+                    .filter(|c| c.group == Some(j))
+                    .map(|c| c.undo.clone()),
+            );
+            for cmd in tx.groups()[j].rollbacks() {
+                let argv = argv_of(tx, cmd);
+                let check = (tx.backend() == Backend::Iptables)
+                    .then(|| check_of_delete(&argv))
+                    .flatten();
+                cmds.push(UndoCmd { argv, check });
+            }
+        }
+    }
+    drop_completed(cmds, records)
+}
+
+/// The rest of an interrupted removal: the plan's commands in order, minus those completed.
+/// iptables-family deletes get a `--check` first (one may have run without its `done` record).
+pub(crate) fn undo_remove(plan: &Firewall, records: &[Record]) -> Vec<UndoCmd> {
+    let cmds = plan
+        .groups()
+        .iter()
+        .flat_map(|g| g.actions())
+        .map(|cmd| {
+            let argv = argv_of(plan, cmd);
+            let check = (plan.backend() == Backend::Iptables)
+                .then(|| check_of_delete(&argv))
+                .flatten();
+            UndoCmd { argv, check }
+        })
+        .collect();
+    // Every command of a remove journal is a removal: count them all as undos.
+    let mut all = vec![Record::Mark {
+        mark: "undo".into(),
+    }];
+    all.extend(records.iter().cloned());
+    drop_completed(cmds, &all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn words_follow_quotes() {
+        assert_eq!(
+            split_words(r#"-A FWD -m comment --comment "a b\"c" -j ACCEPT"#),
+            v("-A FWD -m comment --comment")
+                .into_iter()
+                .chain(["a b\"c".to_string(), "-j".into(), "ACCEPT".into()])
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            split_words("add rule ip t c  '{ x }'"),
+            vec!["add", "rule", "ip", "t", "c", "{ x }"]
+        );
+    }
+
+    #[test]
+    fn check_twin_replaces_only_the_delete() {
+        assert_eq!(
+            check_of_delete(&v("iptables -w --delete FWD -s 1.2.3.4 -j ACCEPT")),
+            Some(v("iptables -w --check FWD -s 1.2.3.4 -j ACCEPT"))
+        );
+        assert_eq!(check_of_delete(&v("iptables -w -X FWD")), None);
+    }
+
+    fn tx() -> Firewall {
+        Firewall::from_xml(
+            "<firewall backend='nftables'><group autoRollback='yes'><action layer='ipv4'><args><item>add</item><item>table</item><item>ip</item><item>t</item></args></action></group></firewall>",
+            "t.xml",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn nft_outcome_comes_from_the_echo_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            cmd_file(dir.path(), 0, "out"),
+            "add table ip t # handle 7\n",
+        )
+        .unwrap();
+        std::fs::write(cmd_file(dir.path(), 1, "out"), "").unwrap();
+        let records = vec![
+            Record::Start {
+                seq: 0,
+                group: Some(0),
+                argv: v("nft -ae add table ip t"),
+                stdin: false,
+            },
+            // killed while the second create ran, and it did not commit: no echo
+            Record::Start {
+                seq: 1,
+                group: Some(0),
+                argv: v("nft -ae add chain ip t c"),
+                stdin: false,
+            },
+        ];
+        let undo = undo_apply(&tx(), dir.path(), &records);
+        assert_eq!(
+            undo,
+            vec![UndoCmd {
+                argv: v("nft delete table ip handle 7"),
+                check: None
+            }]
+        );
+    }
+
+    #[test]
+    fn batch_echo_maps_trailing_handles_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            cmd_file(dir.path(), 0, "in"),
+            "add chain ip t c\nadd rule ip t c accept\nadd rule ip t c drop\n",
+        )
+        .unwrap();
+        std::fs::write(
+            cmd_file(dir.path(), 0, "out"),
+            "add chain ip t c # handle 1\nadd rule ip t c handle 3 accept # handle 2\nadd rule ip t c drop # handle 3\n# new generation 5 by process 9 (nft)\n",
+        )
+        .unwrap();
+        let records = vec![Record::Start {
+            seq: 0,
+            group: Some(0),
+            argv: v("nft -ae -f -"),
+            stdin: true,
+        }];
+        let undo: Vec<_> = undo_apply(&tx(), dir.path(), &records)
+            .into_iter()
+            .map(|u| u.argv)
+            .collect();
+        assert_eq!(
+            undo,
+            vec![
+                v("nft delete rule ip t c handle 3"),
+                v("nft delete rule ip t c handle 2"),
+                v("nft delete chain ip t handle 1")
+            ]
+        );
+    }
+
+    #[test]
+    fn iptables_unknown_outcome_is_checked_and_failed_ones_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let fw = Firewall::from_xml(
+            "<firewall backend='iptables'><group autoRollback='yes'><action layer='ipv4'><args><item>-A</item><item>FORWARD</item></args></action></group></firewall>",
+            "t.xml",
+        )
+        .unwrap();
+        let records = vec![
+            Record::Start {
+                seq: 0,
+                group: Some(0),
+                argv: v("iptables -w -A FORWARD -s 1.1.1.1 -j ACCEPT"),
+                stdin: false,
+            },
+            Record::Done { seq: 0, status: 0 },
+            Record::Start {
+                seq: 1,
+                group: Some(0),
+                argv: v("iptables -w -A FORWARD -s 2.2.2.2 -j ACCEPT"),
+                stdin: false,
+            },
+            Record::Done { seq: 1, status: 1 },
+            Record::Start {
+                seq: 2,
+                group: Some(0),
+                argv: v("iptables -w -A FORWARD -s 3.3.3.3 -j ACCEPT"),
+                stdin: false,
+            },
+            Record::Mark {
+                mark: "rollback 0 0".into(),
+            },
+            Record::Start {
+                seq: 3,
+                group: Some(0),
+                argv: v("iptables -w --delete FORWARD -s 1.1.1.1 -j ACCEPT"),
+                stdin: false,
+            },
+            Record::Done { seq: 3, status: 0 },
+        ];
+        let undo = undo_apply(&fw, dir.path(), &records);
+        assert_eq!(
+            undo,
+            vec![UndoCmd {
+                argv: v("iptables -w --delete FORWARD -s 3.3.3.3 -j ACCEPT"),
+                check: Some(v("iptables -w --check FORWARD -s 3.3.3.3 -j ACCEPT")),
+            }]
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! Does every object a plan would remove still exist in the live ruleset?
+//!
+//! nftables: list only the tables the plan touches (`nft -a list table FAMILY NAME`) and look
+//! for each handle in its table and chain. The listing is parsed tolerantly: only block headers
+//! and trailing `# handle N` comments are read, so other software's rules never trip it.
+//! iptables family: run the delete's `--check` twin; exit 0 means the rule is there.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use virtfw::executor::Invocation;
+use virtfw::{Backend, Executor, Firewall};
+
+use crate::undo::check_of_delete;
+
+/// One object of a plan that is not in the ruleset.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct MissingObject {
+    /// The plan command that would remove it.
+    pub command: String,
+    pub reason: String,
+}
+
+/// What `verify` found for one plan.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub(crate) struct VerifyReport {
+    pub checked: usize,
+    /// Commands that are not object deletes (e.g. hand-written flushes): not checkable.
+    pub unchecked: usize,
+    pub missing: Vec<MissingObject>,
+}
+
+/// Handles found in one listed table.
+#[derive(Debug, Default)]
+pub(crate) struct TableHandles {
+    pub table: Option<u64>,
+    /// chain handle by name
+    pub chains: BTreeMap<String, u64>,
+    /// rule handles by chain name
+    pub rules: BTreeMap<String, BTreeSet<u64>>,
+}
+
+fn trailing_handle(line: &str) -> Option<u64> {
+    let at = line.rfind("# handle ")?;
+    line[at + 9..].split_whitespace().next()?.parse().ok()
+}
+
+/// Net brace depth change of a line, ignoring quoted strings and comments.
+fn brace_delta(line: &str) -> i32 {
+    let mut d = 0;
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '#' if !quoted => break,
+            '{' if !quoted => d += 1,
+            '}' if !quoted => d -= 1,
+            _ => {}
+        }
+    }
+    d
+}
+
+/// Parse `nft -a list table …` output.
+pub(crate) fn parse_table_listing(text: &str) -> TableHandles {
+    let mut out = TableHandles::default();
+    let mut depth: i32 = 0;
+    let mut chain: Option<String> = None;
+    for raw in text.lines() {
+        let line = raw.trim();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let delta = brace_delta(line);
+        match depth {
+            0 if words.first() == Some(&"table") => out.table = trailing_handle(line),
+            // A block opens at depth 1: a chain (remember it) or a set, map, … (skip it).
+            1 if delta > 0 => {
+                chain = None;
+                if let (Some(&"chain"), Some(name)) = (words.first(), words.get(1)) {
+                    let name = name.trim_matches('"').to_string();
+                    if let Some(h) = trailing_handle(line) {
+                        out.chains.insert(name.clone(), h);
+                    }
+                    chain = Some(name);
+                }
+            }
+            2 => {
+                if let (Some(c), Some(h)) = (&chain, trailing_handle(line)) {
+                    out.rules.entry(c.clone()).or_default().insert(h);
+                }
+            }
+            _ => {}
+        }
+        depth = (depth + delta).max(0);
+        if depth <= 1 && delta < 0 {
+            chain = None;
+        }
+    }
+    out
+}
+
+fn run(exec: &dyn Executor, argv: &[String]) -> Option<(i32, String, String)> {
+    exec.run(Invocation { argv, stdin: None })
+        .ok()
+        .map(|o| (o.status, o.stdout, o.stderr))
+}
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Verify one removal plan against the ruleset seen through `exec`.
+pub(crate) fn verify_plan(fw: &Firewall, exec: &dyn Executor) -> VerifyReport {
+    let mut report = VerifyReport::default();
+    let cmds: Vec<&virtfw::Command> = fw.groups().iter().flat_map(|g| g.actions()).collect();
+    match fw.backend() {
+        Backend::Nftables => verify_nft(&cmds, exec, &mut report),
+        Backend::Iptables => {
+            for cmd in cmds {
+                let (p, lead) = cmd.layer().program(Backend::Iptables);
+                let argv: Vec<String> = std::iter::once(p)
+                    .chain(lead.iter().copied())
+                    .map(String::from)
+                    .chain(cmd.args().iter().cloned())
+                    .collect();
+                let Some(check) = check_of_delete(&argv) else {
+                    report.unchecked += 1;
+                    continue;
+                };
+                report.checked += 1;
+                match run(exec, &check) {
+                    Some((0, _, _)) => {}
+                    Some((_, _, err)) => report.missing.push(MissingObject {
+                        command: virtfw::transcript::command_line(&argv),
+                        reason: err.trim().to_string(),
+                    }),
+                    None => report.missing.push(MissingObject {
+                        command: virtfw::transcript::command_line(&argv),
+                        reason: format!("cannot run {p}"),
+                    }),
+                }
+            }
+        }
+        Backend::None => report.unchecked += cmds.len(),
+    }
+    report
+}
+
+/// An nft object delete: `delete KIND FAMILY [TABLE [CHAIN]] handle N`.
+struct NftDelete<'a> {
+    kind: &'a str,
+    family: &'a str,
+    names: &'a [String],
+    handle: u64,
+}
+
+fn parse_nft_delete(args: &[String]) -> Option<NftDelete<'_>> {
+    if args.first()? != "delete" || args.len() < 5 {
+        return None;
+    }
+    let n = args.len();
+    if args[n - 2] != "handle" {
+        return None;
+    }
+    Some(NftDelete {
+        kind: &args[1],
+        family: &args[2],
+        names: &args[3..n - 2],
+        handle: args[n - 1].parse().ok()?,
+    })
+}
+
+type Listings = BTreeMap<(String, String), Option<TableHandles>>;
+
+/// `nft -a list table FAMILY NAME`, parsed, listed at most once per table (`None`: no table).
+fn listing<'m>(
+    listings: &'m mut Listings,
+    exec: &dyn Executor,
+    family: &str,
+    table: &str,
+) -> Option<&'m TableHandles> {
+    listings
+        .entry((family.to_string(), table.to_string()))
+        .or_insert_with(
+            || match run(exec, &strs(&["nft", "-a", "list", "table", family, table])) {
+                Some((0, text, _)) => Some(parse_table_listing(&text)),
+                _ => None,
+            },
+        )
+        .as_ref()
+}
+
+fn verify_nft(cmds: &[&virtfw::Command], exec: &dyn Executor, report: &mut VerifyReport) {
+    let deletes: Vec<(String, Option<NftDelete>)> = cmds
+        .iter()
+        .map(|c| {
+            (
+                virtfw::transcript::command_line(
+                    &std::iter::once("nft".to_string())
+                        .chain(c.args().iter().cloned())
+                        .collect::<Vec<_>>(),
+                ),
+                parse_nft_delete(c.args()),
+            )
+        })
+        .collect();
+    // The tables the plan names, by family; listed once each.
+    let mut names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for d in deletes.iter().filter_map(|(_, d)| d.as_ref()) {
+        if let Some(t) = d.names.first() {
+            names
+                .entry(d.family.to_string())
+                .or_default()
+                .insert(t.clone());
+        }
+    }
+    let mut listings: Listings = BTreeMap::new();
+    for (line, d) in &deletes {
+        let Some(d) = d else {
+            report.unchecked += 1;
+            continue;
+        };
+        report.checked += 1;
+        let found = match (d.kind, d.names) {
+            ("table", []) => {
+                // A table deleted by handle alone: look in the plan's tables of that family
+                // first, then in the family's other tables (names only, then `-a` each).
+                let mut cands: Vec<String> = names
+                    .get(d.family)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default();
+                if let Some((0, text, _)) = run(exec, &strs(&["nft", "list", "tables", d.family])) {
+                    for l in text.lines() {
+                        let w: Vec<&str> = l.split_whitespace().collect();
+                        if w.len() >= 3 && w[0] == "table" && !cands.iter().any(|c| c == w[2]) {
+                            cands.push(w[2].to_string());
+                        }
+                    }
+                }
+                cands.iter().any(|t| {
+                    listing(&mut listings, exec, d.family, t)
+                        .is_some_and(|h| h.table == Some(d.handle))
+                })
+            }
+            ("chain", [t]) => listing(&mut listings, exec, d.family, t)
+                .is_some_and(|h| h.chains.values().any(|&x| x == d.handle)),
+            ("rule", [t, c]) => listing(&mut listings, exec, d.family, t)
+                .is_some_and(|h| h.rules.get(c).is_some_and(|r| r.contains(&d.handle))),
+            _ => {
+                report.checked -= 1;
+                report.unchecked += 1;
+                continue;
+            }
+        };
+        if !found {
+            report.missing.push(MissingObject {
+                command: line.clone(),
+                reason: format!("no {} with handle {} in the live ruleset", d.kind, d.handle),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_parse_is_tolerant() {
+        let text = "table ip t { # handle 1\n\tset s { # handle 4\n\t\ttype ipv4_addr\n\t\telements = { 1.1.1.1 }\n\t}\n\n\tchain c { # handle 1\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tip saddr { 1.2.3.4, 5.6.7.8 } accept # handle 3\n\t\tmeta mark 1 comment \"odd { text\" # handle 9\n\t}\n\tchain d { # handle 5\n\t\taccept # handle 6\n\t}\n}\n";
+        let h = parse_table_listing(text);
+        assert_eq!(h.table, Some(1));
+        assert_eq!(h.chains.get("c"), Some(&1));
+        assert_eq!(h.chains.get("d"), Some(&5));
+        assert_eq!(h.rules["c"].iter().copied().collect::<Vec<_>>(), vec![3, 9]);
+        assert_eq!(h.rules["d"].iter().copied().collect::<Vec<_>>(), vec![6]);
+        assert!(!h.rules.contains_key("s"));
+    }
+}
