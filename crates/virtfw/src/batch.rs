@@ -268,6 +268,11 @@ fn classify(backend: Backend, group: &Group) -> Option<Kind> {
                 .collect();
             let lines = lines?;
             if ignoring {
+                // An ignore-errors group that creates with auto-rollback (libvirt's checksum
+                // group) must record inverses: only the per-command path does that.
+                if auto && lines.iter().any(|l| l.create) {
+                    return None;
+                }
                 return Some(Kind::IptRemoval);
             }
             let undoable = lines.iter().all(|l| l.create);
