@@ -1,20 +1,430 @@
-//! `virtfw network …`: libvirt virtual networks. PLACEHOLDER — owned by the networks engineer,
-//! who replaces this file; it only keeps the subcommand wired and says it is not there yet.
+//! `virtfw network …`: libvirt virtual networks (docs/networks.md).
+//!
+//! A running network is remembered as libvirt remembers it: a `<networkstatus>` file with the
+//! definition and the `fwRemoval` plan, here `STATE_DIR/networks/NAME.xml`. A libvirt status
+//! file copied there can be stopped by virtfw, and ours read by libvirt. Every change holds the
+//! state directory's exclusive lock, and the lock descriptor is passed to the commands started.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use virtfw::{Backend, ExecError, ProcessExecutor};
+use virtfw_network::{backend, lifecycle, NetworkDef, NetworkError, NetworkStatus};
 
 use crate::commands::Ctx;
-use crate::error::{CliError, CliResult};
+use crate::error::{CliError, CliResult, EXIT_DRIFT, EXIT_OK};
+use crate::lock::{LockKind, StateLock};
+use crate::state;
 
-/// Arguments of `virtfw network` (to be replaced by the real subcommands).
+/// Arguments of `virtfw network`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct NetworkArgs {
-    /// Subcommand and its arguments.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+    #[command(subcommand)]
+    pub command: NetworkCommand,
+}
+
+/// The `network` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum NetworkCommand {
+    /// Create the bridge if missing, apply the network's firewall, store its status.
+    Start {
+        /// libvirt network definition (`<network>`).
+        file: PathBuf,
+        /// Firewall backend (default: firewall_backend of /etc/libvirt/network.conf, else
+        /// nftables when `nft` is installed, else iptables).
+        #[arg(long, value_parser = ["nftables", "iptables"])]
+        backend: Option<String>,
+    },
+    /// Remove the network's rules with the stored plan (and the bridge, if virtfw made it).
+    Stop {
+        /// Network name.
+        name: String,
+    },
+    /// Remove with the stored plan and add the rules again (all running networks by default).
+    Reload {
+        /// Network names.
+        names: Vec<String>,
+        /// Re-create the rules with this backend (default: the configured one, else the
+        /// backend the network runs with).
+        #[arg(long, value_parser = ["nftables", "iptables"])]
+        backend: Option<String>,
+    },
+    /// Running networks: name, bridge, backend, whether all their rules are present.
+    List,
+    /// One network, and whether all its rules are present (exit 3 when some are missing).
+    Status {
+        /// Network name.
+        name: String,
+    },
+    /// The commands libvirt would run for this definition, in libvirt's transcript format.
+    Plan {
+        /// libvirt network definition (`<network>`).
+        file: PathBuf,
+        #[arg(long, value_parser = ["nftables", "iptables"])]
+        backend: String,
+        /// Include the one-time global chain setup a fresh host would run first.
+        #[arg(long)]
+        with_global: bool,
+    },
 }
 
 /// Run `virtfw network …`.
-pub(crate) fn run(_ctx: &Ctx, _args: &NetworkArgs) -> CliResult<i32> {
-    Err(CliError::Usage(
-        "`virtfw network` is not available yet in this build".into(),
-    ))
+pub(crate) fn run(ctx: &Ctx, args: &NetworkArgs) -> CliResult<i32> {
+    match &args.command {
+        NetworkCommand::Start { file, backend } => start(ctx, file, backend.as_deref()),
+        NetworkCommand::Stop { name } => stop(ctx, name),
+        NetworkCommand::Reload { names, backend } => reload(ctx, names, backend.as_deref()),
+        NetworkCommand::List => list(ctx),
+        NetworkCommand::Status { name } => status(ctx, name),
+        NetworkCommand::Plan {
+            file,
+            backend,
+            with_global,
+        } => plan(ctx, file, backend, *with_global),
+    }
+}
+
+/// Sort a network error into the CLI's exit codes: bad definitions are input errors (2), a
+/// refused command is 1, a missing backend program 2.
+fn cli_error(err: NetworkError) -> CliError {
+    match err {
+        NetworkError::Firewall(e) => CliError::from_apply(e),
+        NetworkError::Backend(m) => CliError::Usage(m),
+        e if e.is_input_error() => CliError::Usage(e.to_string()),
+        e => CliError::Failed(e.to_string()),
+    }
+}
+
+fn parse_backend(s: &str) -> CliResult<Backend> {
+    s.parse::<Backend>()
+        .map_err(|e| CliError::Usage(e.to_string()))
+}
+
+/// The configured backend: `--backend`, else libvirt's `network.conf` setting (file named by
+/// `VIRTFW_NETWORK_CONF`, default /etc/libvirt/network.conf), else none.
+fn configured_backend(flag: Option<&str>) -> CliResult<Option<Backend>> {
+    if let Some(b) = flag {
+        return parse_backend(b).map(Some);
+    }
+    let conf = std::env::var_os("VIRTFW_NETWORK_CONF")
+        .map(PathBuf::from)
+        .unwrap_or_else(backend::default_network_conf);
+    backend::read_network_conf(&conf).map_err(cli_error)
+}
+
+fn networks_dir(ctx: &Ctx) -> CliResult<PathBuf> {
+    let dir = ctx.state_dir.join("networks");
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta = fs::symlink_metadata(&dir)
+                .map_err(|e| CliError::io(format!("cannot stat {}", dir.display()), e))?;
+            if !meta.is_dir() || meta.mode() & 0o022 != 0 {
+                return Err(CliError::UnsafeStateDir {
+                    path: dir,
+                    reason: "not a directory, or writable by group or others".into(),
+                });
+            }
+            Ok(dir)
+        }
+        Err(e) => Err(CliError::io(format!("cannot create {}", dir.display()), e)),
+    }
+}
+
+fn status_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.xml"))
+}
+
+fn read_status(path: &Path) -> CliResult<NetworkStatus> {
+    let text = fs::read_to_string(path)
+        .map_err(|e| CliError::io(format!("cannot read {}", path.display()), e))?;
+    NetworkStatus::from_xml(&text, &path.display().to_string()).map_err(|e| CliError::State {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn load(ctx: &Ctx, dir: &Path, name: &str) -> CliResult<(PathBuf, NetworkStatus)> {
+    state::check_name(name)?;
+    let path = status_path(dir, name);
+    if !path.exists() {
+        return Err(CliError::State {
+            path,
+            message: format!("no running network named '{name}'"),
+        });
+    }
+    let status = read_status(&path)?;
+    if let (Some(asked), Some(recorded)) = (&ctx.netns, &status.netns) {
+        if asked != recorded {
+            return Err(CliError::Usage(format!(
+                "network '{name}' runs in namespace '{recorded}', not '{asked}'"
+            )));
+        }
+    }
+    Ok((path, status))
+}
+
+/// The executor for a network: in the recorded namespace, else `--netns`, holding the lock.
+fn executor(netns: Option<&str>, lock: Option<&StateLock>) -> CliResult<ProcessExecutor> {
+    let exec = match netns {
+        Some(ns) => ProcessExecutor::in_netns(ns).map_err(|e| match e {
+            ExecError::Netns { netns, source } => CliError::Netns {
+                name: netns,
+                source,
+            },
+            other => CliError::Failed(other.to_string()),
+        })?,
+        None => ProcessExecutor::new(),
+    };
+    Ok(match lock {
+        Some(l) => exec.inherit_fd(l.raw_fd()),
+        None => exec,
+    })
+}
+
+fn write_status(path: &Path, status: &NetworkStatus) -> CliResult<()> {
+    state::write_atomic(path, status.to_xml().as_bytes())
+}
+
+fn read_def(file: &Path) -> CliResult<NetworkDef> {
+    let text = fs::read_to_string(file).map_err(|source| CliError::ReadInput {
+        path: file.display().to_string(),
+        source,
+    })?;
+    NetworkDef::from_xml(&text, &file.display().to_string()).map_err(cli_error)
+}
+
+fn start(ctx: &Ctx, file: &Path, backend_flag: Option<&str>) -> CliResult<i32> {
+    // Everything about the input is checked before the lock is even taken.
+    let def = read_def(file)?;
+    state::check_name(&def.name)?;
+    let backend = backend::select(configured_backend(backend_flag)?).map_err(cli_error)?;
+    if def.forward.has_rules() {
+        lifecycle::network_firewall(&def, backend).map_err(cli_error)?;
+    }
+    let (_state, lock) = ctx.lock(LockKind::Exclusive)?;
+    let dir = networks_dir(ctx)?;
+    let path = status_path(&dir, &def.name);
+    if path.exists() {
+        return Err(CliError::State {
+            path,
+            message: format!("network '{}' is already running; stop it first", def.name),
+        });
+    }
+    let exec = executor(ctx.netns.as_deref(), Some(&lock))?;
+    let name = def.name.clone();
+    let mut status = lifecycle::start(def, backend, &exec, ctx_options(ctx)).map_err(cli_error)?;
+    status.netns = ctx.netns.clone();
+    if let Err(e) = write_status(&path, &status) {
+        // Without a status nobody could stop it: take it down again.
+        let _ = lifecycle::stop(&status, &exec, ctx_options(ctx));
+        return Err(e);
+    }
+    let rules = status.removal.as_ref().map_or(0, |r| r.command_count());
+    ctx.emit(
+        json!({"network": name, "started": true, "backend": backend.as_str(),
+               "bridge": status.def.bridge, "created_bridge": status.created_bridge,
+               "rules": rules, "status_file": path}),
+        &format!(
+            "network {name} started ({backend}, bridge {}{}, {rules} rules)",
+            status.def.bridge,
+            if status.created_bridge {
+                " created"
+            } else {
+                ""
+            }
+        ),
+    );
+    Ok(EXIT_OK)
+}
+
+fn ctx_options(ctx: &Ctx) -> virtfw::ApplyOptions<'static> {
+    virtfw::ApplyOptions {
+        observer: None,
+        per_command: ctx.per_command,
+    }
+}
+
+fn stop(ctx: &Ctx, name: &str) -> CliResult<i32> {
+    let (_state, lock) = ctx.lock(LockKind::Exclusive)?;
+    let dir = networks_dir(ctx)?;
+    let (path, status) = load(ctx, &dir, name)?;
+    let exec = executor(status.netns.as_deref(), Some(&lock))?;
+    // libvirt deletes the status first: a stop that fails half way must not be retried with
+    // a plan whose handles may since have been reused.
+    fs::remove_file(&path)
+        .map_err(|e| CliError::io(format!("cannot remove {}", path.display()), e))?;
+    lifecycle::stop(&status, &exec, ctx_options(ctx)).map_err(cli_error)?;
+    ctx.emit(
+        json!({"network": name, "stopped": true, "backend": status.backend().as_str(),
+               "deleted_bridge": status.created_bridge}),
+        &format!("network {name} stopped"),
+    );
+    Ok(EXIT_OK)
+}
+
+fn running(dir: &Path) -> CliResult<Vec<String>> {
+    let mut names = Vec::new();
+    let entries =
+        fs::read_dir(dir).map_err(|e| CliError::io(format!("cannot read {}", dir.display()), e))?;
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if let Some(name) = file.strip_suffix(".xml") {
+            if state::check_name(name).is_ok() {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn reload(ctx: &Ctx, names: &[String], backend_flag: Option<&str>) -> CliResult<i32> {
+    let configured = configured_backend(backend_flag)?;
+    let (_state, lock) = ctx.lock(LockKind::Exclusive)?;
+    let dir = networks_dir(ctx)?;
+    let names = if names.is_empty() {
+        running(&dir)?
+    } else {
+        names.to_vec()
+    };
+    let mut results = Vec::new();
+    let mut failed = None;
+    for name in &names {
+        let (path, status) = load(ctx, &dir, name)?;
+        let backend = match configured {
+            Some(b) => backend::select(Some(b)).map_err(cli_error)?,
+            None => status.backend(),
+        };
+        let exec = executor(status.netns.as_deref(), Some(&lock))?;
+        let reloaded =
+            lifecycle::reload(status, backend, &exec, ctx_options(ctx)).map_err(cli_error)?;
+        // Stored either way: without a new plan a later stop uses the legacy deletions.
+        write_status(&path, &reloaded.status)?;
+        results.push(json!({"network": name, "backend": backend.as_str(),
+                            "error": reloaded.error.as_ref().map(|e| e.to_string())}));
+        if let Some(e) = reloaded.error {
+            failed.get_or_insert(cli_error(e));
+        }
+    }
+    let text: String = results
+        .iter()
+        .map(|r| {
+            format!(
+                "network {} reloaded ({}){}\n",
+                r["network"].as_str().unwrap_or(""),
+                r["backend"].as_str().unwrap_or(""),
+                r["error"]
+                    .as_str()
+                    .map(|e| format!(": FAILED: {e}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    ctx.emit(json!({"reloaded": results}), &text);
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(EXIT_OK),
+    }
+}
+
+fn describe(
+    status: &NetworkStatus,
+    check: &Result<lifecycle::RuleCheck, String>,
+) -> serde_json::Value {
+    let (present, total, missing) = match check {
+        Ok(c) => (
+            json!(c.total - c.missing.len()),
+            json!(c.total),
+            json!(c.missing),
+        ),
+        Err(e) => (json!(null), json!(null), json!([e])),
+    };
+    json!({
+        "network": status.def.name,
+        "bridge": status.def.bridge,
+        "forward": status.def.forward.as_str(),
+        "backend": status.backend().as_str(),
+        "stored_plan": status.removal.is_some(),
+        "netns": status.netns,
+        "created_bridge": status.created_bridge,
+        "rules_present": present,
+        "rules_total": total,
+        "missing": missing,
+        "all_present": check.as_ref().is_ok_and(|c| c.all_present()),
+    })
+}
+
+fn check_one(status: &NetworkStatus) -> Result<lifecycle::RuleCheck, String> {
+    let exec = executor(status.netns.as_deref(), None).map_err(|e| e.to_string())?;
+    lifecycle::check(status, &exec).map_err(|e| e.to_string())
+}
+
+fn line(v: &serde_json::Value) -> String {
+    format!(
+        "{:<16} {:<10} {:<8} {:<9} {}",
+        v["network"].as_str().unwrap_or(""),
+        v["bridge"].as_str().unwrap_or(""),
+        v["forward"].as_str().unwrap_or(""),
+        v["backend"].as_str().unwrap_or(""),
+        match (v["rules_present"].as_u64(), v["rules_total"].as_u64()) {
+            (Some(p), Some(t)) if p == t => format!("all {t} rules present"),
+            (Some(p), Some(t)) => format!("{p}/{t} rules present (DRIFT)"),
+            _ => format!("cannot check: {}", v["missing"][0].as_str().unwrap_or("")),
+        }
+    )
+}
+
+fn list(ctx: &Ctx) -> CliResult<i32> {
+    let (_state, _lock) = ctx.lock(LockKind::Shared)?;
+    let dir = networks_dir(ctx)?;
+    let mut rows = Vec::new();
+    for name in running(&dir)? {
+        let status = read_status(&status_path(&dir, &name))?;
+        let check = check_one(&status);
+        rows.push(describe(&status, &check));
+    }
+    let mut text = format!(
+        "{:<16} {:<10} {:<8} {:<9} {}\n",
+        "NAME", "BRIDGE", "FORWARD", "BACKEND", "RULES"
+    );
+    for r in &rows {
+        text.push_str(&line(r));
+        text.push('\n');
+    }
+    ctx.emit(json!({"networks": rows}), &text);
+    Ok(EXIT_OK)
+}
+
+fn status(ctx: &Ctx, name: &str) -> CliResult<i32> {
+    let (_state, _lock) = ctx.lock(LockKind::Shared)?;
+    let dir = networks_dir(ctx)?;
+    let (_, status) = load(ctx, &dir, name)?;
+    let check = check_one(&status);
+    let v = describe(&status, &check);
+    let mut text = line(&v);
+    if let Ok(c) = &check {
+        for m in &c.missing {
+            text.push_str(&format!("\n  missing: {m}"));
+        }
+    }
+    ctx.emit(v, &text);
+    match check {
+        Ok(c) if c.all_present() => Ok(EXIT_OK),
+        Ok(_) => Ok(EXIT_DRIFT),
+        Err(e) => Err(CliError::Failed(e)),
+    }
+}
+
+fn plan(ctx: &Ctx, file: &Path, backend: &str, with_global: bool) -> CliResult<i32> {
+    let def = read_def(file)?;
+    let backend = parse_backend(backend)?;
+    let transcript = lifecycle::plan(&def, backend, with_global).map_err(cli_error)?;
+    ctx.emit(
+        json!({"network": def.name, "backend": backend.as_str(), "transcript": transcript}),
+        &transcript,
+    );
+    Ok(EXIT_OK)
 }

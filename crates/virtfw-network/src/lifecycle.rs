@@ -110,7 +110,8 @@ fn apply_network(
 }
 
 /// Start a network: check everything that can be checked, run the global setup, create the
-/// bridge if missing, apply the network's firewall. On failure nothing of this network is left
+/// bridge if missing, apply the network's firewall. The returned status has no `netns`; the
+/// caller that chose the executor records it. On failure nothing of this network is left
 /// (auto-rollback removes its rules, a bridge made here is deleted); chains of the global
 /// setup stay, as they do in libvirt, since other networks share them.
 pub fn start(
@@ -125,6 +126,7 @@ pub fn start(
             def,
             removal: None,
             created_bridge,
+            netns: None,
         });
     }
     // Built first: a bad value fails here, before the host is touched.
@@ -136,6 +138,7 @@ pub fn start(
             def,
             removal,
             created_bridge,
+            netns: None,
         }),
         Err(e) => {
             if created_bridge {
@@ -193,6 +196,7 @@ pub fn reload(
     let NetworkStatus {
         def,
         created_bridge,
+        netns,
         ..
     } = status;
     if !def.forward.has_rules() {
@@ -201,6 +205,7 @@ pub fn reload(
                 def,
                 removal: None,
                 created_bridge,
+                netns,
             },
             error: None,
         });
@@ -218,6 +223,7 @@ pub fn reload(
             def,
             removal,
             created_bridge,
+            netns,
         },
         error,
     })

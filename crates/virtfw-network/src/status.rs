@@ -23,6 +23,17 @@ pub struct NetworkStatus {
     pub removal: Option<Firewall>,
     /// virtfw created the bridge at start (and deletes it at stop).
     pub created_bridge: bool,
+    /// The network namespace (name under `/run/netns`) the network runs in, if not the
+    /// caller's own; stop and status must run there too.
+    pub netns: Option<String>,
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
 }
 
 /// Indent the lines of an element's source text by two spaces relative to its closing line,
@@ -76,8 +87,15 @@ impl NetworkStatus {
         // What libvirt writes for a network without QoS reservations.
         out.push_str("  <class_id bitmap='0-2'/>\n");
         out.push_str("  <floor sum='0'/>\n");
-        if self.created_bridge {
-            out.push_str("  <virtfw createdBridge='yes'/>\n");
+        if self.created_bridge || self.netns.is_some() {
+            out.push_str("  <virtfw");
+            if self.created_bridge {
+                out.push_str(" createdBridge='yes'");
+            }
+            if let Some(ns) = &self.netns {
+                out.push_str(&format!(" netns='{}'", escape(ns)));
+            }
+            out.push_str("/>\n");
         }
         out.push_str(&reindent(&self.def.xml, "  "));
         if let Some(plan) = &self.removal {
@@ -111,6 +129,7 @@ impl NetworkStatus {
         let def = NetworkDef::from_node(netnode, text, source_name)?;
         let mut removal = None;
         let mut created_bridge = false;
+        let mut netns = None;
         if root.has_tag_name("networkstatus") {
             if let Some(fwnode) = root.children().find(|c| c.has_tag_name("firewall")) {
                 let fw = virtfw::xml::parse_firewall_element(fwnode, source_name)?;
@@ -118,16 +137,16 @@ impl NetworkStatus {
                     removal = Some(fw);
                 }
             }
-            created_bridge = root
-                .children()
-                .find(|c| c.has_tag_name("virtfw"))
-                .and_then(|n| n.attribute("createdBridge"))
-                == Some("yes");
+            if let Some(own) = root.children().find(|c| c.has_tag_name("virtfw")) {
+                created_bridge = own.attribute("createdBridge") == Some("yes");
+                netns = own.attribute("netns").map(str::to_string);
+            }
         }
         Ok(NetworkStatus {
             def,
             removal,
             created_bridge,
+            netns,
         })
     }
 }
@@ -150,6 +169,7 @@ mod tests {
             def,
             removal: Some(removal),
             created_bridge: true,
+            netns: Some("ns-1".into()),
         };
         let text = status.to_xml();
         assert!(text.starts_with("<networkstatus>\n  <class_id"));
@@ -163,6 +183,7 @@ mod tests {
         let back = NetworkStatus::from_xml(&text, "status.xml").unwrap();
         assert_eq!(back.to_xml(), text, "stable across a round trip");
         assert!(back.created_bridge);
+        assert_eq!(back.netns.as_deref(), Some("ns-1"));
         assert_eq!(back.backend(), Backend::Nftables);
         let plan = back.removal_plan();
         assert_eq!(plan.command_count(), 10);
