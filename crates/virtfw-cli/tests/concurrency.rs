@@ -10,7 +10,11 @@ fn concurrent(env: &Env, txs: Vec<(String, String)>) {
         .iter()
         .map(|(name, xml)| {
             let f = env.write(&format!("{name}.xml"), xml);
-            env.cmd(&["apply", path_of(&f)]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+            env.cmd(&["apply", path_of(&f)])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
         })
         .collect();
     for c in children {
@@ -24,7 +28,13 @@ fn concurrent(env: &Env, txs: Vec<(String, String)>) {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let children: Vec<_> = txs
         .iter()
-        .map(|(name, _)| env.cmd(&["remove", name]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap())
+        .map(|(name, _)| {
+            env.cmd(&["remove", name])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
         .collect();
     for c in children {
         let o = c.wait_with_output().unwrap();
@@ -36,12 +46,22 @@ fn concurrent(env: &Env, txs: Vec<(String, String)>) {
 #[test]
 fn eight_concurrent_nft_applies() {
     let env = Env::new("vfw-conc-nft");
-    concurrent(&env, (0..8).map(|i| (format!("n{i}"), nft_tx(&format!("n{i}"), &format!("t{i}")))).collect());
+    concurrent(
+        &env,
+        (0..8)
+            .map(|i| (format!("n{i}"), nft_tx(&format!("n{i}"), &format!("t{i}"))))
+            .collect(),
+    );
 }
 
 #[test]
 fn eight_concurrent_iptables_applies() {
     let env = Env::new("vfw-conc-ipt");
     env.prime_iptables();
-    concurrent(&env, (0..8).map(|i| (format!("i{i}"), ipt_tx(&format!("i{i}"), 10 + i as u8))).collect());
+    concurrent(
+        &env,
+        (0..8)
+            .map(|i| (format!("i{i}"), ipt_tx(&format!("i{i}"), 10 + i as u8)))
+            .collect(),
+    );
 }

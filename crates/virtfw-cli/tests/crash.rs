@@ -66,7 +66,11 @@ fn wrappers(dir: &Path) -> String {
         std::fs::write(&p, script).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
 }
 
 fn crash_runs(env: &Env, file: &Path, name: &str) {
@@ -87,7 +91,11 @@ fn crash_runs(env: &Env, file: &Path, name: &str) {
         std::thread::sleep(Duration::from_millis(rng.below(450)));
         let _ = child.kill();
         let _ = child.wait();
-        let o = env.cmd(&["--json", "recover"]).env("PATH", &path).output().unwrap();
+        let o = env
+            .cmd(&["--json", "recover"])
+            .env("PATH", &path)
+            .output()
+            .unwrap();
         assert_eq!(o.status.code(), Some(0), "run {run}: {}", text(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         for s in v["recovered"].as_array().unwrap() {
@@ -98,15 +106,30 @@ fn crash_runs(env: &Env, file: &Path, name: &str) {
         if plan_exists(env, name) {
             completed += 1;
             let o = env.run(&["verify", name]);
-            assert_eq!(o.status.code(), Some(0), "run {run}: stored plan incomplete: {}", text(&o));
+            assert_eq!(
+                o.status.code(),
+                Some(0),
+                "run {run}: stored plan incomplete: {}",
+                text(&o)
+            );
             let o = env.run(&["remove", name]);
             assert_eq!(o.status.code(), Some(0), "run {run}: {}", text(&o));
-            assert!(stdout(&o).contains(" 0 object(s) were already gone"), "run {run}: {}", text(&o));
+            assert!(
+                stdout(&o).contains(" 0 object(s) were already gone"),
+                "run {run}: {}",
+                text(&o)
+            );
         } else {
             rolled_back += 1;
         }
-        assert_eq!(env.snapshot(), before, "run {run}: leak or loss after recover");
-        let journals = std::fs::read_dir(env.state().join("journal")).unwrap().count();
+        assert_eq!(
+            env.snapshot(),
+            before,
+            "run {run}: leak or loss after recover"
+        );
+        let journals = std::fs::read_dir(env.state().join("journal"))
+            .unwrap()
+            .count();
         assert_eq!(journals, 0, "run {run}: journal left behind");
     }
     eprintln!(

@@ -4,7 +4,13 @@
 mod common;
 use common::*;
 
-fn roundtrip(env: &Env, file: &std::path::Path, name: &str, delete_by_hand: &[&str], missing_hint: &str) {
+fn roundtrip(
+    env: &Env,
+    file: &std::path::Path,
+    name: &str,
+    delete_by_hand: &[&str],
+    missing_hint: &str,
+) {
     let before = env.snapshot();
     let o = env.run(&["apply", path_of(file)]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -12,7 +18,11 @@ fn roundtrip(env: &Env, file: &std::path::Path, name: &str, delete_by_hand: &[&s
 
     let o = env.run(&["list"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(stdout(&o).contains(name) && stdout(&o).contains(" ok"), "{}", text(&o));
+    assert!(
+        stdout(&o).contains(name) && stdout(&o).contains(" ok"),
+        "{}",
+        text(&o)
+    );
     let o = env.run(&["--json", "list"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["plans"][0]["name"], name);
@@ -21,7 +31,10 @@ fn roundtrip(env: &Env, file: &std::path::Path, name: &str, delete_by_hand: &[&s
     let o = env.run(&["show", name]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let xml = stdout(&o);
-    assert!(xml.starts_with("<firewall") && xml.contains("ignoreErrors='yes'"), "{xml}");
+    assert!(
+        xml.starts_with("<firewall") && xml.contains("ignoreErrors='yes'"),
+        "{xml}"
+    );
     virtfw::Firewall::from_xml(&xml, "show").expect("show prints a valid <firewall>");
 
     let o = env.run(&["verify"]);
@@ -30,14 +43,22 @@ fn roundtrip(env: &Env, file: &std::path::Path, name: &str, delete_by_hand: &[&s
     env.ns.run(delete_by_hand).unwrap();
     let o = env.run(&["verify", name]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    assert!(stdout(&o).contains("missing:") && stdout(&o).contains(missing_hint), "{}", text(&o));
+    assert!(
+        stdout(&o).contains("missing:") && stdout(&o).contains(missing_hint),
+        "{}",
+        text(&o)
+    );
     let o = env.run(&["--json", "verify", name]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["missing"], 1, "{v}");
 
     let o = env.run(&["remove", name]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(stdout(&o).contains("1 object(s) were already gone"), "{}", text(&o));
+    assert!(
+        stdout(&o).contains("1 object(s) were already gone"),
+        "{}",
+        text(&o)
+    );
     assert!(!plan_exists(env, name));
     assert_eq!(env.snapshot(), before, "ruleset not restored");
     let o = env.run(&["remove", name]);
@@ -51,7 +72,11 @@ fn nftables_roundtrip() {
     // The hand-deleted rule: find its handle in the live table.
     let o = env.run(&["apply", "--dry-run", path_of(&file)]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(stdout(&o).contains("nft \\\n-ae add \\\ntable \\\nip \\\nvt"), "{}", text(&o));
+    assert!(
+        stdout(&o).contains("nft \\\n-ae add \\\ntable \\\nip \\\nvt"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(env.snapshot(), env.snapshot());
     let before = env.snapshot();
     assert!(!before.contains("vt"), "dry run applied something");
@@ -59,7 +84,10 @@ fn nftables_roundtrip() {
     let before = env.snapshot();
     let o = env.run(&["apply", path_of(&file)]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let listing = env.ns.run(&["nft", "-a", "list", "chain", "ip", "vt", "fwdc"]).unwrap();
+    let listing = env
+        .ns
+        .run(&["nft", "-a", "list", "chain", "ip", "vt", "fwdc"])
+        .unwrap();
     let line = listing.lines().find(|l| l.contains("vnet0")).unwrap();
     let handle = line.rsplit("# handle ").next().unwrap().trim().to_string();
     // Undo this first apply and go through the full cycle from a clean state.
@@ -71,7 +99,9 @@ fn nftables_roundtrip() {
         &env,
         &file,
         "web",
-        &["nft", "delete", "rule", "ip", "vt", "fwdc", "handle", &handle],
+        &[
+            "nft", "delete", "rule", "ip", "vt", "fwdc", "handle", &handle,
+        ],
         &format!("handle {handle}"),
     );
 }
@@ -85,7 +115,21 @@ fn iptables_roundtrip() {
         &env,
         &file,
         "guests",
-        &["iptables", "-w", "-t", "nat", "-D", "POSTROUTING", "-s", "10.9.7.1/32", "!", "-d", "10.9.0.0/16", "-j", "MASQUERADE"],
+        &[
+            "iptables",
+            "-w",
+            "-t",
+            "nat",
+            "-D",
+            "POSTROUTING",
+            "-s",
+            "10.9.7.1/32",
+            "!",
+            "-d",
+            "10.9.0.0/16",
+            "-j",
+            "MASQUERADE",
+        ],
         "MASQUERADE",
     );
 }

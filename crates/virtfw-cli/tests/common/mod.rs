@@ -104,7 +104,9 @@ pub fn action(layer: &str, args: &[&str]) -> String {
         .map(|a| {
             format!(
                 "<item>{}</item>",
-                a.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+                a.replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
             )
         })
         .collect();
@@ -121,9 +123,39 @@ pub fn nft_tx(name: &str, table: &str) -> String {
          <group autoRollback='yes'><rollback inheritPrevious='yes'/>{}{}</group>\
          </firewall>",
         a(&["add", "table", "ip", table]),
-        a(&["add", "chain", "ip", table, "fwdc", "{ type filter hook forward priority 0; policy accept; }"]),
-        a(&["add", "rule", "ip", table, "fwdc", "ip", "saddr", "10.1.0.0/24", "accept"]),
-        a(&["insert", "rule", "ip", table, "fwdc", "ip", "daddr", "10.1.0.0/24", "ct", "state", "related,established", "accept"]),
+        a(&[
+            "add",
+            "chain",
+            "ip",
+            table,
+            "fwdc",
+            "{ type filter hook forward priority 0; policy accept; }"
+        ]),
+        a(&[
+            "add",
+            "rule",
+            "ip",
+            table,
+            "fwdc",
+            "ip",
+            "saddr",
+            "10.1.0.0/24",
+            "accept"
+        ]),
+        a(&[
+            "insert",
+            "rule",
+            "ip",
+            table,
+            "fwdc",
+            "ip",
+            "daddr",
+            "10.1.0.0/24",
+            "ct",
+            "state",
+            "related,established",
+            "accept"
+        ]),
         a(&["add", "rule", "ip", table, "fwdc", "iifname", "vnet0", "drop"]),
         a(&["add", "chain", "ip", table, "extra"]),
         a(&["add", "rule", "ip", table, "extra", "tcp", "dport", "22", "accept"]),
@@ -140,17 +172,68 @@ pub fn ipt_tx(name: &str, tag: u8) -> String {
          <group autoRollback='yes'><rollback inheritPrevious='yes'/>{}{}</group>\
          <group autoRollback='yes'><rollback inheritPrevious='yes'/>{}{}</group>\
          </firewall>",
-        action("ipv4", &["--table", "filter", "--append", "FORWARD", "--source", &src, "--jump", "ACCEPT"]),
-        action("ipv4", &["--table", "filter", "--insert", "INPUT", "--source", &src, "--jump", "ACCEPT"]),
-        action("ipv4", &["--table", "nat", "--insert", "POSTROUTING", "--source", &src, "!", "--destination", "10.9.0.0/16", "--jump", "MASQUERADE"]),
-        action("ipv6", &["--table", "filter", "--append", "FORWARD", "--source", &src6, "--jump", "ACCEPT"]),
-        action("ipv4", &["--table", "filter", "--append", "FORWARD", "--destination", &src, "--jump", "ACCEPT"]),
-        action("ipv6", &["--table", "filter", "--insert", "FORWARD", "--destination", &src6, "--jump", "DROP"]),
+        action(
+            "ipv4",
+            &["--table", "filter", "--append", "FORWARD", "--source", &src, "--jump", "ACCEPT"]
+        ),
+        action(
+            "ipv4",
+            &["--table", "filter", "--insert", "INPUT", "--source", &src, "--jump", "ACCEPT"]
+        ),
+        action(
+            "ipv4",
+            &[
+                "--table",
+                "nat",
+                "--insert",
+                "POSTROUTING",
+                "--source",
+                &src,
+                "!",
+                "--destination",
+                "10.9.0.0/16",
+                "--jump",
+                "MASQUERADE"
+            ]
+        ),
+        action(
+            "ipv6",
+            &["--table", "filter", "--append", "FORWARD", "--source", &src6, "--jump", "ACCEPT"]
+        ),
+        action(
+            "ipv4",
+            &[
+                "--table",
+                "filter",
+                "--append",
+                "FORWARD",
+                "--destination",
+                &src,
+                "--jump",
+                "ACCEPT"
+            ]
+        ),
+        action(
+            "ipv6",
+            &[
+                "--table",
+                "filter",
+                "--insert",
+                "FORWARD",
+                "--destination",
+                &src6,
+                "--jump",
+                "DROP"
+            ]
+        ),
     )
 }
 
 pub fn plan_exists(env: &Env, name: &str) -> bool {
-    env.state().join("plans").join(format!("{name}.plan")).exists()
+    env.state()
+        .join("plans")
+        .join(format!("{name}.plan"))
+        .exists()
 }
 
 pub fn path_of(p: &Path) -> &str {
