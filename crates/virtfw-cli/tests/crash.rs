@@ -79,8 +79,13 @@ fn crash_runs(env: &Env, file: &Path, name: &str) {
     let mut rng = Rng::new();
     let (mut rolled_back, mut completed, mut recovered_with_undo) = (0, 0, 0);
     for run in 0..runs() {
+        // Even runs: libvirt's one process per command; odd runs: the engine's batches.
+        let mut args = vec!["apply", path_of(file)];
+        if run % 2 == 0 {
+            args.insert(0, "--no-batch");
+        }
         let mut child = env
-            .cmd(&["--no-batch", "apply", path_of(file)])
+            .cmd(&args)
             .env("PATH", &path)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
