@@ -2,20 +2,19 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 use virtfw::{ApplyOptions, Backend, Executor, FakeExecutor, Firewall, ProcessExecutor};
 
 use crate::error::{CliError, CliResult, EXIT_DRIFT, EXIT_OK, EXIT_STATE};
-use crate::exec::{open_netns, JournalExecutor};
-use crate::journal::{self, Journal, OpHeader, OpKind, JOURNAL_VERSION};
+use crate::exec::open_netns;
+use crate::journal::{self, OpHeader, OpKind, JOURNAL_VERSION};
 use crate::lock::{LockKind, StateLock};
+use crate::operation::Operation;
 use crate::plan::{self, Plan, PLAN_VERSION};
 use crate::recover;
 use crate::state::{self, StateDir};
-use crate::undo;
 use crate::verify;
 
 /// What every command gets from the global options.
@@ -155,22 +154,15 @@ pub(crate) fn apply(ctx: &Ctx, file: &Path, name: Option<&str>, dry: bool) -> Cl
         boot_id: state::boot_id(),
         created: state::now(),
         document: fw.to_xml(),
+        status: None,
     };
-    let journal = Arc::new(Journal::begin(&state, &header)?);
-    let exec = JournalExecutor::new(ctx.netns.as_deref(), Some(lock.raw_fd()), journal.clone())?;
-    let result = fw.apply_with(&exec, ctx.options(Some(&exec)));
-    if let Err(err) = result {
+    let op = Operation::begin(&state, &header, ctx.netns.as_deref(), lock.raw_fd())?;
+    if let Err(err) = fw.apply_with(op.exec(), op.options(ctx.per_command)) {
         // The engine rolled back the failed group (and those it inherits from). Groups that
         // libvirt's rule leaves applied are undone too: an apply is all or nothing here.
-        exec.mark("undo")?;
         let tx = Firewall::from_xml(&header.document, "journal").map_err(CliError::Input)?;
-        let records = journal::read_records(journal.dir());
-        let cmds = undo::undo_apply(&tx, journal.dir(), &records);
-        recover::run_undo(&exec, &cmds);
-        drop(exec);
-        Arc::try_unwrap(journal)
-            .map_err(|_| CliError::Failed("journal still in use".into()))?
-            .finish()?;
+        op.undo_apply(&tx, "", "undo")?;
+        op.finish()?;
         return Err(CliError::from_apply(err));
     }
     let mut removal = fw
@@ -191,10 +183,7 @@ pub(crate) fn apply(ctx: &Ctx, file: &Path, name: Option<&str>, dry: bool) -> Cl
         removal: removal.to_xml(),
     };
     plan.store(&state)?;
-    drop(exec);
-    Arc::try_unwrap(journal)
-        .map_err(|_| CliError::Failed("journal still in use".into()))?
-        .finish()?;
+    op.finish()?;
     let undo_cmds = removal.command_count();
     ctx.emit(
         json!({"applied": name, "backend": plan.backend, "groups": plan.groups,
@@ -243,28 +232,31 @@ pub(crate) fn remove(ctx: &Ctx, name: &str, dry: bool, forget: bool) -> CliResul
         boot_id: plan.boot_id.clone(),
         created: state::now(),
         document: plan.removal.clone(),
+        status: None,
     };
-    let journal = Arc::new(Journal::begin(&state, &header)?);
-    let exec = JournalExecutor::new(plan.netns.as_deref(), Some(lock.raw_fd()), journal.clone())?;
-    if let Err(err) = fw.apply_with(&exec, ctx.options(Some(&exec))) {
+    let op = Operation::begin(&state, &header, plan.netns.as_deref(), lock.raw_fd())?;
+    if let Err(err) = fw.apply_with(op.exec(), op.options(ctx.per_command)) {
         // Only refusals before anything ran get here (removal groups ignore errors): keep the
         // plan, drop the empty journal.
-        drop(exec);
-        Arc::try_unwrap(journal)
-            .map_err(|_| CliError::Failed("journal still in use".into()))?
-            .finish()?;
+        op.finish()?;
         return Err(CliError::from_apply(err));
     }
-    let missing = exec.failures();
+    // Exact on both paths: the engine reports every delete it gave up on, per command or
+    // from its batch's retries, with whether the object was already gone.
+    let (missing, failed) = op.exec().ignored();
     let commands = fw.command_count();
     Plan::delete(&state, name)?;
-    drop(exec);
-    Arc::try_unwrap(journal)
-        .map_err(|_| CliError::Failed("journal still in use".into()))?
-        .finish()?;
+    op.finish()?;
     ctx.emit(
-        json!({"removed": name, "commands": commands, "missing": missing}),
-        &format!("removed {name}: {commands} command(s), {missing} object(s) were already gone"),
+        json!({"removed": name, "commands": commands, "missing": missing, "failed": failed}),
+        &format!(
+            "removed {name}: {commands} command(s), {missing} object(s) were already gone{}",
+            if failed > 0 {
+                format!(", {failed} delete(s) failed for another reason (ignored)")
+            } else {
+                String::new()
+            }
+        ),
     );
     Ok(EXIT_OK)
 }

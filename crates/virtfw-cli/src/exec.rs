@@ -26,8 +26,9 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use virtfw::batch::IgnoredCounter;
 use virtfw::executor::{Invocation, Output};
-use virtfw::{ApplyObserver, ExecError, Executor};
+use virtfw::{ApplyObserver, Command as FwCommand, ExecError, Executor};
 
 use crate::error::{CliError, CliResult};
 use crate::journal::{Journal, Record};
@@ -55,7 +56,7 @@ pub(crate) struct JournalExecutor {
     lock_fd: Option<RawFd>,
     journal: Arc<Journal>,
     group: AtomicUsize,
-    failures: AtomicUsize,
+    ignored: IgnoredCounter,
 }
 
 impl JournalExecutor {
@@ -70,13 +71,15 @@ impl JournalExecutor {
             lock_fd,
             journal,
             group: AtomicUsize::new(NO_GROUP),
-            failures: AtomicUsize::new(0),
+            ignored: IgnoredCounter::default(),
         })
     }
 
-    /// How many commands exited non-zero so far (for `remove`: objects already gone).
-    pub(crate) fn failures(&self) -> usize {
-        self.failures.load(Ordering::SeqCst)
+    /// Failures the engine ignored so far, as reported to the observer on both the
+    /// per-command and the batch path: (objects already gone, other failures). A failed batch
+    /// that the engine retries is not counted, only the commands it finally gave up on.
+    pub(crate) fn ignored(&self) -> (usize, usize) {
+        (self.ignored.missing(), self.ignored.failed())
     }
 
     /// Append a phase mark to the journal.
@@ -191,9 +194,6 @@ impl Executor for JournalExecutor {
             .map_err(|e| ExecError::Other(e.to_string()))?;
         match self.spawn_and_wait(seq, &inv) {
             Ok(out) => {
-                if !out.success() {
-                    self.failures.fetch_add(1, Ordering::SeqCst);
-                }
                 // Not fsync'ed: see docs/cli.md (recovery derives outcomes from N.out and
                 // from the ruleset when a `done` record is missing).
                 let _ = self.journal.append(
@@ -233,6 +233,9 @@ impl ApplyObserver for JournalExecutor {
     }
     fn rolling_back(&self, first: usize, failed: usize) {
         let _ = self.mark(&format!("rollback {first} {failed}"));
+    }
+    fn ignored_failure(&self, group: usize, cmd: &FwCommand, missing: bool) {
+        self.ignored.ignored_failure(group, cmd, missing);
     }
 }
 

@@ -1,4 +1,5 @@
-//! The write-ahead journal of one state-changing operation (`apply` or `remove`).
+//! The write-ahead journal of one state-changing operation (`apply`, `remove`, or a network's
+//! `start`, `stop` or `reload`).
 //!
 //! A journal is a directory `DIR/journal/OPID/`:
 //!
@@ -13,7 +14,13 @@
 //! N.out       standard output of command N: the child writes it itself (no pipe), so the echoed
 //!             `# handle` lines land here even when virtfw is killed while the child runs.
 //! N.err       standard error of command N.
+//! result      (network operations) the status file the operation stores, written before it
+//!             is stored: its presence is the commit point (see `has_result`).
 //! ```
+//!
+//! An operation made of steps that are undone by different rules (a network start: global
+//! setup, bridge, rules) writes a `phase:NAME` mark before each step; [`phase_records`] gives
+//! the records of one step. `apply` and `remove` have a single unnamed phase.
 //!
 //! The journal is deleted when the operation has finished (the plan stored, or deleted). A
 //! journal found later belongs to a virtfw that was killed; `recover` reads it.
@@ -39,6 +46,21 @@ pub(crate) const JOURNAL_VERSION: u32 = 1;
 pub(crate) enum OpKind {
     Apply,
     Remove,
+    NetworkStart,
+    NetworkStop,
+    NetworkReload,
+}
+
+impl OpKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Apply => "apply",
+            OpKind::Remove => "remove",
+            OpKind::NetworkStart => "network start",
+            OpKind::NetworkStop => "network stop",
+            OpKind::NetworkReload => "network reload",
+        }
+    }
 }
 
 /// The head of a journal (`op.json`).
@@ -53,8 +75,13 @@ pub(crate) struct OpHeader {
     pub netns_id: String,
     pub boot_id: String,
     pub created: u64,
-    /// apply: the transaction XML; remove: the removal plan XML.
+    /// apply: the transaction XML; remove: the removal plan XML; network start and reload: the
+    /// network's firewall transaction (empty for a network without rules); network stop: empty.
     pub document: String,
+    /// Network operations: the network's status file as it was before (stop, reload) or the
+    /// definition-only status (start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 /// One line of `log`.
@@ -176,10 +203,44 @@ impl Journal {
         cmd_file(&self.dir, seq, ext)
     }
 
-    /// The operation is over: delete the journal durably.
-    pub(crate) fn finish(self) -> CliResult<()> {
-        remove_journal(&self.dir)
+    /// Store the operation's result (the status file it is about to write) in the journal,
+    /// atomically: from here on recovery completes the operation instead of undoing it.
+    pub(crate) fn commit(&self, result: &[u8]) -> CliResult<()> {
+        state::write_atomic(&self.dir.join(RESULT_FILE), result)
     }
+}
+
+const RESULT_FILE: &str = "result";
+const PHASE_PREFIX: &str = "phase:";
+
+/// The mark that starts phase `name`.
+pub(crate) fn phase_mark(name: &str) -> String {
+    format!("{PHASE_PREFIX}{name}")
+}
+
+/// The committed result of an operation, if it got that far.
+pub(crate) fn read_result(dir: &Path) -> Option<String> {
+    fs::read_to_string(dir.join(RESULT_FILE)).ok()
+}
+
+/// The records of phase `name`: every segment that a `phase:NAME` mark starts (the records
+/// before the first phase mark are phase ""), in order, without the phase marks. A phase can
+/// be re-entered (undo after a failure, recovery), so its undo commands are read with it.
+pub(crate) fn phase_records(records: &[Record], name: &str) -> Vec<Record> {
+    let mut current = "";
+    let mut out = Vec::new();
+    for rec in records {
+        if let Record::Mark { mark } = rec {
+            if let Some(p) = mark.strip_prefix(PHASE_PREFIX) {
+                current = p;
+                continue;
+            }
+        }
+        if current == name {
+            out.push(rec.clone());
+        }
+    }
+    out
 }
 
 pub(crate) fn cmd_file(dir: &Path, seq: u64, ext: &str) -> PathBuf {

@@ -9,6 +9,8 @@ mod exec;
 mod journal;
 mod lock;
 mod network;
+mod network_journal;
+mod operation;
 mod plan;
 mod recover;
 mod state;

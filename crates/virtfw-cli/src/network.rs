@@ -3,20 +3,25 @@
 //! A running network is remembered as libvirt remembers it: a `<networkstatus>` file with the
 //! definition and the `fwRemoval` plan, here `STATE_DIR/networks/NAME.xml`. A libvirt status
 //! file copied there can be stopped by virtfw, and ours read by libvirt. Every change holds the
-//! state directory's exclusive lock, and the lock descriptor is passed to the commands started.
+//! state directory's exclusive lock and is a journalled operation like `apply`/`remove`
+//! (`operation`, recovery in `network_journal`): every command is journalled before it runs
+//! and inherits the lock.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use virtfw::{Backend, ExecError, ProcessExecutor};
+use virtfw::{Backend, ExecError, Firewall, ProcessExecutor};
 use virtfw_network::{backend, lifecycle, NetworkDef, NetworkError, NetworkStatus};
 
 use crate::commands::Ctx;
 use crate::error::{CliError, CliResult, EXIT_DRIFT, EXIT_OK};
+use crate::exec::open_netns;
+use crate::journal::OpKind;
 use crate::lock::{LockKind, StateLock};
-use crate::state;
+use crate::network_journal::{self, Phases};
+use crate::operation::Operation;
+use crate::state::{self, StateDir};
 
 /// Arguments of `virtfw network`.
 #[derive(Debug, clap::Args)]
@@ -114,48 +119,35 @@ fn configured_backend(flag: Option<&str>) -> CliResult<Option<Backend>> {
     backend::read_network_conf(&conf).map_err(cli_error)
 }
 
-fn networks_dir(ctx: &Ctx) -> CliResult<PathBuf> {
-    let dir = ctx.state_dir.join("networks");
-    match fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => Ok(dir),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let meta = fs::symlink_metadata(&dir)
-                .map_err(|e| CliError::io(format!("cannot stat {}", dir.display()), e))?;
-            if !meta.is_dir() || meta.mode() & 0o022 != 0 {
-                return Err(CliError::UnsafeStateDir {
-                    path: dir,
-                    reason: "not a directory, or writable by group or others".into(),
-                });
-            }
-            Ok(dir)
-        }
-        Err(e) => Err(CliError::io(format!("cannot create {}", dir.display()), e)),
-    }
-}
-
-fn status_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!("{name}.xml"))
-}
-
-fn read_status(path: &Path) -> CliResult<NetworkStatus> {
+fn read_status(path: &Path) -> CliResult<(String, NetworkStatus)> {
     let text = fs::read_to_string(path)
         .map_err(|e| CliError::io(format!("cannot read {}", path.display()), e))?;
-    NetworkStatus::from_xml(&text, &path.display().to_string()).map_err(|e| CliError::State {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    let status = NetworkStatus::from_xml(&text, &path.display().to_string()).map_err(|e| {
+        CliError::State {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    })?;
+    Ok((text, status))
 }
 
-fn load(ctx: &Ctx, dir: &Path, name: &str) -> CliResult<(PathBuf, NetworkStatus)> {
+/// A running network: its status file's path, text and content.
+struct Running {
+    path: PathBuf,
+    text: String,
+    status: NetworkStatus,
+}
+
+fn load(ctx: &Ctx, state: &StateDir, name: &str) -> CliResult<Running> {
     state::check_name(name)?;
-    let path = status_path(dir, name);
+    let path = state.network_status_path(name);
     if !path.exists() {
         return Err(CliError::State {
             path,
             message: format!("no running network named '{name}'"),
         });
     }
-    let status = read_status(&path)?;
+    let (text, status) = read_status(&path)?;
     if let (Some(asked), Some(recorded)) = (&ctx.netns, &status.netns) {
         if asked != recorded {
             return Err(CliError::Usage(format!(
@@ -163,29 +155,21 @@ fn load(ctx: &Ctx, dir: &Path, name: &str) -> CliResult<(PathBuf, NetworkStatus)
             )));
         }
     }
-    Ok((path, status))
+    Ok(Running { path, text, status })
 }
 
-/// The executor for a network: in the recorded namespace, else `--netns`, holding the lock.
-fn executor(netns: Option<&str>, lock: Option<&StateLock>) -> CliResult<ProcessExecutor> {
-    let exec = match netns {
+/// A read-only executor for checking a network's rules, in its namespace.
+fn executor(netns: Option<&str>) -> CliResult<ProcessExecutor> {
+    match netns {
         Some(ns) => ProcessExecutor::in_netns(ns).map_err(|e| match e {
             ExecError::Netns { netns, source } => CliError::Netns {
                 name: netns,
                 source,
             },
             other => CliError::Failed(other.to_string()),
-        })?,
-        None => ProcessExecutor::new(),
-    };
-    Ok(match lock {
-        Some(l) => exec.inherit_fd(l.raw_fd()),
-        None => exec,
-    })
-}
-
-fn write_status(path: &Path, status: &NetworkStatus) -> CliResult<()> {
-    state::write_atomic(path, status.to_xml().as_bytes())
+        }),
+        None => Ok(ProcessExecutor::new()),
+    }
 }
 
 fn read_def(file: &Path) -> CliResult<NetworkDef> {
@@ -196,32 +180,65 @@ fn read_def(file: &Path) -> CliResult<NetworkDef> {
     NetworkDef::from_xml(&text, &file.display().to_string()).map_err(cli_error)
 }
 
+/// Store the status of a journalled operation: first in the journal (the commit point, from
+/// which `recover` completes the operation), then as the status file; then the journal goes.
+fn store_status(op: Operation, path: &Path, status: &NetworkStatus) -> CliResult<()> {
+    let xml = status.to_xml();
+    op.commit(xml.as_bytes())?;
+    state::write_atomic(path, xml.as_bytes())?;
+    op.finish()
+}
+
+/// `network start`: journalled like `apply` (docs/cli.md, "Network operations").
 fn start(ctx: &Ctx, file: &Path, backend_flag: Option<&str>) -> CliResult<i32> {
     // Everything about the input is checked before the lock is even taken.
     let def = read_def(file)?;
     state::check_name(&def.name)?;
     let backend = backend::select(configured_backend(backend_flag)?).map_err(cli_error)?;
-    if def.forward.has_rules() {
-        lifecycle::network_firewall(&def, backend).map_err(cli_error)?;
+    let tx = if def.forward.has_rules() {
+        Some(lifecycle::network_firewall(&def, backend).map_err(cli_error)?)
+    } else {
+        None
+    };
+    if let Some(ns) = &ctx.netns {
+        open_netns(ns)?;
     }
-    let (_state, lock) = ctx.lock(LockKind::Exclusive)?;
-    let dir = networks_dir(ctx)?;
-    let path = status_path(&dir, &def.name);
+    let (state, lock) = ctx.lock(LockKind::Exclusive)?;
+    let path = state.network_status_path(&def.name);
     if path.exists() {
         return Err(CliError::State {
             path,
             message: format!("network '{}' is already running; stop it first", def.name),
         });
     }
-    let exec = executor(ctx.netns.as_deref(), Some(&lock))?;
+    let header = network_journal::header(
+        OpKind::NetworkStart,
+        &def.name,
+        backend.as_str(),
+        ctx.netns.as_deref(),
+        tx.as_ref().map(Firewall::to_xml).unwrap_or_default(),
+        def.xml.clone(),
+    )?;
+    let op = Operation::begin(&state, &header, ctx.netns.as_deref(), lock.raw_fd())?;
     let name = def.name.clone();
-    let mut status = lifecycle::start(def, backend, &exec, ctx_options(ctx)).map_err(cli_error)?;
+    let phases = Phases::new(&op);
+    let started =
+        lifecycle::start_in_steps(def, backend, op.exec(), op.options(ctx.per_command), &|s| {
+            phases.step(s)
+        });
+    phases.check()?;
+    let mut status = match started {
+        Ok(status) => status,
+        Err(e) => {
+            // All or nothing, as `apply`: also what libvirt's rollback leaves (earlier groups),
+            // and the bridge, by the computation `recover` would make.
+            network_journal::undo_start(&op, tx.as_ref(), "undo")?;
+            op.finish()?;
+            return Err(cli_error(e));
+        }
+    };
     status.netns = ctx.netns.clone();
-    if let Err(e) = write_status(&path, &status) {
-        // Without a status nobody could stop it: take it down again.
-        let _ = lifecycle::stop(&status, &exec, ctx_options(ctx));
-        return Err(e);
-    }
+    store_status(op, &path, &status)?;
     let rules = status.removal.as_ref().map_or(0, |r| r.command_count());
     ctx.emit(
         json!({"network": name, "started": true, "backend": backend.as_str(),
@@ -240,35 +257,49 @@ fn start(ctx: &Ctx, file: &Path, backend_flag: Option<&str>) -> CliResult<i32> {
     Ok(EXIT_OK)
 }
 
-fn ctx_options(ctx: &Ctx) -> virtfw::ApplyOptions<'static> {
-    virtfw::ApplyOptions {
-        observer: None,
-        per_command: ctx.per_command,
-    }
-}
-
+/// `network stop`: journalled like `remove`.
 fn stop(ctx: &Ctx, name: &str) -> CliResult<i32> {
-    let (_state, lock) = ctx.lock(LockKind::Exclusive)?;
-    let dir = networks_dir(ctx)?;
-    let (path, status) = load(ctx, &dir, name)?;
-    let exec = executor(status.netns.as_deref(), Some(&lock))?;
+    let (state, lock) = ctx.lock(LockKind::Exclusive)?;
+    let Running { path, text, status } = load(ctx, &state, name)?;
+    let netns = status.netns.clone();
+    if let Some(ns) = &netns {
+        open_netns(ns)?;
+    }
+    let header = network_journal::header(
+        OpKind::NetworkStop,
+        name,
+        status.backend().as_str(),
+        netns.as_deref(),
+        String::new(),
+        text,
+    )?;
+    let op = Operation::begin(&state, &header, netns.as_deref(), lock.raw_fd())?;
     // libvirt deletes the status first: a stop that fails half way must not be retried with
-    // a plan whose handles may since have been reused.
-    fs::remove_file(&path)
-        .map_err(|e| CliError::io(format!("cannot remove {}", path.display()), e))?;
-    lifecycle::stop(&status, &exec, ctx_options(ctx)).map_err(cli_error)?;
+    // a plan whose handles may since have been reused. (A killed stop is finished by
+    // `recover` from the journal, which holds the status.)
+    state::remove_durably(&path)?;
+    let phases = Phases::new(&op);
+    let stopped = lifecycle::stop_in_steps(&status, op.exec(), op.options(ctx.per_command), &|s| {
+        phases.step(s)
+    });
+    phases.check()?;
+    let (missing, failed) = op.exec().ignored();
+    op.finish()?;
+    stopped.map_err(cli_error)?;
     ctx.emit(
         json!({"network": name, "stopped": true, "backend": status.backend().as_str(),
-               "deleted_bridge": status.created_bridge}),
-        &format!("network {name} stopped"),
+               "deleted_bridge": status.created_bridge, "missing": missing,
+               "failed": failed}),
+        &format!("network {name} stopped ({missing} rule(s) were already gone)"),
     );
     Ok(EXIT_OK)
 }
 
-fn running(dir: &Path) -> CliResult<Vec<String>> {
+fn running(state: &StateDir) -> CliResult<Vec<String>> {
+    let dir = state.networks_dir();
     let mut names = Vec::new();
-    let entries =
-        fs::read_dir(dir).map_err(|e| CliError::io(format!("cannot read {}", dir.display()), e))?;
+    let entries = fs::read_dir(&dir)
+        .map_err(|e| CliError::io(format!("cannot read {}", dir.display()), e))?;
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
         if let Some(name) = file.strip_suffix(".xml") {
@@ -281,31 +312,83 @@ fn running(dir: &Path) -> CliResult<Vec<String>> {
     Ok(names)
 }
 
+/// Reload one network, journalled: remove with the old plan, add again, store the status.
+fn reload_one(
+    ctx: &Ctx,
+    state: &StateDir,
+    lock: &StateLock,
+    name: &str,
+    configured: Option<Backend>,
+) -> CliResult<(Backend, Option<NetworkError>)> {
+    let Running { path, text, status } = load(ctx, state, name)?;
+    let backend = match configured {
+        Some(b) => backend::select(Some(b)).map_err(cli_error)?,
+        None => status.backend(),
+    };
+    let netns = status.netns.clone();
+    if let Some(ns) = &netns {
+        open_netns(ns)?;
+    }
+    // Built here too (the lifecycle builds it again) so the journal knows what the add makes;
+    // a late definition error is reported by the lifecycle after the removal, as before.
+    let tx = status
+        .def
+        .forward
+        .has_rules()
+        .then(|| lifecycle::network_firewall(&status.def, backend).ok())
+        .flatten();
+    let header = network_journal::header(
+        OpKind::NetworkReload,
+        name,
+        backend.as_str(),
+        netns.as_deref(),
+        tx.as_ref().map(Firewall::to_xml).unwrap_or_default(),
+        text,
+    )?;
+    let op = Operation::begin(state, &header, netns.as_deref(), lock.raw_fd())?;
+    let phases = Phases::new(&op);
+    let reloaded = lifecycle::reload_in_steps(
+        status,
+        backend,
+        op.exec(),
+        op.options(ctx.per_command),
+        &|s| phases.step(s),
+    );
+    phases.check()?;
+    let reloaded = match reloaded {
+        Ok(r) => r,
+        Err(e) => {
+            // Refused before anything ran (e.g. a missing program): the status stays.
+            op.finish()?;
+            return Err(cli_error(e));
+        }
+    };
+    if reloaded.error.is_some() {
+        if let Some(tx) = &tx {
+            op.undo_apply(tx, "rules", "undo")?;
+        }
+    }
+    // Stored either way: without a new plan a later stop uses the legacy deletions.
+    store_status(op, &path, &reloaded.status)?;
+    Ok((backend, reloaded.error))
+}
+
+/// `network reload [NAME…]`: each network is its own journalled operation.
 fn reload(ctx: &Ctx, names: &[String], backend_flag: Option<&str>) -> CliResult<i32> {
     let configured = configured_backend(backend_flag)?;
-    let (_state, lock) = ctx.lock(LockKind::Exclusive)?;
-    let dir = networks_dir(ctx)?;
+    let (state, lock) = ctx.lock(LockKind::Exclusive)?;
     let names = if names.is_empty() {
-        running(&dir)?
+        running(&state)?
     } else {
         names.to_vec()
     };
     let mut results = Vec::new();
     let mut failed = None;
     for name in &names {
-        let (path, status) = load(ctx, &dir, name)?;
-        let backend = match configured {
-            Some(b) => backend::select(Some(b)).map_err(cli_error)?,
-            None => status.backend(),
-        };
-        let exec = executor(status.netns.as_deref(), Some(&lock))?;
-        let reloaded =
-            lifecycle::reload(status, backend, &exec, ctx_options(ctx)).map_err(cli_error)?;
-        // Stored either way: without a new plan a later stop uses the legacy deletions.
-        write_status(&path, &reloaded.status)?;
+        let (backend, error) = reload_one(ctx, &state, &lock, name, configured)?;
         results.push(json!({"network": name, "backend": backend.as_str(),
-                            "error": reloaded.error.as_ref().map(|e| e.to_string())}));
-        if let Some(e) = reloaded.error {
+                            "error": error.as_ref().map(|e| e.to_string())}));
+        if let Some(e) = error {
             failed.get_or_insert(cli_error(e));
         }
     }
@@ -358,7 +441,7 @@ fn describe(
 }
 
 fn check_one(status: &NetworkStatus) -> Result<lifecycle::RuleCheck, String> {
-    let exec = executor(status.netns.as_deref(), None).map_err(|e| e.to_string())?;
+    let exec = executor(status.netns.as_deref()).map_err(|e| e.to_string())?;
     lifecycle::check(status, &exec).map_err(|e| e.to_string())
 }
 
@@ -378,11 +461,10 @@ fn line(v: &serde_json::Value) -> String {
 }
 
 fn list(ctx: &Ctx) -> CliResult<i32> {
-    let (_state, _lock) = ctx.lock(LockKind::Shared)?;
-    let dir = networks_dir(ctx)?;
+    let (state, _lock) = ctx.lock(LockKind::Shared)?;
     let mut rows = Vec::new();
-    for name in running(&dir)? {
-        let status = read_status(&status_path(&dir, &name))?;
+    for name in running(&state)? {
+        let (_, status) = read_status(&state.network_status_path(&name))?;
         let check = check_one(&status);
         rows.push(describe(&status, &check));
     }
@@ -399,9 +481,8 @@ fn list(ctx: &Ctx) -> CliResult<i32> {
 }
 
 fn status(ctx: &Ctx, name: &str) -> CliResult<i32> {
-    let (_state, _lock) = ctx.lock(LockKind::Shared)?;
-    let dir = networks_dir(ctx)?;
-    let (_, status) = load(ctx, &dir, name)?;
+    let (state, _lock) = ctx.lock(LockKind::Shared)?;
+    let Running { status, .. } = load(ctx, &state, name)?;
     let check = check_one(&status);
     let v = describe(&status, &check);
     let mut text = line(&v);

@@ -117,12 +117,7 @@ impl Plan {
 
     /// Delete the plan file durably.
     pub(crate) fn delete(state: &StateDir, name: &str) -> CliResult<()> {
-        let path = state.plan_path(name);
-        match fs::remove_file(&path) {
-            Ok(()) => state::sync_dir(&state.plans_dir()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(CliError::io(format!("cannot delete {}", path.display()), e)),
-        }
+        state::remove_durably(&state.plan_path(name))
     }
 }
 

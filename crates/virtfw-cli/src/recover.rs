@@ -9,58 +9,24 @@
 //! * apply whose plan was stored (the plan carries the same operation id): it had completed;
 //!   only the journal is deleted;
 //! * any other apply: everything it created is removed (`undo::undo_apply`);
-//! * remove: the plan's remaining commands run (`undo::undo_remove`), then the plan is deleted.
+//! * remove: the plan's remaining commands run (`undo::undo_remove`), then the plan is deleted;
+//! * network start, stop, reload: see `network_journal`.
 //!
 //! Recovery journals its own commands in the same journal, so a recovery that is itself
 //! killed is finished by the next one without running any command twice.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use serde::Serialize;
 use tracing::{info, warn};
-use virtfw::executor::Invocation;
-use virtfw::{Executor, Firewall};
+use virtfw::Firewall;
 
 use crate::error::{CliError, CliResult};
-use crate::exec::JournalExecutor;
-use crate::journal::{self, Journal, OpKind};
+use crate::journal::{self, OpHeader, OpKind};
+use crate::network_journal;
+use crate::operation::{Operation, UndoStats};
 use crate::plan::{self, Plan};
 use crate::state::StateDir;
-use crate::undo::{self, UndoCmd};
-
-/// Counts of an undo run.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub(crate) struct UndoStats {
-    /// Commands run.
-    pub run: usize,
-    /// Objects found already absent (`--check` failed) or whose delete failed.
-    pub missing: usize,
-}
-
-/// Run undo commands in order: a `--check` first where there is one, then the delete.
-/// Failures are counted, never fatal: the aim is to remove whatever is still there.
-pub(crate) fn run_undo(exec: &JournalExecutor, cmds: &[UndoCmd]) -> UndoStats {
-    let mut stats = UndoStats::default();
-    let ok = |argv: &[String]| {
-        exec.run(Invocation { argv, stdin: None })
-            .map(|o| o.success())
-            .unwrap_or(false)
-    };
-    for cmd in cmds {
-        if let Some(check) = &cmd.check {
-            if !ok(check) {
-                stats.missing += 1;
-                continue;
-            }
-        }
-        stats.run += 1;
-        if !ok(&cmd.argv) {
-            stats.missing += 1;
-        }
-    }
-    stats
-}
 
 /// What recovery did with one journal.
 #[derive(Debug, Clone, Serialize)]
@@ -83,77 +49,77 @@ pub(crate) fn recover_all(state: &StateDir, lock_fd: i32) -> CliResult<Vec<Settl
     Ok(out)
 }
 
+/// The document an operation worked from, parsed; an error names the journal.
+pub(crate) fn journal_firewall(dir: &Path, text: &str) -> CliResult<Firewall> {
+    let source = dir.join("op.json").display().to_string();
+    Firewall::from_xml(text, &source).map_err(|e| CliError::State {
+        path: dir.to_path_buf(),
+        message: format!("corrupt journal: {e}"),
+    })
+}
+
 fn recover_one(state: &StateDir, lock_fd: i32, dir: &Path) -> CliResult<Settled> {
     let header = journal::read_header(dir)?;
-    let records = journal::read_records(dir);
-    let kind = match header.kind {
-        OpKind::Apply => "apply",
-        OpKind::Remove => "remove",
-    };
     let mut settled = Settled {
         op_id: header.op_id.clone(),
-        kind,
+        kind: header.kind.as_str(),
         name: header.name.clone(),
         action: String::new(),
         commands: 0,
         missing: 0,
     };
-    let doc_name = dir.join("op.json").display().to_string();
-    let plan_path = state.plan_path(&header.name);
-    let stored = Plan::load(&plan_path).ok();
-
     if let Some(reason) =
         plan::staleness(&header.boot_id, header.netns.as_deref(), &header.netns_id)
     {
         warn!(journal = %dir.display(), %reason, "dropping journal: its rules are gone");
-        if header.kind == OpKind::Remove && stored.is_some() {
-            Plan::delete(state, &header.name)?;
+        match header.kind {
+            OpKind::Remove => Plan::delete(state, &header.name)?,
+            OpKind::NetworkStop => network_journal::drop_stale_stop(state, &header)?,
+            OpKind::Apply | OpKind::NetworkStart | OpKind::NetworkReload => {}
         }
         journal::remove_journal(dir)?;
         settled.action = format!("dropped: {reason}");
         return Ok(settled);
     }
-
-    let cmds = match header.kind {
-        OpKind::Apply => {
-            if stored.as_ref().is_some_and(|p| p.op_id == header.op_id) {
-                journal::remove_journal(dir)?;
-                settled.action = "apply had completed; plan kept".into();
-                return Ok(settled);
-            }
-            let tx =
-                Firewall::from_xml(&header.document, &doc_name).map_err(|e| CliError::State {
-                    path: dir.to_path_buf(),
-                    message: format!("corrupt journal: {e}"),
-                })?;
-            settled.action = "rolled back the interrupted apply".into();
-            undo::undo_apply(&tx, dir, &records)
-        }
-        OpKind::Remove => {
-            if stored.is_none() {
-                journal::remove_journal(dir)?;
-                settled.action = "removal had completed".into();
-                return Ok(settled);
-            }
-            let plan =
-                Firewall::from_xml(&header.document, &doc_name).map_err(|e| CliError::State {
-                    path: dir.to_path_buf(),
-                    message: format!("corrupt journal: {e}"),
-                })?;
-            settled.action = "finished the interrupted removal".into();
-            undo::undo_remove(&plan, &records)
-        }
+    let (action, stats) = match header.kind {
+        OpKind::Apply | OpKind::Remove => recover_plan_op(state, lock_fd, dir, &header)?,
+        _ => network_journal::recover(state, lock_fd, dir, &header)?,
     };
-    let journal = Arc::new(Journal::open(dir)?);
-    let exec = JournalExecutor::new(header.netns.as_deref(), Some(lock_fd), journal)?;
-    exec.mark("recover")?;
-    let stats = run_undo(&exec, &cmds);
     info!(journal = %dir.display(), run = stats.run, missing = stats.missing, "recovered");
+    settled.action = action;
     settled.commands = stats.run;
     settled.missing = stats.missing;
-    if header.kind == OpKind::Remove {
-        Plan::delete(state, &header.name)?;
-    }
     journal::remove_journal(dir)?;
     Ok(settled)
+}
+
+/// `apply`: completed when its plan is stored under the same operation id, else undone.
+/// `remove`: completed when the plan is gone, else finished, then the plan deleted.
+fn recover_plan_op(
+    state: &StateDir,
+    lock_fd: i32,
+    dir: &Path,
+    header: &OpHeader,
+) -> CliResult<(String, UndoStats)> {
+    let stored = Plan::load(&state.plan_path(&header.name)).ok();
+    let apply = header.kind == OpKind::Apply;
+    if apply && stored.as_ref().is_some_and(|p| p.op_id == header.op_id) {
+        return Ok((
+            "apply had completed; plan kept".into(),
+            UndoStats::default(),
+        ));
+    }
+    if !apply && stored.is_none() {
+        return Ok(("removal had completed".into(), UndoStats::default()));
+    }
+    let fw = journal_firewall(dir, &header.document)?;
+    let op = Operation::resume(dir, header.netns.as_deref(), lock_fd)?;
+    if apply {
+        let stats = op.undo_apply(&fw, "", "recover")?;
+        Ok(("rolled back the interrupted apply".into(), stats))
+    } else {
+        let stats = op.undo_remove(&fw, "", "recover")?;
+        Plan::delete(state, &header.name)?;
+        Ok(("finished the interrupted removal".into(), stats))
+    }
 }

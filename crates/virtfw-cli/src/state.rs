@@ -6,6 +6,7 @@
 //! DIR/lock                 flock target serialising every virtfw that changes state
 //! DIR/plans/NAME.plan      one stored removal plan (JSON envelope, see plan.rs)
 //! DIR/journal/OPID/        one in-flight operation (see journal.rs)
+//! DIR/networks/NAME.xml    a running virtual network: libvirt's status file (network.rs)
 //! ```
 //!
 //! A plan describes how to take rules out of the kernel, so whoever can write it can make
@@ -58,7 +59,7 @@ impl StateDir {
             root: root.to_path_buf(),
         };
         dir.check_safe(root)?;
-        for sub in ["plans", "journal"] {
+        for sub in ["plans", "journal", "networks"] {
             let p = root.join(sub);
             match fs::DirBuilder::new().mode(0o700).create(&p) {
                 Ok(()) => {}
@@ -111,6 +112,13 @@ impl StateDir {
     pub(crate) fn plan_path(&self, name: &str) -> PathBuf {
         self.plans_dir().join(format!("{name}.plan"))
     }
+    pub(crate) fn networks_dir(&self) -> PathBuf {
+        self.root.join("networks")
+    }
+    /// The status file of network `name` (libvirt's `<networkstatus>`).
+    pub(crate) fn network_status_path(&self, name: &str) -> PathBuf {
+        self.networks_dir().join(format!("{name}.xml"))
+    }
 }
 
 /// Plan names become file names: keep them to a safe alphabet.
@@ -157,6 +165,15 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> CliResult<()> {
         CliError::io(format!("cannot rename into {}", path.display()), e)
     })?;
     sync_dir(dir)
+}
+
+/// Delete a file durably; a file already gone is fine.
+pub(crate) fn remove_durably(path: &Path) -> CliResult<()> {
+    match fs::remove_file(path) {
+        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CliError::io(format!("cannot delete {}", path.display()), e)),
+    }
 }
 
 /// fsync a directory, making renames and removals in it durable.

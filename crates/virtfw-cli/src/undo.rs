@@ -369,12 +369,89 @@ pub(crate) fn undo_remove(plan: &Firewall, records: &[Record]) -> Vec<UndoCmd> {
     drop_completed(cmds, &all)
 }
 
+/// Delete bridge `name` if it exists (the check makes a repeated delete harmless).
+pub(crate) fn delete_bridge(name: &str) -> UndoCmd {
+    let words = |s: &[&str]| s.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+    UndoCmd {
+        argv: words(&["ip", "link", "del", "dev", name]),
+        check: Some(words(&["ip", "link", "show", "dev", name])),
+    }
+}
+
+/// The undo of a network start's bridge step: the bridge is ours iff our `ip link add NAME
+/// type bridge` started (it runs only after `ip link show` found no such link, under the
+/// lock) and did not fail. Killed while it ran: the delete is guarded by `ip link show`.
+pub(crate) fn undo_bridge(records: &[Record]) -> Vec<UndoCmd> {
+    let failed: Vec<u64> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Done { seq, status } if *status != 0 => Some(*seq),
+            Record::NotRun { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Start { seq, argv, .. } if !failed.contains(seq) => match &argv[..] {
+                [ip, link, add, name, ty, bridge]
+                    if base(ip) == "ip"
+                        && link == "link"
+                        && add == "add"
+                        && ty == "type"
+                        && bridge == "bridge" =>
+                {
+                    Some(delete_bridge(name))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .rev()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn v(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn bridge_is_undone_only_when_our_add_did_not_fail() {
+        let start = |seq, argv: &str| Record::Start {
+            seq,
+            group: None,
+            argv: v(argv),
+            stdin: false,
+        };
+        // Killed while `ip link add` ran: unknown, so a guarded delete.
+        let records = vec![
+            start(0, "ip link show dev br7"),
+            Record::Done { seq: 0, status: 1 },
+            start(1, "ip link add br7 type bridge"),
+        ];
+        assert_eq!(
+            undo_bridge(&records),
+            vec![UndoCmd {
+                argv: v("ip link del dev br7"),
+                check: Some(v("ip link show dev br7")),
+            }]
+        );
+        // The add failed (someone else's link appeared): nothing is ours.
+        let records = vec![
+            start(1, "ip link add br7 type bridge"),
+            Record::Done { seq: 1, status: 2 },
+        ];
+        assert!(undo_bridge(&records).is_empty());
+        // The bridge existed: only `ip link show` ran.
+        let records = vec![
+            start(0, "ip link show dev br7"),
+            Record::Done { seq: 0, status: 0 },
+        ];
+        assert!(undo_bridge(&records).is_empty());
     }
 
     #[test]

@@ -109,6 +109,24 @@ fn apply_network(
     Ok(Some(removal))
 }
 
+/// A step of a network's lifecycle, announced just before its commands run. A caller that
+/// journals the commands (the CLI, for crash recovery) needs to know which command belongs to
+/// which step, because each step is undone by its own rule: the global setup never (other
+/// networks share it), the bridge only if this start created it, the rules by their handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The one-time global chains or tables.
+    GlobalSetup,
+    /// Creating the bridge when it is missing (its existence is checked first).
+    Bridge,
+    /// Applying the network's firewall (auto-rollback).
+    Rules,
+    /// Removing the network's rules with its stored plan (or the legacy deletions).
+    RemoveRules,
+    /// Deleting the bridge this network created (at stop, or after a failed start).
+    DeleteBridge,
+}
+
 /// Start a network: check everything that can be checked, run the global setup, create the
 /// bridge if missing, apply the network's firewall. The returned status has no `netns`; the
 /// caller that chose the executor records it. On failure nothing of this network is left
@@ -120,7 +138,19 @@ pub fn start(
     exec: &dyn Executor,
     options: ApplyOptions<'_>,
 ) -> Result<NetworkStatus> {
+    start_in_steps(def, backend, exec, options, &|_| {})
+}
+
+/// [`start`], calling `step` before each [`Step`].
+pub fn start_in_steps(
+    def: NetworkDef,
+    backend: Backend,
+    exec: &dyn Executor,
+    options: ApplyOptions<'_>,
+    step: &dyn Fn(Step),
+) -> Result<NetworkStatus> {
     if !def.forward.has_rules() {
+        step(Step::Bridge);
         let created_bridge = ensure_bridge(&def, exec)?;
         return Ok(NetworkStatus {
             def,
@@ -131,8 +161,11 @@ pub fn start(
     }
     // Built first: a bad value fails here, before the host is touched.
     let fw = network_firewall(&def, backend)?;
+    step(Step::GlobalSetup);
     global::setup(backend, exec, options).require(&def)?;
+    step(Step::Bridge);
     let created_bridge = ensure_bridge(&def, exec)?;
+    step(Step::Rules);
     match apply_network(fw, exec, options) {
         Ok(removal) => Ok(NetworkStatus {
             def,
@@ -142,6 +175,7 @@ pub fn start(
         }),
         Err(e) => {
             if created_bridge {
+                step(Step::DeleteBridge);
                 delete_bridge(&def, exec);
             }
             Err(e)
@@ -165,7 +199,19 @@ pub fn remove_rules(
 
 /// Stop a network: remove its rules, then delete the bridge if it was made at start.
 pub fn stop(status: &NetworkStatus, exec: &dyn Executor, options: ApplyOptions<'_>) -> Result<()> {
+    stop_in_steps(status, exec, options, &|_| {})
+}
+
+/// [`stop`], calling `step` before each [`Step`].
+pub fn stop_in_steps(
+    status: &NetworkStatus,
+    exec: &dyn Executor,
+    options: ApplyOptions<'_>,
+    step: &dyn Fn(Step),
+) -> Result<()> {
+    step(Step::RemoveRules);
     remove_rules(status, exec, options)?;
+    step(Step::DeleteBridge);
     if status.created_bridge && link_exists(exec, &status.def.bridge) {
         ip_cmd(
             exec,
@@ -192,6 +238,18 @@ pub fn reload(
     exec: &dyn Executor,
     options: ApplyOptions<'_>,
 ) -> Result<Reloaded> {
+    reload_in_steps(status, backend, exec, options, &|_| {})
+}
+
+/// [`reload`], calling `step` before each [`Step`].
+pub fn reload_in_steps(
+    status: NetworkStatus,
+    backend: Backend,
+    exec: &dyn Executor,
+    options: ApplyOptions<'_>,
+    step: &dyn Fn(Step),
+) -> Result<Reloaded> {
+    step(Step::RemoveRules);
     remove_rules(&status, exec, options)?;
     let NetworkStatus {
         def,
@@ -211,7 +269,9 @@ pub fn reload(
         });
     }
     let added = network_firewall(&def, backend).and_then(|fw| {
+        step(Step::GlobalSetup);
         global::setup(backend, exec, options).require(&def)?;
+        step(Step::Rules);
         apply_network(fw, exec, options)
     });
     let (removal, error) = match added {

@@ -1,0 +1,176 @@
+//! One journalled operation: the journal and the executor that writes into it, shared by every
+//! state-changing command (`apply`, `remove`, `network start|stop|reload`) and by `recover`.
+//!
+//! The rules that make a killed operation recoverable live here once:
+//!
+//! * the journal exists (durably) before the first command runs ([`Operation::begin`]);
+//! * every command goes through the [`JournalExecutor`] (start record fdatasync'ed before the
+//!   spawn, output written by the child into the journal, state lock inherited);
+//! * an operation made of steps marks each one ([`Operation::phase`]), so that recovery undoes
+//!   each step by its own rule;
+//! * a failed or interrupted apply is undone by the same computation on the live path and in
+//!   `recover` ([`Operation::undo_apply`]), so the two cannot disagree; an interrupted removal
+//!   is finished by [`Operation::undo_remove`];
+//! * the journal is deleted only once the operation's result is stored ([`Operation::finish`]).
+
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+use virtfw::executor::Invocation;
+use virtfw::{ApplyOptions, Executor, Firewall};
+
+use crate::error::CliResult;
+use crate::exec::JournalExecutor;
+use crate::journal::{self, Journal, OpHeader, Record};
+use crate::state::StateDir;
+use crate::undo::{self, UndoCmd};
+
+/// Counts of an undo run.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct UndoStats {
+    /// Commands run.
+    pub run: usize,
+    /// Objects found already absent (`--check` failed) or whose delete failed.
+    pub missing: usize,
+}
+
+impl std::ops::AddAssign for UndoStats {
+    fn add_assign(&mut self, other: UndoStats) {
+        self.run += other.run;
+        self.missing += other.missing;
+    }
+}
+
+/// An operation in progress (or being recovered), with its journal.
+pub(crate) struct Operation {
+    journal: Arc<Journal>,
+    exec: JournalExecutor,
+}
+
+impl Operation {
+    /// Start a new operation: its journal is durable before this returns. Commands run in
+    /// `netns` and inherit the state lock `lock_fd`.
+    pub(crate) fn begin(
+        state: &StateDir,
+        header: &OpHeader,
+        netns: Option<&str>,
+        lock_fd: RawFd,
+    ) -> CliResult<Operation> {
+        let journal = Arc::new(Journal::begin(state, header)?);
+        Operation::with(journal, netns, lock_fd)
+    }
+
+    /// Continue the operation of an existing journal (recovery appends to it, so a recovery
+    /// that is killed is finished by the next one under the same rules).
+    pub(crate) fn resume(dir: &Path, netns: Option<&str>, lock_fd: RawFd) -> CliResult<Operation> {
+        let journal = Arc::new(Journal::open(dir)?);
+        Operation::with(journal, netns, lock_fd)
+    }
+
+    fn with(journal: Arc<Journal>, netns: Option<&str>, lock_fd: RawFd) -> CliResult<Operation> {
+        let exec = JournalExecutor::new(netns, Some(lock_fd), journal.clone())?;
+        Ok(Operation { journal, exec })
+    }
+
+    pub(crate) fn exec(&self) -> &JournalExecutor {
+        &self.exec
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        self.journal.dir()
+    }
+
+    /// Apply options whose observer journals groups and rollbacks and counts ignored failures.
+    pub(crate) fn options(&self, per_command: bool) -> ApplyOptions<'_> {
+        ApplyOptions {
+            observer: Some(&self.exec),
+            per_command,
+        }
+    }
+
+    /// Mark the start of a step (see `journal::phase_records`).
+    pub(crate) fn phase(&self, name: &str) -> CliResult<()> {
+        self.exec.mark(&journal::phase_mark(name))
+    }
+
+    fn mark(&self, mark: &str) -> CliResult<()> {
+        self.exec.mark(mark)
+    }
+
+    /// The records of phase `name` written so far.
+    fn records(&self, name: &str) -> Vec<Record> {
+        journal::phase_records(&journal::read_records(self.dir()), name)
+    }
+
+    /// Go back to phase `phase` to undo or finish it: mark it, then `mark`, and return its
+    /// records (the mark makes every command that completes from here on count as done).
+    pub(crate) fn reenter(&self, phase: &str, mark: &str) -> CliResult<Vec<Record>> {
+        self.phase(phase)?;
+        self.mark(mark)?;
+        Ok(self.records(phase))
+    }
+
+    /// Run undo commands in order: a `--check` first where there is one, then the delete.
+    /// Failures are counted, never fatal: the aim is to remove whatever is still there.
+    pub(crate) fn run_undo(&self, cmds: &[UndoCmd]) -> UndoStats {
+        let mut stats = UndoStats::default();
+        let ok = |argv: &[String]| {
+            self.exec
+                .run(Invocation { argv, stdin: None })
+                .map(|o| o.success())
+                .unwrap_or(false)
+        };
+        for cmd in cmds {
+            if let Some(check) = &cmd.check {
+                if !ok(check) {
+                    stats.missing += 1;
+                    continue;
+                }
+            }
+            stats.run += 1;
+            if !ok(&cmd.argv) {
+                stats.missing += 1;
+            }
+        }
+        stats
+    }
+
+    /// Undo everything of `tx` that phase `phase` left in the kernel, journalled in that phase
+    /// after `mark` (`undo` after the engine failed to apply `tx` and ran libvirt's rollback,
+    /// which may leave earlier groups applied; `recover` in recovery).
+    pub(crate) fn undo_apply(
+        &self,
+        tx: &Firewall,
+        phase: &str,
+        mark: &str,
+    ) -> CliResult<UndoStats> {
+        let records = self.reenter(phase, mark)?;
+        Ok(self.run_undo(&undo::undo_apply(tx, self.dir(), &records)))
+    }
+
+    /// Finish the removal by `plan` that phase `phase` began, after `mark`: its commands not
+    /// yet completed (iptables deletes behind a `--check`).
+    pub(crate) fn undo_remove(
+        &self,
+        plan: &Firewall,
+        phase: &str,
+        mark: &str,
+    ) -> CliResult<UndoStats> {
+        let records = self.reenter(phase, mark)?;
+        Ok(self.run_undo(&undo::undo_remove(plan, &records)))
+    }
+
+    /// Store the result in the journal: the commit point of a network operation.
+    pub(crate) fn commit(&self, result: &[u8]) -> CliResult<()> {
+        self.journal.commit(result)
+    }
+
+    /// The operation is over (its result stored): delete the journal durably.
+    pub(crate) fn finish(self) -> CliResult<()> {
+        let dir = self.journal.dir().to_path_buf();
+        drop(self);
+        journal::remove_journal(&dir)
+    }
+}
