@@ -62,6 +62,17 @@ pub(crate) enum Step {
     Failed { group: usize, error: Error },
 }
 
+/// The outcome of an `nft -ae -f -` batch of creates.
+enum Echoed {
+    /// Everything applied, every inverse recorded.
+    Applied,
+    /// The batch failed: nothing applied.
+    Failed,
+    /// Create `group`'s command echoed no handle: applied up to it (inverses recorded), the
+    /// later creates taken back, as the per-command path would leave it.
+    NoHandle { group: usize, error: Error },
+}
+
 /// How a group can be batched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -219,7 +230,11 @@ fn restore_line(layer: Layer, args: &[String]) -> Option<RestoreLine> {
 
 /// Which kind of batch a group allows, if any.
 fn classify(backend: Backend, group: &Group) -> Option<Kind> {
-    let actions = &group.actions;
+    classify_cmds(backend, group.flags, &group.actions)
+}
+
+/// Which kind of batch these commands of a group with `flags` allow, if any.
+fn classify_cmds(backend: Backend, flags: TransactionFlags, actions: &[Command]) -> Option<Kind> {
     if actions.is_empty()
         || actions
             .iter()
@@ -231,7 +246,7 @@ fn classify(backend: Backend, group: &Group) -> Option<Kind> {
     if actions.iter().any(|c| c.ignore_errors != ignoring) {
         return None;
     }
-    let auto = group.flags.contains(TransactionFlags::AUTO_ROLLBACK);
+    let auto = flags.contains(TransactionFlags::AUTO_ROLLBACK);
     match backend {
         Backend::None => None,
         Backend::Nftables => {
@@ -473,6 +488,44 @@ fn json_tables(json: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// The order a removal batch deletes in, as indices into `rule_delete`/`appended`.
+///
+/// Each maximal run of rule deletes (never crossing a chain, table or other delete) is
+/// reordered: the deletes of inserted rules first, in plan order (plans list them newest first,
+/// and an insert lands at the front, so that is front first already), then the deletes of
+/// appended rules in *reverse* plan order, which is creation order and so front first too. The
+/// kernel's delete by handle and iptables-nft's delete by specification both walk the chain
+/// from the front, so front first makes a removal linear instead of quadratic. Deletes of
+/// distinct rules commute, so the result is the same; the per-command path keeps the plan
+/// order exactly (libvirt's).
+fn front_first(rule_delete: &[bool], appended: &[bool]) -> Vec<usize> {
+    let n = rule_delete.len();
+    let mut order = Vec::with_capacity(n);
+    let mut k = 0;
+    while k < n {
+        if !rule_delete[k] {
+            order.push(k);
+            k += 1;
+            continue;
+        }
+        let run_end = (k..n).find(|&j| !rule_delete[j]).unwrap_or(n);
+        order.extend((k..run_end).filter(|&j| !appended[j]));
+        order.extend((k..run_end).rev().filter(|&j| appended[j]));
+        k = run_end;
+    }
+    order
+}
+
+/// Put `items` in the order `order` (a permutation of its indices).
+fn permute<T: Clone>(items: &[T], order: &[usize]) -> Vec<T> {
+    order.iter().map(|&k| items[k].clone()).collect()
+}
+
+/// Does this iptables-family command delete a rule?
+fn ipt_rule_delete(args: &[String]) -> bool {
+    args.iter().any(|a| a == "-D" || a == "--delete")
+}
+
 fn strings(argv: &[&str]) -> Vec<String> {
     argv.iter().map(|s| s.to_string()).collect()
 }
@@ -625,15 +678,19 @@ impl Firewall {
 
     /// The actions of groups `start..end` as (group, index) pairs and joined nft lines.
     fn nft_lines(&self, start: usize, end: usize) -> (Vec<(usize, usize)>, Vec<String>) {
-        let mut items = Vec::new();
-        let mut lines = Vec::new();
-        for g in start..end {
-            for (i, cmd) in self.groups[g].actions.iter().enumerate() {
-                items.push((g, i));
-                lines.push(cmd.args.join(" "));
-            }
-        }
+        let items = self.items(start, end);
+        let lines = items
+            .iter()
+            .map(|&(g, i)| self.groups[g].actions[i].args.join(" "))
+            .collect();
         (items, lines)
+    }
+
+    /// The actions of groups `start..end` as (group, index) pairs.
+    fn items(&self, start: usize, end: usize) -> Vec<(usize, usize)> {
+        (start..end)
+            .flat_map(|g| (0..self.groups[g].actions.len()).map(move |i| (g, i)))
+            .collect()
     }
 
     fn log_batch_failure(&self, lines: &[String], out: Option<&Output>) {
@@ -648,7 +705,21 @@ impl Firewall {
     }
 
     fn nft_creates(&mut self, start: usize, end: usize, exec: &dyn Executor) -> Step {
-        let (items, lines) = self.nft_lines(start, end);
+        let items = self.items(start, end);
+        match self.nft_create_batch(&items, exec) {
+            Echoed::Applied => Step::Applied { next: end },
+            Echoed::Failed => Step::PerCommand { until: end },
+            Echoed::NoHandle { group, error } => Step::Failed { group, error },
+        }
+    }
+
+    /// Run the creates `items` (group, action index) as one `nft -ae -f -` and record their
+    /// inverses, exactly as the per-command path would.
+    fn nft_create_batch(&mut self, items: &[(usize, usize)], exec: &dyn Executor) -> Echoed {
+        let lines: Vec<String> = items
+            .iter()
+            .map(|&(g, i)| self.groups[g].actions[i].args.join(" "))
+            .collect();
         let mut input = lines.join("\n");
         input.push('\n');
         let argv = strings(&["nft", "-ae", "-f", "-"]);
@@ -657,7 +728,7 @@ impl Firewall {
             Some(out) if out.success() => out,
             other => {
                 self.log_batch_failure(&lines, other.as_ref());
-                return Step::PerCommand { until: end };
+                return Echoed::Failed;
             }
         };
         let handles = map_echo(&lines, &out.stdout);
@@ -670,11 +741,12 @@ impl Firewall {
                 cmd.layer,
                 rollback::nft_inverse(&cmd.args, create, handle.expect("before first missing")),
             )
-            .with_ignore_errors(true);
+            .with_ignore_errors(true)
+            .with_appended(rollback::nft_is_append(&cmd.args, create));
             self.groups[g].rollbacks.push(inverse);
         }
         let Some(k) = first_missing else {
-            return Step::Applied { next: end };
+            return Echoed::Applied;
         };
         // The per-command path would have stopped at create `k` (no handle to record). Make the
         // kernel state match: delete what the later creates made, newest first.
@@ -701,7 +773,7 @@ impl Firewall {
             stdout: String::new(),
         };
         // Inverses of the groups before `g` are observed by the caller's rollback; report them.
-        Step::Failed { group: g, error }
+        Echoed::NoHandle { group: g, error }
     }
 
     fn nft_plain(&mut self, start: usize, end: usize, exec: &dyn Executor) -> Step {
@@ -724,7 +796,18 @@ impl Firewall {
         exec: &dyn Executor,
         observer: &dyn ApplyObserver,
     ) -> Step {
-        let (mut items, mut lines) = self.nft_lines(start, end);
+        let (items, lines) = self.nft_lines(start, end);
+        let order = {
+            let actions = items.iter().map(|&(g, i)| &self.groups[g].actions[i]);
+            let rule_delete: Vec<bool> = actions
+                .clone()
+                .map(|c| parse_nft_delete(&c.args).is_some_and(|d| d.object == NftObject::Rule))
+                .collect();
+            let appended: Vec<bool> = actions.map(|c| c.appended).collect();
+            front_first(&rule_delete, &appended)
+        };
+        let mut items = permute(&items, &order);
+        let mut lines = permute(&lines, &order);
         let argv = strings(&["nft", "-f", "-"]);
         for attempt in 0..2 {
             if items.is_empty() {
@@ -780,23 +863,27 @@ impl Firewall {
 
     /// The iptables-family sections of groups `start..end`, in first-use order.
     fn sections(&self, start: usize, end: usize) -> Vec<Section<'_>> {
+        self.sections_of(&self.items(start, end))
+    }
+
+    /// The iptables-family sections of `items` (group, action index), in first-use order.
+    fn sections_of(&self, items: &[(usize, usize)]) -> Vec<Section<'_>> {
         let mut sections: Vec<Section<'_>> = Vec::new();
-        for g in start..end {
-            for (i, cmd) in self.groups[g].actions.iter().enumerate() {
-                let rl = restore_line(cmd.layer, &cmd.args).expect("classified");
-                let at = sections
-                    .iter()
-                    .position(|s| s.layer == rl.layer && s.table == rl.table);
-                let at = at.unwrap_or_else(|| {
-                    sections.push(Section {
-                        layer: rl.layer,
-                        table: rl.table.clone(),
-                        cmds: Vec::new(),
-                    });
-                    sections.len() - 1
+        for &(g, i) in items {
+            let cmd = &self.groups[g].actions[i];
+            let rl = restore_line(cmd.layer, &cmd.args).expect("classified");
+            let at = sections
+                .iter()
+                .position(|s| s.layer == rl.layer && s.table == rl.table);
+            let at = at.unwrap_or_else(|| {
+                sections.push(Section {
+                    layer: rl.layer,
+                    table: rl.table.clone(),
+                    cmds: Vec::new(),
                 });
-                sections[at].cmds.push((g, i, &cmd.args, rl.line));
-            }
+                sections.len() - 1
+            });
+            sections[at].cmds.push((g, i, &cmd.args, rl.line));
         }
         sections
     }
@@ -820,23 +907,8 @@ impl Firewall {
         };
         if ok.iter().all(|&b| b) {
             drop(sections);
-            for g in start..end {
-                if !self.groups[g]
-                    .flags
-                    .contains(TransactionFlags::AUTO_ROLLBACK)
-                {
-                    continue;
-                }
-                let group = &mut self.groups[g];
-                for cmd in &group.actions {
-                    if rollback::iptables_is_create(&cmd.args) {
-                        group.rollbacks.push(
-                            Command::new(cmd.layer, rollback::iptables_inverse(&cmd.args))
-                                .with_ignore_errors(true),
-                        );
-                    }
-                }
-            }
+            let items = self.items(start, end);
+            self.record_ipt_inverses(&items);
             return Step::Applied { next: end };
         }
         // Sections are atomic one by one only: take back those that committed.
@@ -847,6 +919,22 @@ impl Firewall {
         Step::PerCommand { until: end }
     }
 
+    /// Record the inverses of the applied iptables-family `items` of auto-rollback groups.
+    fn record_ipt_inverses(&mut self, items: &[(usize, usize)]) {
+        for &(g, i) in items {
+            let group = &mut self.groups[g];
+            let cmd = &group.actions[i];
+            if group.flags.contains(TransactionFlags::AUTO_ROLLBACK)
+                && rollback::iptables_is_create(&cmd.args)
+            {
+                let inverse = Command::new(cmd.layer, rollback::iptables_inverse(&cmd.args))
+                    .with_ignore_errors(true)
+                    .with_appended(rollback::iptables_is_append(&cmd.args));
+                group.rollbacks.push(inverse);
+            }
+        }
+    }
+
     fn ipt_removal(
         &mut self,
         start: usize,
@@ -855,7 +943,16 @@ impl Firewall {
         observer: &dyn ApplyObserver,
     ) -> Step {
         let backend = self.backend;
-        let sections = self.sections(start, end);
+        let mut sections = self.sections(start, end);
+        for s in &mut sections {
+            let rule_delete: Vec<bool> = s.cmds.iter().map(|c| ipt_rule_delete(c.2)).collect();
+            let appended: Vec<bool> = s
+                .cmds
+                .iter()
+                .map(|c| self.groups[c.0].actions[c.1].appended)
+                .collect();
+            s.cmds = permute(&s.cmds, &front_first(&rule_delete, &appended));
+        }
         if sections.len() == 1 {
             sections[0].remove(backend, exec, observer);
         } else {
@@ -866,6 +963,109 @@ impl Firewall {
             });
         }
         Step::Applied { next: end }
+    }
+}
+
+impl Firewall {
+    /// Run commands that query callbacks added to group `gi`, starting at action `from`, as
+    /// batches (libvirt runs them one process each; the global chain setup adds up to ~18).
+    ///
+    /// The run is the commands from `from` up to the next one with a callback (or the end).
+    /// nft runs it as one `nft -f -` (or `nft -ae -f -` for auto-rollback creates); the
+    /// iptables family as one restore per consecutive (program, table) stretch, in order.
+    /// Returns `(next, until)`: actions `from..next` are applied (inverses recorded, as the
+    /// per-command path would), and `next..until` must run command by command — a batch
+    /// failed (it applied nothing, so re-running it reports libvirt's exact error), or the run
+    /// is not batchable. `until > from` always.
+    pub(crate) fn batch_added(
+        &mut self,
+        gi: usize,
+        from: usize,
+        exec: &dyn Executor,
+        observer: &dyn ApplyObserver,
+    ) -> crate::Result<(usize, usize)> {
+        let backend = self.backend;
+        let flags = self.groups[gi].flags;
+        let actions = &self.groups[gi].actions;
+        let run_end = actions[from..]
+            .iter()
+            .position(|c| c.query.is_some())
+            .map_or(actions.len(), |k| from + k);
+        if run_end < from + 2 {
+            // A lone command costs one process either way; keep libvirt's form.
+            return Ok((from, run_end.max(from + 1)));
+        }
+        // Stretches that are each one kernel transaction.
+        let mut stretches: Vec<(usize, usize)> = Vec::new();
+        if backend == Backend::Iptables {
+            let mut key = None;
+            for (k, cmd) in actions.iter().enumerate().take(run_end).skip(from) {
+                let Some(rl) = restore_line(cmd.layer, &cmd.args) else {
+                    return Ok((from, run_end));
+                };
+                let this = Some((rl.layer, rl.table));
+                if this != key || stretches.is_empty() {
+                    stretches.push((k, k + 1));
+                    key = this;
+                } else if let Some(last) = stretches.last_mut() {
+                    last.1 = k + 1;
+                }
+            }
+        } else {
+            stretches.push((from, run_end));
+        }
+        for (a, b) in stretches {
+            let Some(kind) = classify_cmds(backend, flags, &self.groups[gi].actions[a..b]) else {
+                return Ok((a, run_end));
+            };
+            let auto = flags.contains(TransactionFlags::AUTO_ROLLBACK);
+            for cmd in &self.groups[gi].actions[a..b] {
+                observer.will_run(gi, &argv_for(backend, auto, cmd).0);
+            }
+            debug!(group = gi, actions = ?(a..b), ?kind, "running commands a callback added as one batch");
+            let items: Vec<(usize, usize)> = (a..b).map(|i| (gi, i)).collect();
+            let recorded = self.groups[gi].rollbacks.len();
+            let outcome = match kind {
+                Kind::NftCreates => self.nft_create_batch(&items, exec),
+                Kind::NftPlain => {
+                    let lines: Vec<String> = self.groups[gi].actions[a..b]
+                        .iter()
+                        .map(|c| c.args.join(" "))
+                        .collect();
+                    let mut input = lines.join("\n");
+                    input.push('\n');
+                    let out = run_batch(exec, &strings(&["nft", "-f", "-"]), &input);
+                    if out.as_ref().is_some_and(Output::success) {
+                        Echoed::Applied
+                    } else {
+                        self.log_batch_failure(&lines, out.as_ref());
+                        Echoed::Failed
+                    }
+                }
+                Kind::IptApply { .. } => {
+                    let sections = self.sections_of(&items);
+                    let ok = sections.len() == 1 && sections[0].run(exec);
+                    drop(sections);
+                    if ok {
+                        self.record_ipt_inverses(&items);
+                        Echoed::Applied
+                    } else {
+                        Echoed::Failed
+                    }
+                }
+                // Ignored failures must be reported one by one: the per-command path does that.
+                Kind::NftRemoval | Kind::IptRemoval => Echoed::Failed,
+            };
+            for inverse in &self.groups[gi].rollbacks[recorded..] {
+                observer.inverse_recorded(gi, inverse);
+            }
+            match outcome {
+                Echoed::Applied => {}
+                Echoed::Failed => return Ok((a, run_end)),
+                Echoed::NoHandle { error, .. } => return Err(error),
+            }
+        }
+        Ok((run_end, run_end))
     }
 }
 
@@ -1224,6 +1424,256 @@ mod tests {
             "delete rule ip T C handle 2\ndelete chain ip T handle 1\ndelete table ip handle 4\n"
         );
         assert_eq!(inv.len(), 4, "{:?}", fake.commands());
+    }
+
+    /// The stdin lines of the last batch the fake ran.
+    fn last_batch(fake: &FakeExecutor) -> Vec<String> {
+        let inv = fake.invocations();
+        let input = inv
+            .iter()
+            .rev()
+            .find_map(|(_, stdin)| stdin.clone())
+            .unwrap();
+        String::from_utf8(input)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn removal_deletes_appended_rules_front_first_and_per_command_keeps_plan_order() {
+        let build = || {
+            let mut fw = Firewall::new(Backend::Nftables);
+            fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+            fw.add_cmd(Layer::Ipv4, ["add", "table", "ip", "T"]);
+            fw.add_cmd(Layer::Ipv4, ["add", "chain", "ip", "T", "C"]);
+            for r in [
+                "add rule ip T C a",
+                "insert rule ip T C b",
+                "add rule ip T C c",
+            ] {
+                fw.add_cmd(Layer::Ipv4, r.split(' '));
+            }
+            fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+            for r in ["add rule ip T C d", "add rule ip T C position 3 e"] {
+                fw.add_cmd(Layer::Ipv4, r.split(' '));
+            }
+            fw
+        };
+        // Handles 1..=7 in creation order: table 1, chain 2, a 3, b 4, c 5, d 6, e 7.
+        let fake = FakeExecutor::new().with_batching();
+        let mut fw = build();
+        batched(&mut fw, &fake).unwrap();
+        let mut removal = fw.new_from_rollback().unwrap();
+        let appended: Vec<(String, bool)> = removal
+            .groups()
+            .iter()
+            .flat_map(|g| g.actions())
+            .map(|c| (c.args().join(" "), c.appended()))
+            .collect();
+        assert_eq!(
+            appended,
+            [
+                ("delete rule ip T C handle 7".to_string(), false),
+                ("delete rule ip T C handle 6".to_string(), true),
+                ("delete rule ip T C handle 5".to_string(), true),
+                ("delete rule ip T C handle 4".to_string(), false),
+                ("delete rule ip T C handle 3".to_string(), true),
+                ("delete chain ip T handle 2".to_string(), false),
+                ("delete table ip handle 1".to_string(), false),
+            ]
+        );
+        // The mark survives the plan file; only appended deletes carry it.
+        let xml = removal.to_xml();
+        assert_eq!(xml.matches(" appended='yes'").count(), 3, "{xml}");
+        let reread = Firewall::from_xml(&xml, "plan.xml").unwrap();
+        assert_eq!(reread.to_xml(), xml);
+
+        fake.clear();
+        batched(&mut removal, &fake).unwrap();
+        assert_eq!(fake.commands().len(), 1, "{:?}", fake.commands());
+        assert_eq!(
+            last_batch(&fake),
+            [
+                // Inserted (and positioned) ones in plan order, then appended in creation order,
+                // all before the chain and table deletes they must not cross.
+                "delete rule ip T C handle 7",
+                "delete rule ip T C handle 4",
+                "delete rule ip T C handle 3",
+                "delete rule ip T C handle 5",
+                "delete rule ip T C handle 6",
+                "delete chain ip T handle 2",
+                "delete table ip handle 1",
+            ]
+        );
+
+        let plain = FakeExecutor::new();
+        let mut removal = Firewall::from_xml(&xml, "plan.xml").unwrap();
+        per_command(&mut removal, &plain).unwrap();
+        let handles: Vec<String> = plain
+            .commands()
+            .iter()
+            .map(|a| a.last().unwrap().clone())
+            .collect();
+        assert_eq!(handles, ["7", "6", "5", "4", "3", "2", "1"]);
+    }
+
+    #[test]
+    fn iptables_removal_deletes_appended_rules_front_first_per_table() {
+        let mut fw = Firewall::new(Backend::Iptables);
+        fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+        for r in [
+            "-A FORWARD -s 10.0.0.1 -j ACCEPT",
+            "--insert FORWARD -s 10.0.0.2 -j ACCEPT",
+            "-t nat --append POSTROUTING -s 10.0.0.3 -j MASQUERADE",
+            "--append FORWARD -s 10.0.0.4 -j ACCEPT",
+            "-t nat -A POSTROUTING -s 10.0.0.5 -j MASQUERADE",
+        ] {
+            fw.add_cmd(Layer::Ipv4, r.split(' '));
+        }
+        let fake = FakeExecutor::new().with_batching();
+        batched(&mut fw, &fake).unwrap();
+        let mut removal = fw.new_from_rollback().unwrap();
+        fake.clear();
+        batched(&mut removal, &fake).unwrap();
+        let mut inputs: Vec<String> = fake
+            .invocations()
+            .into_iter()
+            .map(|(_, stdin)| String::from_utf8(stdin.unwrap()).unwrap())
+            .collect();
+        inputs.sort();
+        assert_eq!(
+            inputs,
+            [
+                "*filter\n--delete FORWARD -s 10.0.0.2 -j ACCEPT\n\
+                 --delete FORWARD -s 10.0.0.1 -j ACCEPT\n\
+                 --delete FORWARD -s 10.0.0.4 -j ACCEPT\nCOMMIT\n",
+                "*nat\n--delete POSTROUTING -s 10.0.0.3 -j MASQUERADE\n\
+                 --delete POSTROUTING -s 10.0.0.5 -j MASQUERADE\nCOMMIT\n",
+            ]
+        );
+    }
+
+    fn setup_like(backend: Backend) -> Firewall {
+        let mut fw = Firewall::new(backend);
+        fw.start_transaction(TransactionFlags::empty());
+        let queries: &[(&str, &[&[&str]])] = match backend {
+            Backend::Nftables => &[(
+                "list table ip T",
+                &[
+                    &["add", "table", "ip", "T"],
+                    &["add", "chain", "ip", "T", "C"],
+                    &["insert", "rule", "ip", "T", "C", "jump", "D"],
+                ],
+            )],
+            _ => &[
+                (
+                    "--table filter --list-rules",
+                    &[
+                        &["--table", "filter", "--new-chain", "X"],
+                        &["--table", "filter", "--insert", "INPUT", "--jump", "X"],
+                    ],
+                ),
+                (
+                    "--table nat --list-rules",
+                    &[
+                        &["--table", "nat", "--new-chain", "Y"],
+                        &["--table", "nat", "--insert", "POSTROUTING", "--jump", "Y"],
+                    ],
+                ),
+            ],
+        };
+        for (query, adds) in queries {
+            let adds: Vec<Vec<String>> = adds
+                .iter()
+                .map(|a| a.iter().map(|s| s.to_string()).collect())
+                .collect();
+            fw.add_cmd_full(
+                Layer::Ipv4,
+                false,
+                Some(Box::new(move |ctx: &mut crate::QueryContext| {
+                    for a in &adds {
+                        ctx.add_cmd(Layer::Ipv4, a.clone());
+                    }
+                    Ok(())
+                })),
+                query.split(' '),
+            );
+        }
+        fw
+    }
+
+    #[test]
+    fn commands_callbacks_add_run_as_one_batch_per_transaction() {
+        let fake = FakeExecutor::new().with_batching();
+        let mut fw = setup_like(Backend::Nftables);
+        batched(&mut fw, &fake).unwrap();
+        let cmds = fake.commands();
+        assert_eq!(cmds.len(), 2, "{cmds:?}");
+        assert_eq!(cmds[1], ["nft", "-f", "-"]);
+        assert_eq!(
+            last_batch(&fake),
+            [
+                "add table ip T",
+                "add chain ip T C",
+                "insert rule ip T C jump D"
+            ]
+        );
+
+        // iptables: one restore per table stretch, in order, after both queries.
+        let fake = FakeExecutor::new().with_batching();
+        let mut fw = setup_like(Backend::Iptables);
+        batched(&mut fw, &fake).unwrap();
+        let inv = fake.invocations();
+        let programs: Vec<&str> = inv.iter().map(|(a, _)| a[0].as_str()).collect();
+        assert_eq!(
+            programs,
+            [
+                "iptables",
+                "iptables",
+                "iptables-restore",
+                "iptables-restore"
+            ]
+        );
+        assert_eq!(
+            String::from_utf8(inv[3].1.clone().unwrap()).unwrap(),
+            "*nat\n--new-chain Y\n--insert POSTROUTING --jump Y\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn a_failed_batch_of_added_commands_reruns_them_like_libvirt() {
+        for backend in [Backend::Nftables, Backend::Iptables] {
+            let script = |fake: FakeExecutor| {
+                fake.on(
+                    FakeExecutor::args_contain(&["--insert", "POSTROUTING"]),
+                    FakeResponse::fail(1, "iptables: No chain/target/match by that name."),
+                )
+                .on(
+                    FakeExecutor::args_contain(&["add", "chain"]),
+                    FakeResponse::fail(
+                        1,
+                        "Error: Could not process rule: No such file or directory",
+                    ),
+                )
+            };
+            let batching = script(FakeExecutor::new().with_batching());
+            let mut fw = setup_like(backend);
+            let err = batched(&mut fw, &batching).unwrap_err().to_string();
+            let plain = script(FakeExecutor::new());
+            let mut fw2 = setup_like(backend);
+            let err2 = per_command(&mut fw2, &plain).unwrap_err().to_string();
+            assert_eq!(err, err2);
+            // After the failed batch, the same commands as libvirt runs, one by one.
+            let cmds = batching.commands();
+            let plain_cmds = plain.commands();
+            let tail = &plain_cmds[plain_cmds.len() - 2..];
+            assert_eq!(&cmds[cmds.len() - 2..], tail, "{backend}: {cmds:?}");
+            assert!(cmds
+                .iter()
+                .any(|a| a.contains(&"-f".to_string()) || a[0].ends_with("-restore")));
+        }
     }
 
     #[test]

@@ -150,15 +150,15 @@ pub(crate) fn run_command(
             cmdline: command_line(&argv),
             stdout: out.stdout.clone(),
         })?;
-        Some(Command::new(
-            cmd.layer,
-            rollback::nft_inverse(&cmd.args, create, handle),
-        ))
+        Some(
+            Command::new(cmd.layer, rollback::nft_inverse(&cmd.args, create, handle))
+                .with_appended(rollback::nft_is_append(&cmd.args, create)),
+        )
     } else if ipt_create {
-        Some(Command::new(
-            cmd.layer,
-            rollback::iptables_inverse(&cmd.args),
-        ))
+        Some(
+            Command::new(cmd.layer, rollback::iptables_inverse(&cmd.args))
+                .with_appended(rollback::iptables_is_append(&cmd.args)),
+        )
     } else {
         None
     };
@@ -202,7 +202,7 @@ impl Firewall {
                     }
                 }
             }
-            if let Err(err) = self.apply_group(i, exec, observer) {
+            if let Err(err) = self.apply_group(i, exec, observer, batching) {
                 warn!(group = i, error = %err, "firewall group failed, rolling back");
                 self.rollback_from(i, exec, observer);
                 return Err(err);
@@ -245,19 +245,32 @@ impl Firewall {
         Ok(())
     }
 
+    /// Run group `gi` command by command. With `batching`, the commands query callbacks add
+    /// run as batches where that is exact ([`Firewall::batch_added`]).
     fn apply_group(
         &mut self,
         gi: usize,
         exec: &dyn Executor,
         observer: &dyn ApplyObserver,
+        batching: bool,
     ) -> Result<()> {
         self.current_group = gi;
         self.groups[gi].adding_rollback = false;
         let backend = self.backend;
         let flags = self.groups[gi].flags;
+        let original = self.groups[gi].actions.len();
+        let mut per_command_until = 0;
         let mut i = 0;
         // The length is read again on every step: callbacks append to this very list.
         while i < self.groups[gi].actions.len() {
+            if batching && i >= original && i >= per_command_until {
+                let (next, until) = self.batch_added(gi, i, exec, observer)?;
+                per_command_until = until;
+                if next > i {
+                    i = next;
+                    continue;
+                }
+            }
             let cmd = &self.groups[gi].actions[i];
             if cmd.args.is_empty() {
                 return Err(Error::EmptyCommand {

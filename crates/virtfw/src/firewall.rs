@@ -255,7 +255,8 @@ impl Firewall {
 
     /// The firewall that undoes this applied one (libvirt `virFirewallNewFromRollback`): the
     /// groups from last to first, each group's rollback commands from last to first, every group
-    /// ignoring errors, the same backend, no name. Groups with an empty rollback list are
+    /// ignoring errors, the same backend, no name. Each command keeps its
+    /// [`appended`](crate::Command::appended) mark. Groups with an empty rollback list are
     /// skipped, so the result is empty when there is nothing to undo.
     pub fn new_from_rollback(&self) -> Result<Firewall, BuildError> {
         if let Some(err) = &self.error {
@@ -269,6 +270,9 @@ impl Firewall {
             removal.start_transaction(TransactionFlags::IGNORE_ERRORS);
             for cmd in group.rollbacks.iter().rev() {
                 removal.add_cmd(cmd.layer, cmd.args.iter().cloned());
+                if let Some(added) = removal.groups.last_mut().and_then(|g| g.actions.last_mut()) {
+                    added.appended = cmd.appended;
+                }
             }
         }
         Ok(removal)

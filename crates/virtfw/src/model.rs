@@ -199,6 +199,11 @@ pub struct Command {
     pub(crate) args: Vec<String>,
     pub(crate) ignore_errors: bool,
     pub(crate) query: Option<QueryCallback>,
+    /// This command deletes a rule that was *appended* (`add rule` without a position,
+    /// `-A`/`--append`), i.e. one near the back of its chain. Recorded on the inverse when the
+    /// create runs, because a removal plan cannot tell it from the command alone; the batch
+    /// removal uses it to delete front first (see [`crate::batch`]). Not part of equality.
+    pub(crate) appended: bool,
 }
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -216,6 +221,7 @@ impl Command {
             args: args.into_iter().map(Into::into).collect(),
             ignore_errors: false,
             query: None,
+            appended: false,
         }
     }
 
@@ -227,6 +233,17 @@ impl Command {
     pub(crate) fn with_query(mut self, query: Option<QueryCallback>) -> Self {
         self.query = query;
         self
+    }
+
+    pub(crate) fn with_appended(mut self, appended: bool) -> Self {
+        self.appended = appended;
+        self
+    }
+
+    /// Whether this command deletes a rule that was appended to its chain (the inverse of an
+    /// `add rule` without position or of `-A`/`--append`); persisted as `appended='yes'`.
+    pub fn appended(&self) -> bool {
+        self.appended
     }
 
     /// The layer this command acts on.
@@ -251,7 +268,9 @@ impl Command {
 
     /// A copy without the callback (callbacks are code and cannot be cloned or stored).
     pub fn clone_plain(&self) -> Command {
-        Command::new(self.layer, self.args.iter().cloned()).with_ignore_errors(self.ignore_errors)
+        Command::new(self.layer, self.args.iter().cloned())
+            .with_ignore_errors(self.ignore_errors)
+            .with_appended(self.appended)
     }
 }
 
@@ -262,6 +281,7 @@ impl fmt::Debug for Command {
             .field("args", &self.args)
             .field("ignore_errors", &self.ignore_errors)
             .field("query", &self.query.is_some())
+            .field("appended", &self.appended)
             .finish()
     }
 }

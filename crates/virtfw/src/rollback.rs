@@ -55,6 +55,27 @@ pub fn nft_create(args: &[String]) -> Option<NftCreate> {
     Some(NftCreate { verb, object })
 }
 
+/// Does this nft create append a rule (`add rule` with no `position`, `index` or `handle`
+/// after the chain), so that it lands at the back of its chain?
+pub fn nft_is_append(args: &[String], create: NftCreate) -> bool {
+    if create.object != NftObject::Rule || args[create.verb] != "add" {
+        return false;
+    }
+    // nft joins its arguments with spaces: look at words, not arguments.
+    let words: Vec<&str> = args[create.verb + 2..]
+        .iter()
+        .flat_map(|a| a.split_whitespace())
+        .collect();
+    let names = match words.first() {
+        Some(f) if NFT_FAMILIES.contains(f) => 3,
+        _ => 2,
+    };
+    !matches!(
+        words.get(names).copied(),
+        Some("position" | "index" | "handle")
+    )
+}
+
 /// The handle nft echoed: the digits after the first `# handle ` (single-command output).
 pub fn parse_handle(stdout: &str) -> Option<u64> {
     let at = stdout.find("# handle ")?;
@@ -104,6 +125,11 @@ pub fn nft_inverse(args: &[String], create: NftCreate, handle: u64) -> Vec<Strin
 pub fn iptables_is_create(args: &[String]) -> bool {
     args.iter()
         .any(|a| matches!(a.as_str(), "--insert" | "-I" | "--append" | "-A"))
+}
+
+/// Does this iptables-family create append (`-A`/`--append`) rather than insert?
+pub fn iptables_is_append(args: &[String]) -> bool {
+    args.iter().any(|a| matches!(a.as_str(), "--append" | "-A"))
 }
 
 /// The same arguments with every create option replaced by `--delete`.
@@ -227,5 +253,32 @@ mod tests {
             "-t nat -A POSTROUTING -j MASQUERADE"
         )));
         assert!(!iptables_is_create(&v("-N CHAIN")));
+        assert!(iptables_is_append(&v(
+            "-t nat --append POSTROUTING -j MASQUERADE"
+        )));
+        assert!(!iptables_is_append(&v("--insert INPUT -j DROP")));
+    }
+
+    #[test]
+    fn recognises_appends() {
+        let append = |s: &str| {
+            let args = v(s);
+            nft_is_append(&args, nft_create(&args).unwrap())
+        };
+        assert!(append("add rule ip t c accept"));
+        assert!(append("add rule t c ip saddr 1.2.3.4 accept"));
+        assert!(append("-c add rule ip6 t c counter"));
+        assert!(!append("insert rule ip t c accept"));
+        assert!(!append("add rule ip t c position 4 accept"));
+        assert!(!append("add rule t c index 0 accept"));
+        assert!(!append("add rule inet t c handle 7 accept"));
+        assert!(!append("add chain ip t c"));
+        assert!(!append("add table ip t"));
+        let joined = vec![
+            "add".to_string(),
+            "rule".into(),
+            "ip t c position 3 drop".into(),
+        ];
+        assert!(!nft_is_append(&joined, nft_create(&joined).unwrap()));
     }
 }

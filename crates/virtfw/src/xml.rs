@@ -3,8 +3,10 @@
 //!
 //! A removal plan written here is what libvirt writes, and one written by libvirt parses here.
 //! Transaction files may also carry, on `<group>`, `autoRollback='yes'` and a
-//! `<rollback inheritPrevious='yes'>` child with `<action>` elements; libvirt's parser ignores
-//! both, and the formatter only writes them when they are set, so plans stay identical.
+//! `<rollback inheritPrevious='yes'>` child with `<action>` elements, and `<action>` may carry
+//! `appended='yes'` (the command deletes a rule that was appended, see
+//! [`Command::appended`]); libvirt's parser ignores all three, and the formatter only writes
+//! them when they are set, so plans of inserted rules (all of libvirt's) stay identical.
 
 use std::fmt::Write;
 
@@ -33,6 +35,9 @@ fn write_action(out: &mut String, pad: &str, cmd: &Command, show_ignore: bool) {
     let _ = write!(out, "{pad}<action layer='{}'", cmd.layer);
     if show_ignore {
         out.push_str(" ignoreErrors='yes'");
+    }
+    if cmd.appended {
+        out.push_str(" appended='yes'");
     }
     out.push_str(">\n");
     let _ = writeln!(out, "{pad}  <args>");
@@ -145,6 +150,7 @@ fn parse_action(node: Node, source: &str, group_ignores: bool) -> Result<Option<
         return Ok(None);
     };
     let ignore = tristate(node, "ignoreErrors", source)?.unwrap_or(false);
+    let appended = tristate(node, "appended", source)?.unwrap_or(false);
     let layer: Layer = node
         .attribute("layer")
         .ok_or_else(|| Error::xml(source, pos(), "<action> is missing its 'layer' attribute"))?
@@ -163,7 +169,9 @@ fn parse_action(node: Node, source: &str, group_ignores: bool) -> Result<Option<
         ));
     }
     Ok(Some(
-        Command::new(layer, items).with_ignore_errors(ignore || group_ignores),
+        Command::new(layer, items)
+            .with_ignore_errors(ignore || group_ignores)
+            .with_appended(appended),
     ))
 }
 

@@ -304,3 +304,97 @@ fn iptables_batch_apply_removal_and_failure_match_the_per_command_path() {
     );
     assert_eq!(state, ipt_state(&plain_ns));
 }
+
+/// Rules appended and inserted, mixed, into a chain that also holds rules of another
+/// transaction: the batch removal (which deletes appended rules front first) leaves exactly
+/// what the per-command removal (libvirt's newest-first order) leaves.
+#[test]
+fn removal_of_mixed_appended_and_inserted_rules_matches_the_per_command_path() {
+    fn nft_rules(fw: &mut Firewall, tag: &str, n: usize) {
+        fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+        for i in 0..n {
+            let verb = if i % 4 == 1 { "insert" } else { "add" };
+            let port = (2000 + i).to_string();
+            let comment = format!("\"{tag} {i}\"");
+            fw.add_cmd(
+                Layer::Ipv4,
+                [
+                    verb, "rule", "ip", "vt", "c", "tcp", "dport", &port, "accept", "comment",
+                    &comment,
+                ],
+            );
+        }
+    }
+    fn ipt_rules(fw: &mut Firewall, n: usize) {
+        fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+        for i in 0..n {
+            let verb = if i % 4 == 1 { "--insert" } else { "-A" };
+            // Every fifth rule repeats one spec, so deletes by specification hit duplicates.
+            let src = format!("10.7.0.{}", if i % 5 == 0 { 250 } else { i });
+            fw.add_cmd(Layer::Ipv4, [verb, "VF", "-s", &src, "-j", "ACCEPT"]);
+        }
+    }
+    let run = |per_command: bool| -> (String, String) {
+        let ns = Netns::new("vfb").unwrap();
+        let exec = ns.executor().unwrap();
+        // The other transaction's rules stay.
+        let mut base = Firewall::new(Backend::Nftables);
+        base.start_transaction(TransactionFlags::empty());
+        base.add_cmd(Layer::Ipv4, ["add", "table", "ip", "vt"]);
+        base.add_cmd(Layer::Ipv4, ["add", "chain", "ip", "vt", "c"]);
+        nft_rules(&mut base, "base", 6);
+        base.apply_with(&exec, opts(true)).unwrap();
+        let mut ours = Firewall::new(Backend::Nftables);
+        nft_rules(&mut ours, "ours", 30);
+        nft_rules(&mut ours, "more", 9);
+        ours.apply_with(&exec, opts(per_command)).unwrap();
+        // And rules added after ours, at both ends of the chain.
+        let mut late = Firewall::new(Backend::Nftables);
+        nft_rules(&mut late, "late", 3);
+        late.apply_with(&exec, opts(true)).unwrap();
+
+        let mut ibase = Firewall::new(Backend::Iptables);
+        ibase.start_transaction(TransactionFlags::empty());
+        ibase.add_cmd(Layer::Ipv4, ["--new-chain", "VF"]);
+        ipt_rules(&mut ibase, 7);
+        ibase.apply_with(&exec, opts(true)).unwrap();
+        let mut iours = Firewall::new(Backend::Iptables);
+        ipt_rules(&mut iours, 30);
+        iours.apply_with(&exec, opts(per_command)).unwrap();
+
+        let removal = ours.new_from_rollback().unwrap();
+        let iremoval = iours.new_from_rollback().unwrap();
+        let xml = removal.to_xml();
+        assert!(xml.contains("appended='yes'"), "{xml}");
+        // Through the plan file, as a later `remove` would read it.
+        let counter = IgnoredCounter::default();
+        for plan in [xml, iremoval.to_xml()] {
+            Firewall::from_xml(&plan, "plan.xml")
+                .unwrap()
+                .apply_with(
+                    &exec,
+                    ApplyOptions {
+                        observer: Some(&counter),
+                        per_command,
+                    },
+                )
+                .unwrap();
+        }
+        assert_eq!((counter.missing(), counter.failed()), (0, 0));
+        (
+            ns.run(&["nft", "list", "table", "ip", "vt"]).unwrap(),
+            ns.run(&["iptables", "-w", "-S", "VF"]).unwrap(),
+        )
+    };
+    let (nft_batch, ipt_batch) = run(false);
+    let (nft_plain, ipt_plain) = run(true);
+    assert!(
+        nft_batch.contains("\"base 5\"") && nft_batch.contains("\"late 2\""),
+        "{nft_batch}"
+    );
+    assert!(!nft_batch.contains("ours") && !nft_batch.contains("more"));
+    assert_eq!(nft_batch.matches("comment").count(), 9, "{nft_batch}");
+    assert_eq!(nft_batch, nft_plain);
+    assert_eq!(ipt_batch.lines().count(), 8, "{ipt_batch}");
+    assert_eq!(ipt_batch, ipt_plain);
+}
