@@ -84,7 +84,7 @@ pub mod xml;
 
 pub use engine::{ApplyObserver, ApplyOptions};
 pub use error::{BuildError, Error, ExecError, Result};
-pub use executor::{Executor, FakeExecutor, ProcessExecutor};
+pub use executor::{Executor, FakeExecutor, LibnftExecutor, ProcessExecutor};
 pub use firewall::{CmdId, Firewall, Group};
 pub use model::{
     Backend, Command, Layer, QueryCallback, QueryContext, RollbackFlags, TransactionFlags,

@@ -6,9 +6,11 @@
 //! that users of the library can test their own firewall code without root.
 
 mod fake;
+pub mod libnft;
 mod process;
 
 pub use fake::{FakeExecutor, FakeResponse};
+pub use libnft::LibnftExecutor;
 pub use process::ProcessExecutor;
 
 use crate::error::ExecError;
