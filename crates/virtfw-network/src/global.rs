@@ -50,13 +50,18 @@ impl GlobalSetup {
 
 /// Create whatever private chains/tables are missing, IPv4 then IPv6. Idempotent: existing
 /// chains and jumps are found by listing and reused.
+///
+/// The two families touch disjoint tables (`ip` vs `ip6`, iptables vs ip6tables), so off the
+/// per-command path they run at the same time; with `per_command` they run in libvirt's order.
 pub fn setup(backend: Backend, exec: &dyn Executor, options: ApplyOptions<'_>) -> GlobalSetup {
-    let run = |layer| {
-        setup_firewall(backend, layer)
-            .apply_with(exec, options)
-            .map_err(|e| e.to_string())
-    };
-    let ipv4 = run(Layer::Ipv4);
-    let ipv6 = run(Layer::Ipv6);
+    let mut firewalls = [
+        setup_firewall(backend, Layer::Ipv4),
+        setup_firewall(backend, Layer::Ipv6),
+    ];
+    let mut results = Firewall::apply_concurrently(&mut firewalls, exec, options)
+        .into_iter()
+        .map(|r| r.map_err(|e| e.to_string()));
+    let ipv4 = results.next().unwrap_or(Ok(()));
+    let ipv6 = results.next().unwrap_or(Ok(()));
     GlobalSetup { ipv4, ipv6 }
 }

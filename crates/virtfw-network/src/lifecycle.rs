@@ -58,28 +58,73 @@ pub fn link_exists(exec: &dyn Executor, name: &str) -> bool {
 
 /// Create the bridge, give it the network's addresses and bring it up. Returns false when the
 /// bridge already existed (then it is left as it is: someone else owns it).
+///
+/// Three `ip` processes whatever the number of addresses: `ip link show` (the CLI's crash
+/// recovery relies on it: a bridge whose `ip link add` was interrupted is ours only because the
+/// show found none before), `ip link add` alone (so that a failure is never ambiguous about
+/// whether this start made the bridge: `ip -batch` does not always say which line failed, and
+/// the journal recognises the add by its argv), then one `ip -batch -` for the addresses and
+/// the link up.
 fn ensure_bridge(def: &NetworkDef, exec: &dyn Executor) -> Result<bool> {
     let br = def.bridge.as_str();
     if link_exists(exec, br) {
         return Ok(false);
     }
-    ip_cmd(exec, br, &["ip", "link", "add", br, "type", "bridge"])?;
-    let configure = || -> Result<()> {
-        for ip in &def.ips {
-            let addr = ip.address.to_string();
-            let mut argv = vec!["ip", "addr", "add", &addr, "dev", br];
-            if ip.is_ipv6() {
-                // The host owns this address by definition; waiting for duplicate address
-                // detection would only delay the network.
-                argv.push("nodad");
-            }
-            ip_cmd(exec, br, &argv)?;
+    let added = run(exec, &["ip", "link", "add", br, "type", "bridge"]).map_err(|message| {
+        NetworkError::Bridge {
+            bridge: br.to_string(),
+            message,
         }
-        ip_cmd(exec, br, &["ip", "link", "set", "dev", br, "up"])
-    };
-    if let Err(e) = configure() {
+    })?;
+    if !added.success() {
+        if added.stderr.contains("File exists") {
+            return Ok(false);
+        }
+        return Err(NetworkError::Bridge {
+            bridge: br.to_string(),
+            message: format!(
+                "ip link add {br} type bridge failed: {}",
+                added.stderr.trim_end()
+            ),
+        });
+    }
+    let mut script = String::new();
+    for ip in &def.ips {
+        script.push_str(&format!("addr add {} dev {br}", ip.address));
+        if ip.is_ipv6() {
+            // The host owns this address by definition; waiting for duplicate address
+            // detection would only delay the network.
+            script.push_str(" nodad");
+        }
+        script.push('\n');
+    }
+    script.push_str(&format!("link set dev {br} up\n"));
+    let argv: Vec<String> = ["ip", "-batch", "-"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let configured = exec
+        .run(Invocation {
+            argv: &argv,
+            stdin: Some(script.as_bytes()),
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|out| {
+            if out.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip -batch - failed on\n{script}: {}",
+                    out.stderr.trim_end()
+                ))
+            }
+        });
+    if let Err(message) = configured {
         delete_bridge(def, exec);
-        return Err(e);
+        return Err(NetworkError::Bridge {
+            bridge: br.to_string(),
+            message,
+        });
     }
     Ok(true)
 }
@@ -212,12 +257,21 @@ pub fn stop_in_steps(
     step(Step::RemoveRules);
     remove_rules(status, exec, options)?;
     step(Step::DeleteBridge);
-    if status.created_bridge && link_exists(exec, &status.def.bridge) {
-        ip_cmd(
-            exec,
-            &status.def.bridge,
-            &["ip", "link", "del", "dev", &status.def.bridge],
-        )?;
+    if status.created_bridge {
+        // One process: a bridge that is already gone is what stop wants anyway.
+        let br = status.def.bridge.as_str();
+        let out = run(exec, &["ip", "link", "del", "dev", br]).map_err(|message| {
+            NetworkError::Bridge {
+                bridge: br.to_string(),
+                message,
+            }
+        })?;
+        if !out.success() && !out.stderr.contains("Cannot find device") {
+            return Err(NetworkError::Bridge {
+                bridge: br.to_string(),
+                message: format!("ip link del dev {br} failed: {}", out.stderr.trim_end()),
+            });
+        }
     }
     Ok(())
 }

@@ -180,6 +180,40 @@ impl Firewall {
     /// [`Firewall::apply`] with options.
     pub fn apply_with(&mut self, exec: &dyn Executor, options: ApplyOptions<'_>) -> Result<()> {
         let _guard = APPLY_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        self.apply_locked(exec, options)
+    }
+
+    /// Apply firewalls that touch disjoint tables (the IPv4 and IPv6 global setups, say) at the
+    /// same time, one thread each, and return each one's result in order. On the per-command
+    /// path (or with an executor that does not batch) they run one after the other, in order,
+    /// as libvirt would. The caller vouches that no two of them read or change the same table:
+    /// otherwise their query callbacks could act on each other's stale listings.
+    pub fn apply_concurrently(
+        firewalls: &mut [Firewall],
+        exec: &dyn Executor,
+        options: ApplyOptions<'_>,
+    ) -> Vec<Result<()>> {
+        let _guard = APPLY_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if options.per_command || !exec.supports_batch() || firewalls.len() < 2 {
+            return firewalls
+                .iter_mut()
+                .map(|fw| fw.apply_locked(exec, options))
+                .collect();
+        }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = firewalls
+                .iter_mut()
+                .map(|fw| scope.spawn(move || fw.apply_locked(exec, options)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
+    }
+
+    /// [`Firewall::apply_with`] with [`APPLY_LOCK`] already held.
+    fn apply_locked(&mut self, exec: &dyn Executor, options: ApplyOptions<'_>) -> Result<()> {
         self.preflight(exec)?;
         let observer = options.observer.unwrap_or(&NoObserver);
         // The fast path (crate::batch) takes runs of groups it can apply as one kernel
