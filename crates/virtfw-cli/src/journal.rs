@@ -322,3 +322,42 @@ pub(crate) fn clean_temporaries(state: &StateDir) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(m: &str) -> Record {
+        Record::Mark { mark: m.into() }
+    }
+    fn done(seq: u64) -> Record {
+        Record::Done { seq, status: 0 }
+    }
+
+    #[test]
+    fn phases_are_read_apart_and_reentered_phases_joined() {
+        let records = vec![
+            done(0),
+            mark(&phase_mark("bridge")),
+            done(1),
+            mark(&phase_mark("rules")),
+            done(2),
+            mark("rollback 0 0"),
+            mark(&phase_mark("bridge")),
+            mark("recover"),
+            done(3),
+            mark(&phase_mark("rules")),
+            done(4),
+        ];
+        assert_eq!(phase_records(&records, ""), vec![done(0)]);
+        assert_eq!(
+            phase_records(&records, "bridge"),
+            vec![done(1), mark("recover"), done(3)]
+        );
+        assert_eq!(
+            phase_records(&records, "rules"),
+            vec![done(2), mark("rollback 0 0"), done(4)]
+        );
+        assert!(phase_records(&records, "global_setup").is_empty());
+    }
+}

@@ -8,9 +8,8 @@
 mod common;
 use common::*;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 fn runs() -> usize {
     std::env::var("VIRTFW_CRASH_RUNS")
@@ -19,62 +18,8 @@ fn runs() -> usize {
         .unwrap_or(8)
 }
 
-/// A small xorshift generator seeded from the clock (the seed is printed for reruns).
-struct Rng(u64);
-impl Rng {
-    fn new() -> Rng {
-        let seed = std::env::var("VIRTFW_CRASH_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("crash test seed {seed} (VIRTFW_CRASH_SEED to repeat)");
-        Rng(seed)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-fn real(program: &str) -> String {
-    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        let p = Path::new(dir).join(program);
-        if p.exists() {
-            return p.display().to_string();
-        }
-    }
-    panic!("{program} not installed");
-}
-
-fn wrappers(dir: &Path) -> String {
-    let bin = dir.join("slowbin");
-    std::fs::create_dir_all(&bin).unwrap();
-    for program in ["nft", "iptables", "ip6tables"] {
-        let script = format!(
-            "#!/bin/bash\nsleep 0.0$((RANDOM % 4))$((RANDOM % 10))\nexec {} \"$@\"\n",
-            real(program)
-        );
-        let p = bin.join(program);
-        std::fs::write(&p, script).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
 fn crash_runs(env: &Env, file: &Path, name: &str) {
-    let path = wrappers(env.dir.path());
+    let path = wrappers(env.dir.path(), &["nft", "iptables", "ip6tables"]);
     let before = env.snapshot();
     let mut rng = Rng::new();
     let (mut rolled_back, mut completed, mut recovered_with_undo) = (0, 0, 0);

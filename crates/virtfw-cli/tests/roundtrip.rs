@@ -133,3 +133,89 @@ fn iptables_roundtrip() {
         "MASQUERADE",
     );
 }
+
+/// `remove` says exactly how many objects were already gone, on the engine's batch path (one
+/// `nft -f`/`*-restore` transaction that fails and is retried without the vanished objects) as
+/// on the per-command path.
+fn missing_count_is_exact(env: &Env, file: &std::path::Path, name: &str, delete: &dyn Fn()) {
+    let before = env.snapshot();
+    for batch in [true, false] {
+        let mut args = vec!["apply", path_of(file)];
+        if !batch {
+            args.insert(0, "--no-batch");
+        }
+        let o = env.run(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        delete();
+        let mut args = vec!["--json", "remove", name];
+        if !batch {
+            args.insert(0, "--no-batch");
+        }
+        let o = env.run(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["missing"], 2, "batch={batch}: {v}");
+        assert_eq!(v["failed"], 0, "batch={batch}: {v}");
+        assert_eq!(
+            env.snapshot(),
+            before,
+            "batch={batch}: ruleset not restored"
+        );
+    }
+}
+
+#[test]
+fn nftables_missing_count_is_exact() {
+    let env = Env::new("vfw-miss-nft");
+    let file = env.write("m.xml", &nft_tx("miss", "mt"));
+    let delete = || {
+        let listing = env
+            .ns
+            .run(&["nft", "-a", "list", "chain", "ip", "mt", "fwdc"])
+            .unwrap();
+        for needle in ["vnet0", "saddr 10.1.0.0/24"] {
+            let line = listing.lines().find(|l| l.contains(needle)).unwrap();
+            let handle = line.rsplit("# handle ").next().unwrap().trim();
+            env.ns
+                .run(&[
+                    "nft", "delete", "rule", "ip", "mt", "fwdc", "handle", handle,
+                ])
+                .unwrap();
+        }
+    };
+    missing_count_is_exact(&env, &file, "miss", &delete);
+}
+
+#[test]
+fn iptables_missing_count_is_exact() {
+    let env = Env::new("vfw-miss-ipt");
+    env.prime_iptables();
+    let file = env.write("m.xml", &ipt_tx("miss", 8));
+    let delete = || {
+        env.ns
+            .run(&[
+                "iptables",
+                "-w",
+                "-D",
+                "FORWARD",
+                "-s",
+                "10.9.8.1/32",
+                "-j",
+                "ACCEPT",
+            ])
+            .unwrap();
+        env.ns
+            .run(&[
+                "ip6tables",
+                "-w",
+                "-D",
+                "FORWARD",
+                "-s",
+                "fd00:8::1/128",
+                "-j",
+                "ACCEPT",
+            ])
+            .unwrap();
+    };
+    missing_count_is_exact(&env, &file, "miss", &delete);
+}

@@ -2,8 +2,10 @@
 //! namespace and a temporary state directory, and take comparable snapshots of the ruleset.
 #![allow(dead_code)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::SystemTime;
 
 pub use virtfw::netns::Netns;
 
@@ -238,4 +240,81 @@ pub fn plan_exists(env: &Env, name: &str) -> bool {
 
 pub fn path_of(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// A small xorshift generator seeded from the clock (the seed is printed for reruns).
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn new() -> Rng {
+        let seed = std::env::var("VIRTFW_CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("crash test seed {seed} (VIRTFW_CRASH_SEED to repeat)");
+        Rng(seed)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+pub fn real(program: &str) -> String {
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        let p = Path::new(dir).join(program);
+        if p.exists() {
+            return p.display().to_string();
+        }
+    }
+    panic!("{program} not installed");
+}
+
+/// Wrapper scripts for `programs` in `dir/slowbin` that sleep 0-39 ms, then exec the real
+/// program (keeping every descriptor, the state lock's included); returns a PATH with them first.
+pub fn wrappers(dir: &Path, programs: &[&str]) -> String {
+    let bin = dir.join("slowbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for &program in programs {
+        let script = format!(
+            "#!/bin/bash\nsleep 0.0$((RANDOM % 4))$((RANDOM % 10))\nexec {} \"$@\"\n",
+            real(program)
+        );
+        let p = bin.join(program);
+        std::fs::write(&p, script).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// `text` with the values of `counter packets N bytes M` dropped: packets a test's own bridge
+/// sends (IPv6 neighbour discovery) move the counters of iptables-nft's rules.
+pub fn without_counters(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut words = line.split(' ').peekable();
+        let mut kept: Vec<&str> = Vec::new();
+        while let Some(w) = words.next() {
+            kept.push(w);
+            if w.ends_with("counter") && words.peek() == Some(&"packets") {
+                for _ in 0..4 {
+                    words.next();
+                }
+            }
+        }
+        out.push_str(&kept.join(" "));
+        out.push('\n');
+    }
+    out
 }
