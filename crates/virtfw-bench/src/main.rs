@@ -10,11 +10,16 @@
 //!
 //! Usage: `virtfw-bench [--quick] [--max-n N] [--per-command-max N] [--reps R]`.
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use virtfw::executor::Invocation;
 use virtfw::netns::Netns;
-use virtfw::{ApplyOptions, Backend, Executor, Firewall, Layer, ProcessExecutor, TransactionFlags};
+use virtfw::{
+    ApplyOptions, Backend, Executor, Firewall, Layer, LibnftExecutor, ProcessExecutor,
+    TransactionFlags,
+};
+use virtfw_network::lifecycle::Step;
 use virtfw_network::NetworkDef;
 
 const NETWORKS: [(&str, &str); 2] = [
@@ -144,29 +149,71 @@ fn transaction(fam: Fam, n: usize) -> Firewall {
     fw
 }
 
+/// Which executor virtfw runs with.
+#[derive(Clone, Copy, PartialEq)]
+enum Exec {
+    /// One process per program run (`ProcessExecutor`).
+    Process,
+    /// nft through libnftables in this process (`LibnftExecutor`), other programs as processes.
+    InProcessNft,
+}
+
+/// The executor for `ns`; `None` when in-process nft was asked for but libnftables is not
+/// usable here (the row is then reported as not run rather than measured as processes).
+/// Creating it (dlopen, context) is not timed: a long-lived caller pays it once.
+fn executor(ns: &Netns, how: Exec) -> Option<Box<dyn Executor>> {
+    match how {
+        Exec::Process => Some(Box::new(ns.executor().expect("executor"))),
+        Exec::InProcessNft => {
+            let exec = LibnftExecutor::in_netns(ns.name()).expect("libnft executor");
+            exec.is_in_process()
+                .then(|| Box::new(exec) as Box<dyn Executor>)
+        }
+    }
+}
+
+/// Whether libnftables can be used in-process on this host.
+fn in_process_available() -> bool {
+    LibnftExecutor::new().is_in_process()
+}
+
 /// (apply, removal) of N rules through virtfw.
-fn virtfw_once(fam: Fam, n: usize, per_command: bool) -> (Duration, Duration) {
-    let (ns, exec) = prepared(fam);
+fn virtfw_once(fam: Fam, n: usize, per_command: bool, how: Exec) -> (Duration, Duration) {
+    let (ns, _) = prepared(fam);
+    let exec = executor(&ns, how).expect("executor available");
     let mut fw = transaction(fam, n);
     let opts = ApplyOptions {
         observer: None,
         per_command,
     };
     let t = Instant::now();
-    fw.apply_with(&exec, opts).expect("apply");
+    fw.apply_with(exec.as_ref(), opts).expect("apply");
     let mut removal = fw.new_from_rollback().expect("removal plan");
     let apply = t.elapsed();
     let t = Instant::now();
-    removal.apply_with(&exec, opts).expect("remove");
+    removal.apply_with(exec.as_ref(), opts).expect("remove");
     let remove = t.elapsed();
     verify_empty(fam, &ns);
     (apply, remove)
 }
 
-/// (apply, removal) of N rules by one raw batch, no handle capture, removal by flushing.
-fn raw_once(fam: Fam, n: usize) -> (Duration, Duration) {
+/// How the raw comparator removes the rules.
+#[derive(Clone, Copy, PartialEq)]
+enum RawRemoval {
+    /// nft: `nft flush chain` (no handles needed). iptables, which has no handles: one
+    /// `iptables-restore --noflush` of the same rules' `-D` lines in creation order (front
+    /// first: the best case for delete by specification).
+    Exact,
+    /// iptables only: `iptables -F FORWARD`, which removes more than "the same rules" would
+    /// (an extra column, not the target's comparator).
+    Flush,
+}
+
+/// (apply, removal) of N rules by one raw batch, no handle capture.
+fn raw_once(fam: Fam, n: usize, removal: RawRemoval) -> (Duration, Duration) {
     let (ns, exec) = prepared(fam);
     let mut input = String::new();
+    let mut deletes = String::from("*filter\n");
     if fam == Fam::Ipt {
         input.push_str("*filter\n");
     }
@@ -174,11 +221,15 @@ fn raw_once(fam: Fam, n: usize) -> (Duration, Duration) {
         let (nft, ipt) = rule(i);
         match fam {
             Fam::Nft => input.push_str(&format!("add rule ip T C {nft}\n")),
-            Fam::Ipt => input.push_str(&format!("-A FORWARD {ipt}\n")),
+            Fam::Ipt => {
+                input.push_str(&format!("-A FORWARD {ipt}\n"));
+                deletes.push_str(&format!("-D FORWARD {ipt}\n"));
+            }
         }
     }
     if fam == Fam::Ipt {
         input.push_str("COMMIT\n");
+        deletes.push_str("COMMIT\n");
     }
     let t = Instant::now();
     match fam {
@@ -191,9 +242,14 @@ fn raw_once(fam: Fam, n: usize) -> (Duration, Duration) {
     }
     let apply = t.elapsed();
     let t = Instant::now();
-    match fam {
-        Fam::Nft => run(&exec, &["nft", "flush", "chain", "ip", "T", "C"], None),
-        Fam::Ipt => run(&exec, &["iptables", "-w", "-F", "FORWARD"], None),
+    match (fam, removal) {
+        (Fam::Nft, _) => run(&exec, &["nft", "flush", "chain", "ip", "T", "C"], None),
+        (Fam::Ipt, RawRemoval::Exact) => run(
+            &exec,
+            &["iptables-restore", "-w", "--noflush"],
+            Some(&deletes),
+        ),
+        (Fam::Ipt, RawRemoval::Flush) => run(&exec, &["iptables", "-w", "-F", "FORWARD"], None),
     }
     let remove = t.elapsed();
     verify_empty(fam, &ns);
@@ -213,39 +269,60 @@ fn verify_empty(fam: Fam, ns: &Netns) {
     );
 }
 
-/// Start + stop of a libvirt network through virtfw-network's lifecycle (global setup, bridge,
-/// rules; then rules and bridge removed). Returns (start+stop total, rules-only apply+removal).
-fn network_once(backend: Backend, xml: &str, per_command: bool) -> (Duration, Duration) {
+/// The lifecycle steps timed in a steady-state start + stop, in order.
+const STEPS: [(Step, &str); 5] = [
+    (Step::GlobalSetup, "global setup"),
+    (Step::Bridge, "bridge"),
+    (Step::Rules, "rules"),
+    (Step::RemoveRules, "remove rules"),
+    (Step::DeleteBridge, "delete bridge"),
+];
+
+/// One network measurement: the first start + stop in a fresh namespace (the global setup
+/// creates libvirt's tables/chains), then a steady-state start + stop (the global chains exist,
+/// the common case: libvirt sets them up once per daemon run, and virtfw's setup then only
+/// lists them) with the time of each step.
+struct NetRun {
+    first: Duration,
+    steady: Duration,
+    steps: [Duration; 5],
+}
+
+fn network_once(backend: Backend, xml: &str, per_command: bool, how: Exec) -> NetRun {
     let ns = Netns::new("vfbench").expect("netns");
-    let exec = ns.executor().expect("executor");
+    let exec = executor(&ns, how).expect("executor available");
+    let exec = exec.as_ref();
     let opts = ApplyOptions {
         observer: None,
         per_command,
     };
     let def = NetworkDef::from_xml(xml, "bench").expect("network xml");
     let t = Instant::now();
-    let status = virtfw_network::start(def.clone(), backend, &exec, opts).expect("start");
-    virtfw_network::stop(&status, &exec, opts).expect("stop");
-    let total = t.elapsed();
-    // Rules only (global setup already present now, bridge created by hand, not timed).
-    let def2 = def.clone();
-    run(
-        &exec,
-        &["ip", "link", "add", &def2.bridge, "type", "bridge"],
-        None,
-    );
-    let mut fw = match backend {
-        Backend::Nftables => virtfw_network::nftables::network_firewall(&def2),
-        _ => virtfw_network::iptables::network_firewall(&def2),
-    }
-    .expect("network firewall");
+    let status = virtfw_network::start(def.clone(), backend, exec, opts).expect("start");
+    virtfw_network::stop(&status, exec, opts).expect("stop");
+    let first = t.elapsed();
+
+    let marks: RefCell<Vec<(Step, Instant)>> = RefCell::new(Vec::new());
+    let mark = |step| marks.borrow_mut().push((step, Instant::now()));
     let t = Instant::now();
-    fw.apply_with(&exec, opts).expect("rules");
-    fw.new_from_rollback()
-        .expect("removal")
-        .apply_with(&exec, opts)
-        .expect("rules removal");
-    (total, t.elapsed())
+    let status = virtfw_network::lifecycle::start_in_steps(def, backend, exec, opts, &mark)
+        .expect("steady start");
+    virtfw_network::lifecycle::stop_in_steps(&status, exec, opts, &mark).expect("steady stop");
+    let end = Instant::now();
+    let steady = end - t;
+    let marks = marks.into_inner();
+    let mut steps = [Duration::ZERO; 5];
+    for (k, (step, at)) in marks.iter().enumerate() {
+        let next = marks.get(k + 1).map_or(end, |m| m.1);
+        if let Some(slot) = STEPS.iter().position(|(s, _)| s == step) {
+            steps[slot] += next - *at;
+        }
+    }
+    NetRun {
+        first,
+        steady,
+        steps,
+    }
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -286,7 +363,7 @@ fn measure(
 /// The child of the memory measurement: N rules applied and removed by virtfw's batch path,
 /// then this process's peak resident set (VmHWM) and its children's (`nft` / restore).
 fn memory_child(fam: Fam, n: usize) {
-    let _ = virtfw_once(fam, n, false);
+    let _ = virtfw_once(fam, n, false, Exec::Process);
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let hwm = status
         .lines()
@@ -331,9 +408,20 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let inproc = in_process_available();
     println!("## N rules: apply + removal of one AUTO_ROLLBACK transaction (medians)\n");
-    println!("| backend | N | virtfw apply | virtfw remove | virtfw total | raw batch total | per-command total | virtfw / raw | per-command / virtfw |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "raw = one `nft -f -` + `nft flush chain` / one `iptables-restore --noflush` + one \
+         `iptables-restore --noflush` of the same `-D` lines in creation order; in-process = \
+         virtfw with libnftables in-process ({})\n",
+        if inproc {
+            "available"
+        } else {
+            "not available here"
+        }
+    );
+    println!("| backend | N | virtfw apply | virtfw remove | virtfw total | raw total | virtfw / raw | per-command total | per-command / virtfw | in-process nft total | in-process / raw | raw with `-F` total |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for fam in [Fam::Nft, Fam::Ipt] {
         for &n in &cfg.sizes {
             let reps = if n >= 10000 {
@@ -341,54 +429,84 @@ fn main() {
             } else {
                 cfg.reps
             };
-            let (va, vr, vt) = measure(reps, || virtfw_once(fam, n, false));
-            let (_, _, rt) = measure(reps, || raw_once(fam, n));
+            let (va, vr, vt) = measure(reps, || virtfw_once(fam, n, false, Exec::Process));
+            let (_, _, rt) = measure(reps, || raw_once(fam, n, RawRemoval::Exact));
+            let flush =
+                (fam == Fam::Ipt).then(|| measure(reps, || raw_once(fam, n, RawRemoval::Flush)).2);
+            let ip = (fam == Fam::Nft && inproc)
+                .then(|| measure(reps, || virtfw_once(fam, n, false, Exec::InProcessNft)).2);
             let pc = (n <= cfg.per_command_max).then(|| {
                 let reps = if n >= 1000 { 1 } else { reps.min(3) };
-                measure(reps, || virtfw_once(fam, n, true)).2
+                measure(reps, || virtfw_once(fam, n, true, Exec::Process)).2
             });
+            let dash = || "–".to_string();
             println!(
-                "| {} | {n} | {} | {} | {} | {} | {} | {:.2}× | {} |",
+                "| {} | {n} | {} | {} | {} | {} | {:.2}× | {} | {} | {} | {} | {} |",
                 fam.name(),
                 ms(va),
                 ms(vr),
                 ms(vt),
                 ms(rt),
-                pc.map_or("not run".to_string(), ms),
                 ratio(vt, rt),
-                pc.map_or("–".to_string(), |p| format!("{:.0}×", ratio(p, vt))),
+                pc.map_or("not run".to_string(), ms),
+                pc.map_or_else(dash, |p| format!("{:.0}×", ratio(p, vt))),
+                ip.map_or_else(dash, ms),
+                ip.map_or_else(dash, |i| format!("{:.2}×", ratio(i, rt))),
+                flush.map_or_else(dash, ms),
             );
         }
     }
     println!("\n## Network start + stop (medians)\n");
-    println!("| backend | network | batch start+stop | per-command start+stop | per-command / batch | batch rules only | per-command rules only | ratio |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "first = start + stop in a fresh namespace (the global setup creates the tables/chains); \
+         steady = start + stop when they exist (the common case), with its steps.\n"
+    );
+    println!("| backend | network | path | first start+stop | steady start+stop | global setup | bridge | rules | remove rules | delete bridge |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut ratios = Vec::new();
     for backend in [Backend::Nftables, Backend::Iptables] {
         for (name, xml) in NETWORKS {
             let reps = cfg.reps.min(5);
-            let mut bt = Vec::new();
-            let mut br = Vec::new();
-            let mut pt = Vec::new();
-            let mut pr = Vec::new();
-            for _ in 0..reps {
-                let (t, r) = network_once(backend, xml, false);
-                bt.push(t);
-                br.push(r);
-                let (t, r) = network_once(backend, xml, true);
-                pt.push(t);
-                pr.push(r);
+            let mut paths = vec![("virtfw", false, Exec::Process)];
+            if backend == Backend::Nftables && inproc {
+                paths.push(("virtfw (in-process nft)", false, Exec::InProcessNft));
             }
-            let (bt, br, pt, pr) = (median(bt), median(br), median(pt), median(pr));
-            println!(
-                "| {backend} | {name} | {} | {} | {:.1}× | {} | {} | {:.1}× |",
-                ms(bt),
-                ms(pt),
-                ratio(pt, bt),
-                ms(br),
-                ms(pr),
-                ratio(pr, br)
-            );
+            paths.push(("per-command", true, Exec::Process));
+            let mut medians = Vec::new();
+            for (label, per_command, how) in paths {
+                let runs: Vec<NetRun> = (0..reps)
+                    .map(|_| network_once(backend, xml, per_command, how))
+                    .collect();
+                let first = median(runs.iter().map(|r| r.first).collect());
+                let steady = median(runs.iter().map(|r| r.steady).collect());
+                let steps: Vec<String> = (0..STEPS.len())
+                    .map(|k| ms(median(runs.iter().map(|r| r.steps[k]).collect())))
+                    .collect();
+                println!(
+                    "| {backend} | {name} | {label} | {} | {} | {} |",
+                    ms(first),
+                    ms(steady),
+                    steps.join(" | ")
+                );
+                medians.push((label, first, steady));
+            }
+            ratios.push((backend, name, medians));
         }
+    }
+    println!("\n| backend | network | first: per-command / virtfw | steady: per-command / virtfw | steady: per-command / in-process |");
+    println!("|---|---|---|---|---|");
+    for (backend, name, m) in ratios {
+        let get = |l: &str| m.iter().find(|x| x.0 == l).map(|x| (x.1, x.2));
+        let (pf, ps) = get("per-command").expect("per-command row");
+        let (vf, vs) = get("virtfw").expect("virtfw row");
+        let inp = get("virtfw (in-process nft)").map_or("–".to_string(), |(_, is)| {
+            format!("{:.1}×", ratio(ps, is))
+        });
+        println!(
+            "| {backend} | {name} | {:.1}× | {:.1}× | {inp} |",
+            ratio(pf, vf),
+            ratio(ps, vs)
+        );
     }
     if let Some(&n) = cfg.sizes.last() {
         println!("\n## Peak memory, virtfw batch apply + removal of N = {n} (child process)\n");
