@@ -173,4 +173,15 @@ fn main() {
             }
         }
     }
+    // Dropping (not closing) leaves the grace period to the worker thread.
+    let ns = Netns::new("vfspeed").unwrap();
+    setup(&ns);
+    let exec = LibnftExecutor::in_netns(ns.name()).unwrap();
+    raw_round(&exec, 1000);
+    let t = Instant::now();
+    drop(exec);
+    println!(
+        "drop after removing 1000 rules: {:.3} ms on the caller's thread",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
 }
