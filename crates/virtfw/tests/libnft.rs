@@ -434,3 +434,77 @@ fn calls_from_many_threads_and_namespaces_land_where_they_belong() {
         "the host's namespace must not have our table: {out:?}"
     );
 }
+
+/// Three groups of three creates; command `fail_at` is replaced by one the kernel refuses.
+fn plan(fail_at: usize, inherit: bool) -> Firewall {
+    let groups: [[&str; 3]; 3] = [
+        [
+            "add table ip vp",
+            "add chain ip vp c0 { type filter hook input priority 0; policy accept; }",
+            "add rule ip vp c0 ip saddr 10.0.0.1 accept",
+        ],
+        [
+            "add chain ip vp c1",
+            "add rule ip vp c1 counter",
+            "insert rule ip vp c0 jump c1",
+        ],
+        [
+            "add table ip6 vp",
+            "add chain ip6 vp c2",
+            "add rule ip6 vp c2 ip6 saddr 2001:db8::2 drop",
+        ],
+    ];
+    let mut fw = Firewall::new(Backend::Nftables);
+    for (g, cmds) in groups.iter().enumerate() {
+        fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+        for (i, cmd) in cmds.iter().enumerate() {
+            let layer = if g == 2 { Layer::Ipv6 } else { Layer::Ipv4 };
+            let cmd = if g * 3 + i == fail_at {
+                "add rule ip vp c0 jump vfnosuch"
+            } else {
+                cmd
+            };
+            fw.add_cmd(layer, split(cmd));
+        }
+        if inherit && g > 0 {
+            fw.start_rollback(virtfw::RollbackFlags::INHERIT_PREVIOUS);
+        }
+    }
+    fw
+}
+
+#[test]
+fn a_failure_at_every_position_ends_like_with_the_process() {
+    for inherit in [false, true] {
+        for fail_at in 0..9 {
+            let (ns_lib, ns_proc) = (netns(), netns());
+            let opts = ApplyOptions {
+                observer: None,
+                per_command: false,
+            };
+            let lib = in_process(&ns_lib);
+            let err_lib = plan(fail_at, inherit).apply_with(&lib, opts).unwrap_err();
+            let err_proc = plan(fail_at, inherit)
+                .apply_with(&ns_proc.executor().unwrap(), opts)
+                .unwrap_err();
+            let case = format!("fail_at={fail_at} inherit={inherit}");
+            assert!(
+                err_lib.to_string().contains("vfnosuch"),
+                "{case}: {err_lib}"
+            );
+            assert_eq!(err_lib.to_string(), err_proc.to_string(), "{case}");
+            let plain = |ns: &Netns| ns.run(&["nft", "list", "ruleset"]).unwrap();
+            let listing = plain(&ns_lib);
+            assert_eq!(listing, plain(&ns_proc), "{case}");
+            // What must be left: nothing with INHERIT_PREVIOUS, else the groups before.
+            match (inherit, fail_at / 3) {
+                (true, _) | (false, 0) => assert_eq!(listing, "", "{case}"),
+                (false, 1) => assert!(listing.contains("10.0.0.1") && !listing.contains("c1")),
+                _ => assert!(
+                    listing.contains("jump c1") && !listing.contains("ip6"),
+                    "{case}"
+                ),
+            }
+        }
+    }
+}
