@@ -31,6 +31,10 @@
 //! The thread that owns the context is named `nft`, so even the echo's trailing
 //! `# new generation G by process PID (nft)` line has the process's form.
 //!
+//! One difference remains, for callers without privileges only: libnftables (1.0.x sources)
+//! prints its "(you must be root)" hint straight to this process's standard error rather than
+//! to the buffer; the error itself is in the buffer as usual.
+//!
 //! The library is opened with `dlopen` ([`libloading`]), so building virtfw needs neither the C
 //! library nor its headers. When it is missing, fails to load, or a context cannot be made
 //! (the probe of a netfilter netlink socket fails: libnftables 1.0.6 would `exit()` the whole
