@@ -19,7 +19,7 @@ use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use virtfw::batch::IgnoredCounter;
-use virtfw::executor::{Invocation, Output};
+use virtfw::executor::{find_program, Invocation, Output};
 use virtfw::{ApplyObserver, Command as FwCommand, ExecError, Executor};
 
 use crate::error::{CliError, CliResult};
@@ -239,19 +239,3 @@ impl ApplyObserver for JournalExecutor {
     }
 }
 
-/// Find `program` on `PATH` (a name with a slash is taken as a path).
-pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
-    let is_exec = |p: &Path| {
-        p.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
-    if program.contains('/') {
-        let p = PathBuf::from(program);
-        return is_exec(&p).then_some(p);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| is_exec(p))
-}

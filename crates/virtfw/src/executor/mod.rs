@@ -11,7 +11,7 @@ mod process;
 
 pub use fake::{FakeExecutor, FakeResponse};
 pub use libnft::LibnftExecutor;
-pub use process::ProcessExecutor;
+pub use process::{find_program, ProcessExecutor};
 
 use crate::error::ExecError;
 

@@ -62,8 +62,10 @@ impl ProcessExecutor {
     }
 }
 
-/// Find `program` on `PATH` (a name with a slash is taken as a path).
-pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
+/// Find `program` on `PATH` (a name with a slash is taken as a path), as `exec` would.
+///
+/// Public so that other executors (the CLI's journalling one) refuse a missing tool the same way.
+pub fn find_program(program: &str) -> Option<PathBuf> {
     let is_exec = |p: &Path| {
         p.metadata()
             .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
