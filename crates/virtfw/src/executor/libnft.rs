@@ -37,7 +37,7 @@
 //!
 //! The library is opened with `dlopen` ([`libloading`]), so building virtfw needs neither the C
 //! library nor its headers. When it is missing, fails to load, or a context cannot be made
-//! (the probe of a netfilter netlink socket fails: libnftables 1.0.6 would `exit()` the whole
+//! (the probe of a netfilter netlink socket fails: libnftables 1.0.x would `exit()` the whole
 //! process there), the executor behaves exactly like its [`ProcessExecutor`] and says so at
 //! debug level; [`LibnftExecutor::is_in_process`] tells which it is.
 //!
@@ -479,7 +479,7 @@ fn open_context(api: &'static Api, netns: Option<OwnedFd>) -> Result<Context, St
             return Err(format!("setns: {}", std::io::Error::last_os_error()));
         }
     }
-    // libnftables 1.0.6 calls exit() when it cannot open its netlink socket: try first.
+    // libnftables 1.0.x calls exit() when it cannot open its netlink socket: try first.
     // SAFETY: plain system calls; the descriptor is closed again at once.
     unsafe {
         let fd = libc::socket(
