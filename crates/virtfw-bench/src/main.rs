@@ -4,9 +4,12 @@
 //!
 //! For N rules it times apply + removal of one auto-rollback transaction by (a) virtfw's batch
 //! path, (b) virtfw's per-command path (libvirt's way), (c) a raw batch with no handle capture
-//! (`nft -f -` then `nft flush chain`; `iptables-restore --noflush` then `iptables -F`). It also
-//! times start + stop of libvirt's nat-default and nat-ipv6 networks on both backends, and the
-//! peak memory of a child process doing the N = 10000 batch apply + removal.
+//! (`nft -f -` then `nft flush chain`; `iptables-restore --noflush` then the same rules' `-D`
+//! lines in creation order through `iptables-restore --noflush`, since iptables has no handles;
+//! `iptables -F` is an extra column), and (d) virtfw with nft in-process (`LibnftExecutor`) when
+//! libnftables is usable. It times start + stop of libvirt's nat-default and nat-ipv6 networks
+//! on both backends, first in a fresh namespace and then in the steady state (global chains
+//! present) step by step, and the peak memory of a child process doing the largest N.
 //!
 //! Usage: `virtfw-bench [--quick] [--max-n N] [--per-command-max N] [--reps R]`.
 
