@@ -64,12 +64,37 @@
 //! * A failing `nft list …` is not an error (a missing table is a normal answer).
 //! * A failure that is ignored creates no inverse.
 //!
-//! # Where virtfw is stricter
+//! # Where virtfw deliberately differs from libvirt
 //!
-//! Before anything runs, `apply` refuses a firewall with a builder error, an empty command,
-//! backend `none`, or a program missing from `PATH`, so bad input never half-applies. An nft
-//! create that names no family gets `ip` in its inverse (nft's own default), and an iptables
-//! insert at a position (`-I CHAIN 3`) is undone by specification, not by position.
+//! Each difference only shows in cases where libvirt's behaviour would be a bug for the user; the
+//! commands libvirt's own callers (the network driver) produce are unaffected, which the
+//! conformance suite checks byte for byte.
+//!
+//! * **Preflight.** Before anything runs, `apply` refuses a firewall with a builder error, an
+//!   empty command, backend `none`, or a program missing from `PATH`, so bad input never
+//!   half-applies. libvirt finds these mid-apply, after earlier groups ran.
+//! * **Family-less nft creates.** `add table foo` creates `ip foo` (nft's default); libvirt would
+//!   copy `foo` into the inverse as if it were the family, so its `delete` would fail. virtfw
+//!   writes `delete table ip handle N`.
+//! * **Positional iptables inserts.** libvirt turns `-I CHAIN 3 …` into `--delete CHAIN 3 …`,
+//!   which deletes *rule number 3*, whatever it is by then. virtfw drops the position, so the
+//!   inverse deletes by specification.
+//! * **Rollback commands never get `-ae`.** libvirt still consults the group's `AUTO_ROLLBACK`
+//!   while running a rollback list, so a hand-written nft *create* in a rollback list would run
+//!   with `-ae` and grow the list it is iterating. Rollback commands are undo commands; virtfw
+//!   runs them as written.
+//! * **Appended rules are marked.** The inverse of an append (`add rule` without a position,
+//!   `-A`/`--append`) carries [`Command::appended`], written as `appended='yes'` on `<action>`
+//!   (only when set; libvirt's parser ignores it), so the batch path can delete front-first
+//!   instead of in quadratic time. Plans of inserted rules (all of libvirt's networks) are
+//!   byte-identical to libvirt's.
+//! * **Batching.** Unless [`ApplyOptions::per_command`] is set (or `VIRTFW_NO_BATCH=1`), groups
+//!   run as one kernel transaction each where that cannot change the outcome (see [`batch`]); a
+//!   failed batch is re-run command by command so the error and rollback are libvirt's.
+//!
+//! The `virtfw` command adds one more rule of its own: a failed `apply` is all-or-nothing (the
+//! groups libvirt's rollback rule would keep are undone too), because an operator who gets exit
+//! status 1 expects nothing to have changed.
 
 pub mod batch;
 pub mod engine;
