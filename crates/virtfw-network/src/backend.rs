@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use virtfw::executor::find_program;
 use virtfw::Backend;
 
 use crate::error::{NetworkError, Result};
@@ -18,24 +19,9 @@ fn program(backend: Backend) -> &'static str {
     }
 }
 
-/// Is `program` an executable file on `PATH`?
-pub fn on_path(program: &str) -> bool {
-    let Some(path) = std::env::var_os("PATH") else {
-        return false;
-    };
-    std::env::split_paths(&path).any(|dir| is_executable(&dir.join(program)))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
 /// Pick the backend: `configured` if available, else the first of nftables, iptables found.
 pub fn select(configured: Option<Backend>) -> Result<Backend> {
-    select_with(configured, on_path)
+    select_with(configured, |p| find_program(p).is_some())
 }
 
 /// [`select`] with an injectable "is this program installed" test.

@@ -8,7 +8,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
-use roxmltree::{Document, Node};
+use roxmltree::Node;
+use virtfw::xml::parse_document;
 
 use crate::error::{NetworkError, Result};
 
@@ -157,12 +158,7 @@ pub struct NetworkDef {
 impl NetworkDef {
     /// Parse a document whose root is `<network>`; `source_name` prefixes errors.
     pub fn from_xml(text: &str, source_name: &str) -> Result<Self> {
-        let doc = Document::parse(text).map_err(|e| NetworkError::Definition {
-            source_name: source_name.to_string(),
-            line: e.pos().row,
-            column: e.pos().col,
-            message: e.to_string(),
-        })?;
+        let doc = parse_document(text).map_err(|e| NetworkError::syntax(source_name, e))?;
         let root = doc.root_element();
         if !root.has_tag_name("network") {
             return Err(NetworkError::at(

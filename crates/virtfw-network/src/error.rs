@@ -53,6 +53,16 @@ impl NetworkError {
         }
     }
 
+    /// A document that is not well-formed XML.
+    pub(crate) fn syntax(source_name: &str, err: virtfw::xml::SyntaxError) -> Self {
+        NetworkError::Definition {
+            source_name: source_name.to_string(),
+            line: err.line,
+            column: err.column,
+            message: err.message,
+        }
+    }
+
     /// True for errors in the input (definition or late rule validation), as opposed to errors
     /// of the host; the CLI maps these to its "bad input" exit status.
     pub fn is_input_error(&self) -> bool {

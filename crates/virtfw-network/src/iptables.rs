@@ -440,6 +440,34 @@ fn to_delete((layer, args): Rule) -> Rule {
     (layer, args)
 }
 
+/// The general IPv4 rules (§5.2.1) in the order libvirt's legacy removal deletes them
+/// (§5.2.7). libvirt writes that list by hand and it is not the creation order reversed: TFTP
+/// INP before OUT, and DNS INP udp, INP tcp, OUT udp, OUT tcp. The order matters only to
+/// transcripts (deletes of distinct rules commute), but those are compared with libvirt's.
+fn legacy_general_ipv4(def: &NetworkDef) -> Vec<Rule> {
+    let br = def.bridge.as_str();
+    let l = Layer::Ipv4;
+    let mut rules: Vec<Rule> = reject_rules(l, br).into_iter().rev().collect();
+    if def
+        .first_ipv4_dhcp_or_tftp()
+        .is_some_and(|ip| ip.tftp_root.is_some())
+    {
+        rules.push(port_rule(l, INP, br, "udp", "69"));
+        rules.push(port_rule(l, OUT, br, "udp", "69"));
+    }
+    rules.extend([
+        port_rule(l, INP, br, "udp", "53"),
+        port_rule(l, INP, br, "tcp", "53"),
+        port_rule(l, OUT, br, "udp", "53"),
+        port_rule(l, OUT, br, "tcp", "53"),
+        port_rule(l, OUT, br, "udp", "68"),
+        port_rule(l, OUT, br, "tcp", "68"),
+        port_rule(l, INP, br, "udp", "67"),
+        port_rule(l, INP, br, "tcp", "67"),
+    ]);
+    rules
+}
+
 /// libvirt's removal for a network with no stored plan (started by libvirt ≤ 10.3): every
 /// delete libvirt would issue, in its order, all errors ignored (§5.2.7).
 pub fn legacy_removal(def: &NetworkDef) -> Firewall {
@@ -458,7 +486,7 @@ pub fn legacy_removal(def: &NetworkDef) -> Firewall {
             deletes.extend(rules.into_iter().rev());
         }
     }
-    deletes.extend(general_ipv4(def).into_iter().rev());
+    deletes.extend(legacy_general_ipv4(def));
     deletes.extend(general_ipv6(def).into_iter().rev());
     for r in deletes {
         let (l, a) = to_delete(r);

@@ -5,7 +5,7 @@
 //! from libvirt's status file and the other way round. virtfw adds one element libvirt ignores,
 //! `<virtfw createdBridge='yes'/>`, to remember that the bridge is its own to delete.
 
-use roxmltree::Document;
+use virtfw::xml::parse_document;
 use virtfw::{Backend, Firewall};
 
 use crate::def::NetworkDef;
@@ -72,11 +72,8 @@ impl NetworkStatus {
     /// without one (libvirt ≤ 10.3), libvirt's legacy iptables deletions.
     pub fn removal_plan(&self) -> Firewall {
         match &self.removal {
-            Some(plan) => {
-                // A copy: applying consumes nothing, but the caller may want to keep `self`.
-                Firewall::from_xml(&plan.to_xml(), "stored removal plan")
-                    .expect("a plan we wrote reads back")
-            }
+            // A copy: applying records state in the firewall, and the caller keeps `self`.
+            Some(plan) => plan.clone_plain(),
             None => iptables::legacy_removal(&self.def),
         }
     }
@@ -109,12 +106,7 @@ impl NetworkStatus {
     /// removal plan is the first `<firewall>` child of `<networkstatus>`, used only when named
     /// `fwRemoval`; an invalid `<firewall>` makes the whole file fail.
     pub fn from_xml(text: &str, source_name: &str) -> Result<Self> {
-        let doc = Document::parse(text).map_err(|e| NetworkError::Definition {
-            source_name: source_name.to_string(),
-            line: e.pos().row,
-            column: e.pos().col,
-            message: e.to_string(),
-        })?;
+        let doc = parse_document(text).map_err(|e| NetworkError::syntax(source_name, e))?;
         let root = doc.root_element();
         let netnode = root
             .descendants()
@@ -196,21 +188,131 @@ mod tests {
         );
     }
 
+    /// Every command of `plan`, group by group, as `layer: args`.
+    fn plan_lines(plan: &Firewall) -> Vec<Vec<String>> {
+        plan.groups()
+            .iter()
+            .map(|g| {
+                g.actions()
+                    .iter()
+                    .map(|c| format!("{}: {}", c.layer(), c.args().join(" ")))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
     #[test]
     fn status_without_fw_removal_uses_legacy_iptables() {
-        let text = format!("<networkstatus>\n  <class_id bitmap='0-2'/>\n{NET}  <firewall name='other' backend='nftables'/>\n</networkstatus>\n");
+        // nat-tftp: one IPv4 address with DHCP and a TFTP root, NAT, virbr0.
+        let tftp = NET.replace("<dhcp>", "<tftp root='/srv/tftp'/>\n    <dhcp>");
+        let text = format!("<networkstatus>\n  <class_id bitmap='0-2'/>\n{tftp}  <firewall name='other' backend='nftables'/>\n</networkstatus>\n");
         let status = NetworkStatus::from_xml(&text, "s.xml").unwrap();
         assert!(status.removal.is_none());
         assert_eq!(status.backend(), Backend::Iptables);
         let plan = status.removal_plan();
         assert_eq!(plan.backend(), Backend::Iptables);
-        // checksum group, then 7 masquerade deletes + 2 filter + 11 general IPv4.
-        assert_eq!(plan.groups()[0].actions().len(), 1);
-        assert_eq!(plan.groups()[1].actions().len(), 18);
-        let first = plan.groups()[1].actions()[0].args().join(" ");
-        assert_eq!(first, "--table nat --delete LIBVIRT_PRT --source 192.168.122.0/24 --destination 224.0.0.0/24 --jump RETURN");
-        let last = plan.groups()[1].actions()[17].args().join(" ");
-        assert_eq!(last, "--table filter --delete LIBVIRT_INP --in-interface virbr0 --protocol tcp --destination-port 67 --jump ACCEPT");
+        assert!(plan
+            .groups()
+            .iter()
+            .all(|g| g.flags() == TransactionFlags::IGNORE_ERRORS));
+        // Spec §5.2.7, written out: T1 the checksum delete; T2 the masquerade set 7..1, then
+        // the general IPv4 deletes FWX, FWI-reject, FWO-reject, TFTP INP/OUT, INP udp/tcp 53,
+        // OUT udp/tcp 53, OUT udp/tcp 68, INP udp/tcp 67. 1 + 7 + 13 commands.
+        let t1 = lines(
+            "ipv4: --table mangle --delete LIBVIRT_PRT --out-interface virbr0 --protocol udp --destination-port 68 --jump CHECKSUM --checksum-fill",
+        );
+        let t2 = lines(
+            "
+            ipv4: --table nat --delete LIBVIRT_PRT --source 192.168.122.0/24 --destination 224.0.0.0/24 --jump RETURN
+            ipv4: --table nat --delete LIBVIRT_PRT --source 192.168.122.0/24 --destination 255.255.255.255/32 --jump RETURN
+            ipv4: --table nat --delete LIBVIRT_PRT --source 192.168.122.0/24 -p tcp ! --destination 192.168.122.0/24 --jump MASQUERADE --to-ports 1024-65535
+            ipv4: --table nat --delete LIBVIRT_PRT --source 192.168.122.0/24 -p udp ! --destination 192.168.122.0/24 --jump MASQUERADE --to-ports 1024-65535
+            ipv4: --table nat --delete LIBVIRT_PRT --source 192.168.122.0/24 ! --destination 192.168.122.0/24 --jump MASQUERADE
+            ipv4: --table filter --delete LIBVIRT_FWI --destination 192.168.122.0/24 --out-interface virbr0 --match conntrack --ctstate ESTABLISHED,RELATED --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_FWO --source 192.168.122.0/24 --in-interface virbr0 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_FWX --in-interface virbr0 --out-interface virbr0 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_FWI --out-interface virbr0 --jump REJECT
+            ipv4: --table filter --delete LIBVIRT_FWO --in-interface virbr0 --jump REJECT
+            ipv4: --table filter --delete LIBVIRT_INP --in-interface virbr0 --protocol udp --destination-port 69 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_OUT --out-interface virbr0 --protocol udp --destination-port 69 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_INP --in-interface virbr0 --protocol udp --destination-port 53 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_INP --in-interface virbr0 --protocol tcp --destination-port 53 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_OUT --out-interface virbr0 --protocol udp --destination-port 53 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_OUT --out-interface virbr0 --protocol tcp --destination-port 53 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_OUT --out-interface virbr0 --protocol udp --destination-port 68 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_OUT --out-interface virbr0 --protocol tcp --destination-port 68 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_INP --in-interface virbr0 --protocol udp --destination-port 67 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_INP --in-interface virbr0 --protocol tcp --destination-port 67 --jump ACCEPT
+            ",
+        );
+        assert_eq!(plan_lines(&plan), [t1, t2]);
+    }
+
+    #[test]
+    fn legacy_removal_of_a_routed_ipv6_network() {
+        // No IPv4 at all: no checksum rule, but the general IPv4 deletes still run (libvirt
+        // creates those rules for every network), then the IPv6 ones.
+        let def = NetworkDef::from_xml(
+            "<network><name>v6</name><bridge name='virbr1'/><forward mode='route'/>\
+             <ip family='ipv6' address='2001:db8:1::1' prefix='64'/></network>",
+            "v6.xml",
+        )
+        .unwrap();
+        let plan = iptables::legacy_removal(&def);
+        let t2 = lines(
+            "
+            ipv6: --table filter --delete LIBVIRT_FWI --destination 2001:db8:1::/64 --out-interface virbr1 --jump ACCEPT
+            ipv6: --table filter --delete LIBVIRT_FWO --source 2001:db8:1::/64 --in-interface virbr1 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_FWX --in-interface virbr1 --out-interface virbr1 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_FWI --out-interface virbr1 --jump REJECT
+            ipv4: --table filter --delete LIBVIRT_FWO --in-interface virbr1 --jump REJECT
+            ipv4: --table filter --delete LIBVIRT_INP --in-interface virbr1 --protocol udp --destination-port 53 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_INP --in-interface virbr1 --protocol tcp --destination-port 53 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_OUT --out-interface virbr1 --protocol udp --destination-port 53 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_OUT --out-interface virbr1 --protocol tcp --destination-port 53 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_OUT --out-interface virbr1 --protocol udp --destination-port 68 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_OUT --out-interface virbr1 --protocol tcp --destination-port 68 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_INP --in-interface virbr1 --protocol udp --destination-port 67 --jump ACCEPT
+            ipv4: --table filter --delete LIBVIRT_INP --in-interface virbr1 --protocol tcp --destination-port 67 --jump ACCEPT
+            ipv6: --table filter --delete LIBVIRT_OUT --out-interface virbr1 --protocol udp --destination-port 546 --jump ACCEPT
+            ipv6: --table filter --delete LIBVIRT_INP --in-interface virbr1 --protocol udp --destination-port 547 --jump ACCEPT
+            ipv6: --table filter --delete LIBVIRT_OUT --out-interface virbr1 --protocol udp --destination-port 53 --jump ACCEPT
+            ipv6: --table filter --delete LIBVIRT_OUT --out-interface virbr1 --protocol tcp --destination-port 53 --jump ACCEPT
+            ipv6: --table filter --delete LIBVIRT_INP --in-interface virbr1 --protocol udp --destination-port 53 --jump ACCEPT
+            ipv6: --table filter --delete LIBVIRT_INP --in-interface virbr1 --protocol tcp --destination-port 53 --jump ACCEPT
+            ipv6: --table filter --delete LIBVIRT_FWX --in-interface virbr1 --out-interface virbr1 --jump ACCEPT
+            ipv6: --table filter --delete LIBVIRT_FWI --out-interface virbr1 --jump REJECT
+            ipv6: --table filter --delete LIBVIRT_FWO --in-interface virbr1 --jump REJECT
+            ",
+        );
+        assert_eq!(plan_lines(&plan), [vec![], t2]);
+    }
+
+    #[test]
+    fn removal_plan_is_a_copy_of_the_stored_one() {
+        let mut fw = Firewall::new(Backend::Nftables);
+        fw.set_name(Some(REMOVAL_NAME));
+        fw.start_transaction(TransactionFlags::IGNORE_ERRORS);
+        fw.add_cmd(
+            virtfw::Layer::Ipv4,
+            ["delete", "table", "ip", "handle", "7"],
+        );
+        let status = NetworkStatus {
+            def: NetworkDef::from_xml(NET, "net.xml").unwrap(),
+            removal: Some(fw),
+            created_bridge: false,
+            netns: None,
+        };
+        let copy = status.removal_plan();
+        assert_eq!(copy.to_xml(), status.removal.as_ref().unwrap().to_xml());
     }
 
     #[test]

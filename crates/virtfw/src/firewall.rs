@@ -278,6 +278,31 @@ impl Firewall {
         Ok(removal)
     }
 
+    /// A copy of everything that can be stored: name, backend, groups with their flags,
+    /// actions and rollbacks, and the builder error. Query callbacks are code and are not
+    /// copied (see [`Command::clone_plain`]), so the copy of a firewall that has them runs
+    /// their commands without handing the output on. Plans (removal firewalls, anything read
+    /// from XML) have none, so their copy is exact.
+    pub fn clone_plain(&self) -> Firewall {
+        Firewall {
+            name: self.name.clone(),
+            backend: self.backend,
+            groups: self
+                .groups
+                .iter()
+                .map(|g| Group {
+                    flags: g.flags,
+                    rollback_flags: g.rollback_flags,
+                    actions: g.actions.iter().map(Command::clone_plain).collect(),
+                    rollbacks: g.rollbacks.iter().map(Command::clone_plain).collect(),
+                    adding_rollback: g.adding_rollback,
+                })
+                .collect(),
+            current_group: self.current_group,
+            error: self.error.clone(),
+        }
+    }
+
     /// Push a ready-made group (used by the XML parser and by code that builds plans directly).
     pub(crate) fn push_group(&mut self, group: Group) {
         self.groups.push(group);

@@ -48,6 +48,39 @@ fn write_action(out: &mut String, pad: &str, cmd: &Command, show_ignore: bool) {
     let _ = writeln!(out, "{pad}</action>");
 }
 
+/// Why a text is not a well-formed XML document, and where (1-based line and column).
+///
+/// Every document virtfw reads (plans, transactions, network definitions, status files) reports
+/// syntax errors the same way; each caller turns this into its own error type with the name of
+/// the file at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub line: u32,
+    pub column: u32,
+    pub message: String,
+}
+
+impl SyntaxError {
+    /// This error as the engine's [`Error::Xml`] for `source_name`.
+    pub fn into_error(self, source_name: &str) -> Error {
+        Error::Xml {
+            source_name: source_name.to_string(),
+            line: self.line,
+            column: self.column,
+            message: self.message,
+        }
+    }
+}
+
+/// Parse `text` as an XML document, with the position of a syntax error.
+pub fn parse_document(text: &str) -> std::result::Result<Document<'_>, SyntaxError> {
+    Document::parse(text).map_err(|e| SyntaxError {
+        line: e.pos().row,
+        column: e.pos().col,
+        message: e.to_string(),
+    })
+}
+
 impl Firewall {
     /// The `<firewall>` element, ending in a newline.
     pub fn to_xml(&self) -> String {
@@ -107,12 +140,7 @@ impl Firewall {
     /// Parse a document whose root is `<firewall>`. `source_name` (a file name, `-` for
     /// standard input) prefixes every error, with the line and column at fault.
     pub fn from_xml(text: &str, source_name: &str) -> Result<Firewall> {
-        let doc = Document::parse(text).map_err(|e| Error::Xml {
-            source_name: source_name.to_string(),
-            line: e.pos().row,
-            column: e.pos().col,
-            message: e.to_string(),
-        })?;
+        let doc = parse_document(text).map_err(|e| e.into_error(source_name))?;
         let root = doc.root_element();
         if !root.has_tag_name("firewall") {
             return Err(Error::xml(
@@ -193,7 +221,25 @@ pub fn parse_firewall_element(node: Node, source: &str) -> Result<Firewall> {
     let mut fw = Firewall::new(backend);
     fw.set_name(node.attribute("name"));
     for gnode in node.children().filter(|c| c.has_tag_name("group")) {
+        let mut rollback_nodes = gnode.children().filter(|c| c.has_tag_name("rollback"));
+        let rollback_node = rollback_nodes.next();
+        if let Some(second) = rollback_nodes.next() {
+            return Err(Error::xml(
+                source,
+                node.document().text_pos_at(second.range().start),
+                "<group> has more than one <rollback>",
+            ));
+        }
         if !gnode.children().any(|c| c.has_tag_name("action")) {
+            // libvirt skips a group without actions. A rollback there would be dropped
+            // silently, so (libvirt never writes <rollback>) it is an error instead.
+            if let Some(rnode) = rollback_node {
+                return Err(Error::xml(
+                    source,
+                    node.document().text_pos_at(rnode.range().start),
+                    "group has a rollback but no action",
+                ));
+            }
             continue;
         }
         let mut flags = TransactionFlags::empty();
@@ -213,7 +259,7 @@ pub fn parse_firewall_element(node: Node, source: &str) -> Result<Firewall> {
                 group.actions.push(cmd);
             }
         }
-        if let Some(rnode) = gnode.children().find(|c| c.has_tag_name("rollback")) {
+        if let Some(rnode) = rollback_node {
             if tristate(rnode, "inheritPrevious", source)? == Some(true) {
                 group.rollback_flags |= RollbackFlags::INHERIT_PREVIOUS;
             }

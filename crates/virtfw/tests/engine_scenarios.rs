@@ -1083,7 +1083,6 @@ fn xml_parse_skips_what_libvirt_skips() {
     </action>
   </group>
   <group ignoreErrors='yes'/>
-  <group><rollback/></group>
 </firewall>";
     let fw = Firewall::from_xml(text, "t.xml").unwrap();
     assert_eq!(fw.groups().len(), 1, "groups without actions are dropped");
@@ -1093,6 +1092,71 @@ fn xml_parse_skips_what_libvirt_skips() {
         "actions without args are dropped"
     );
     assert_eq!(fw.groups()[0].flags(), TransactionFlags::empty());
+}
+
+#[test]
+fn xml_rollback_without_action_or_twice_is_an_error() {
+    // libvirt never writes <rollback>, so refusing these cannot break a libvirt document; a
+    // rollback that would be skipped or half-read silently is a plan that does not undo.
+    let (line, _, msg) = xml_error(
+        "<firewall backend='iptables'>\n  <group>\n    <rollback>\n      <action layer='ipv4'><args><item>-D</item></args></action>\n    </rollback>\n  </group>\n</firewall>",
+    );
+    assert_eq!(line, 3);
+    assert_eq!(msg, "group has a rollback but no action");
+    let (line, _, msg) =
+        xml_error("<firewall backend='iptables'>\n  <group><rollback/></group>\n</firewall>");
+    assert_eq!(line, 2);
+    assert_eq!(msg, "group has a rollback but no action");
+    let (line, _, msg) = xml_error(
+        "<firewall backend='iptables'>\n  <group>\n    <action layer='ipv4'><args><item>-A</item></args></action>\n    <rollback/>\n    <rollback>\n      <action layer='ipv4'><args><item>-D</item></args></action>\n    </rollback>\n  </group>\n</firewall>",
+    );
+    assert_eq!(line, 5, "the second <rollback>");
+    assert!(msg.contains("more than one <rollback>"), "{msg}");
+}
+
+#[test]
+fn clone_plain_copies_everything_but_callbacks() {
+    let mut fw = Firewall::new(Backend::Nftables);
+    fw.set_name(Some("fwRemoval"));
+    fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+    fw.add_cmd_full(
+        Layer::Ipv4,
+        false,
+        Some(Box::new(|_: &mut QueryContext| Ok(()))),
+        args("list table ip t"),
+    );
+    fw.add_cmd_full(Layer::Ipv6, true, None, args("add table ip6 t"));
+    fw.start_rollback(RollbackFlags::INHERIT_PREVIOUS);
+    fw.add_cmd(Layer::Ipv6, args("delete table ip6 t"));
+    let copy = fw.clone_plain();
+    assert_eq!(copy.to_xml(), fw.to_xml());
+    assert_eq!(copy.name(), Some("fwRemoval"));
+    assert_eq!(
+        copy.groups()[0].rollback_flags(),
+        RollbackFlags::INHERIT_PREVIOUS
+    );
+    assert_eq!(
+        plain(copy.groups()[0].actions()),
+        plain(fw.groups()[0].actions())
+    );
+    assert_eq!(
+        plain(copy.groups()[0].rollbacks()),
+        plain(fw.groups()[0].rollbacks())
+    );
+    assert!(fw.groups()[0].actions()[0].is_query());
+    assert!(
+        !copy.groups()[0].actions()[0].is_query(),
+        "callbacks are not copied"
+    );
+    // A builder error is copied too, so the copy refuses to apply as the original does.
+    let mut broken = Firewall::new(Backend::Iptables);
+    broken.add_cmd(Layer::Ipv4, args(A1));
+    let mut copy = broken.clone_plain();
+    assert_eq!(copy.build_error(), broken.build_error());
+    assert!(matches!(
+        copy.apply(&FakeExecutor::new()),
+        Err(Error::Build(_))
+    ));
 }
 
 #[test]
