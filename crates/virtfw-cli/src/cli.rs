@@ -1,4 +1,7 @@
 //! Command-line definitions (clap). Only parsing lives here; the commands are in `commands`.
+// The doc comments below are clap's help texts, shown verbatim by `--help`: `<firewall>` in
+// them is libvirt's XML element for the reader, not an HTML tag for rustdoc.
+#![allow(rustdoc::invalid_html_tags)]
 
 use std::path::PathBuf;
 

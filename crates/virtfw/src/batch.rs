@@ -19,13 +19,18 @@
 //!   ignored and checked commands.
 //! * Removal plans (ignore-errors groups of `delete … handle N` / `--delete`) run as one batch;
 //!   only when it fails are the touched tables listed, vanished objects dropped (reported to
-//!   [`ApplyObserver::ignored_failure`](crate::ApplyObserver::ignored_failure) with
+//!   [`ApplyObserver::ignored_failure`] with
 //!   `missing = true`) and the rest retried, falling back to command-by-command as a last resort.
 //!
-//! iptables-restore is atomic per table section only, so every (program, table) section runs as
-//! its own process. Sections of one group run concurrently (they touch disjoint tables) when a
-//! failure can be undone exactly, i.e. when every command is a rule create whose inverse is known;
-//! then, if one section fails, the sections that committed are deleted again before the fallback.
+//! iptables-restore is atomic per table section only (`*table … COMMIT`: each `COMMIT` is one
+//! kernel transaction; a failing line rolls its section back and the program exits, so the
+//! sections before it stay committed and the ones after never run). All sections of one program
+//! run in ONE process (each deleting process waits for the kernel at exit, so a process per
+//! table cost that wait six times for a network); the programs (iptables, ip6tables, ebtables)
+//! run concurrently (disjoint tables). Several sections are only batched when a failure can be
+//! undone exactly, i.e. when every command is a rule create whose inverse is known: then, if a
+//! section fails, the sections that committed before it are deleted again before the fallback.
+//! A removal resends, after a stale rule, only what did not commit (see `remove_family`).
 //!
 //! The switch [`NO_BATCH_ENV`] (`VIRTFW_NO_BATCH=1`) makes `ApplyOptions::default()` (and so
 //! [`Firewall::apply`]) take the per-command path, like
@@ -545,7 +550,8 @@ fn run_batch(exec: &dyn Executor, argv: &[String], input: &str) -> Option<Output
     }
 }
 
-/// A (program, table) section of an iptables-family batch.
+/// A (program, table) section of an iptables-family batch: one `*table … COMMIT`, the unit the
+/// kernel commits atomically.
 struct Section<'a> {
     layer: Layer,
     table: String,
@@ -554,77 +560,238 @@ struct Section<'a> {
 }
 
 impl Section<'_> {
-    fn argv(&self) -> Vec<String> {
-        let (program, lead) = restore_program(self.layer).expect("restore layer");
-        let mut argv = vec![program.to_string()];
-        argv.extend(lead.iter().map(|s| s.to_string()));
-        argv
-    }
-
-    fn input<'l>(&self, lines: impl Iterator<Item = &'l str>) -> String {
-        let mut input = format!("*{}\n", self.table);
-        for l in lines {
-            input.push_str(l);
-            input.push('\n');
-        }
-        input.push_str("COMMIT\n");
-        input
-    }
-
-    fn run(&self, exec: &dyn Executor) -> bool {
-        let input = self.input(self.cmds.iter().map(|c| c.3.as_str()));
-        run_batch(exec, &self.argv(), &input).is_some_and(|o| o.success())
-    }
-
-    /// Delete again the rules this (committed, all-create) section added, last first.
-    fn undo(&self, exec: &dyn Executor) {
-        let lines: Vec<String> = self
-            .cmds
+    /// The restore lines of the rules this (committed, all-create) section added, as deletes,
+    /// last first.
+    fn undo_lines(&self) -> Vec<String> {
+        self.cmds
             .iter()
             .rev()
             .filter_map(|c| {
                 restore_line(self.layer, &rollback::iptables_inverse(c.2)).map(|l| l.line)
             })
-            .collect();
-        let input = self.input(lines.iter().map(String::as_str));
-        if !run_batch(exec, &self.argv(), &input).is_some_and(|o| o.success()) {
-            warn!(table = %self.table, "could not undo a committed batch section");
+            .collect()
+    }
+}
+
+/// The argv of the restore program of `layer`.
+fn restore_argv(layer: Layer) -> Vec<String> {
+    let (program, lead) = restore_program(layer).expect("restore layer");
+    let mut argv = vec![program.to_string()];
+    argv.extend(lead.iter().map(|s| s.to_string()));
+    argv
+}
+
+/// The input of one restore process made of several sections, each `*table`, its lines,
+/// `COMMIT`; with the (first, last) input line numbers (1-based) each section occupies.
+fn family_input(parts: &[(&str, Vec<&str>)]) -> (String, Vec<(usize, usize)>) {
+    let mut input = String::new();
+    let mut spans = Vec::with_capacity(parts.len());
+    let mut line = 1;
+    for (table, lines) in parts {
+        input.push('*');
+        input.push_str(table);
+        input.push('\n');
+        for l in lines {
+            input.push_str(l);
+            input.push('\n');
+        }
+        input.push_str("COMMIT\n");
+        let last = line + lines.len() + 1;
+        spans.push((line, last));
+        line = last + 1;
+    }
+    (input, spans)
+}
+
+/// Where a failed multi-section restore stopped: the section (index into the parts) holding
+/// the line the program blamed and that line's offset among the section's commands (`None`
+/// for its `*table` or `COMMIT` line). The program exits at the first failure; every section
+/// before it committed (each `COMMIT` is its own kernel transaction), the blamed one was
+/// rolled back whole, later ones never ran. `None`: the program named no line we know.
+fn blamed(spans: &[(usize, usize)], stderr: &str) -> Option<(usize, Option<usize>)> {
+    let n = error_line(stderr)?;
+    let k = spans.iter().position(|&(a, b)| a <= n && n <= b)?;
+    let (a, b) = spans[k];
+    Some((k, (n > a && n < b).then(|| n - a - 1)))
+}
+
+/// Run `sections` (all of one layer) as ONE restore process: one process exit (and so one wait
+/// for the kernel) per program instead of one per table. Returns how many sections committed,
+/// in order: all on success; on failure those before the blamed one. A failure that names no
+/// line (the program did not start, or died) counts as nothing committed — the sections are
+/// only ever undone when the program said they committed.
+fn run_family(exec: &dyn Executor, sections: &[&Section<'_>]) -> usize {
+    let parts: Vec<(&str, Vec<&str>)> = sections
+        .iter()
+        .map(|s| {
+            (
+                s.table.as_str(),
+                s.cmds.iter().map(|c| c.3.as_str()).collect(),
+            )
+        })
+        .collect();
+    let (input, spans) = family_input(&parts);
+    let Some(out) = run_batch(exec, &restore_argv(sections[0].layer), &input) else {
+        return 0;
+    };
+    if out.success() {
+        return sections.len();
+    }
+    match blamed(&spans, &out.stderr) {
+        Some((k, _)) => k,
+        None => {
+            warn!(stderr = %out.stderr.trim_end(), "restore failed without naming a line; assuming nothing committed");
+            0
         }
     }
+}
 
-    /// Remove: batch; on failure drop the line the program blames (reporting it) and retry a
-    /// few times; then fall back to command by command with errors ignored.
-    fn remove(&self, backend: Backend, exec: &dyn Executor, observer: &dyn ApplyObserver) {
-        let mut pending: Vec<usize> = (0..self.cmds.len()).collect();
-        for _ in 0..16 {
-            if pending.is_empty() {
-                return;
-            }
-            let input = self.input(pending.iter().map(|&k| self.cmds[k].3.as_str()));
-            let Some(out) = run_batch(exec, &self.argv(), &input) else {
-                break;
-            };
-            if out.success() {
-                return;
-            }
-            // Line 1 is the `*table` header.
-            match error_line(&out.stderr) {
-                Some(n) if n >= 2 && n - 2 < pending.len() => {
-                    let k = pending.remove(n - 2);
-                    let (g, _, args, _) = &self.cmds[k];
-                    let cmd =
-                        Command::new(self.layer, args.iter().cloned()).with_ignore_errors(true);
-                    observer.ignored_failure(*g, &cmd, failure_is_missing(&out.stderr));
-                }
-                _ => break,
-            }
+/// Delete again the rules the committed, all-create `sections` (one layer) added: one process,
+/// newest section first; if it fails, the sections from the blamed one on are retried one
+/// process each, so one bad section cannot keep the others' rules in place.
+fn undo_family(exec: &dyn Executor, sections: &[&Section<'_>]) {
+    let undo: Vec<(usize, Vec<String>)> = sections
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(k, s)| (k, s.undo_lines()))
+        .collect();
+    let parts: Vec<(&str, Vec<&str>)> = undo
+        .iter()
+        .map(|(k, lines)| {
+            (
+                sections[*k].table.as_str(),
+                lines.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    let argv = restore_argv(sections[0].layer);
+    let (input, spans) = family_input(&parts);
+    let out = run_batch(exec, &argv, &input);
+    if out.as_ref().is_some_and(Output::success) {
+        return;
+    }
+    let from = out
+        .as_ref()
+        .and_then(|o| blamed(&spans, &o.stderr))
+        .map_or(0, |(k, _)| k);
+    for part in &parts[from..] {
+        let (input, _) = family_input(std::slice::from_ref(part));
+        if !run_batch(exec, &argv, &input).is_some_and(|o| o.success()) {
+            warn!(table = %part.0, "could not undo a committed batch section");
         }
-        for k in pending {
-            let (g, _, args, _) = &self.cmds[k];
-            let cmd = Command::new(self.layer, args.iter().cloned()).with_ignore_errors(true);
+    }
+}
+
+/// Remove with `sections` (all of one layer) as ONE restore process. One stale rule aborts
+/// its section only: the sections before it committed and are never sent again, the blamed
+/// line is dropped (reported to the observer, `missing` when the program says the rule is not
+/// there), and the rest — from the blamed section on — is retried. When the program blames a
+/// `*table`/`COMMIT` line, names no line, or keeps failing, what has not committed runs
+/// command by command with errors ignored (each failure reported there). Every command is so
+/// reported at most once, and only when it did not take effect: the missing count is exact.
+fn remove_family(
+    backend: Backend,
+    exec: &dyn Executor,
+    observer: &dyn ApplyObserver,
+    sections: &[&Section<'_>],
+) {
+    let layer = sections[0].layer;
+    let argv = restore_argv(layer);
+    // Commands still to remove, per section; sections before `from` have committed.
+    let mut pending: Vec<Vec<usize>> = sections
+        .iter()
+        .map(|s| (0..s.cmds.len()).collect())
+        .collect();
+    let mut from = 0;
+    let report = |k: usize, c: usize, stderr: &str| {
+        let (g, _, args, _) = &sections[k].cmds[c];
+        let cmd = Command::new(layer, args.iter().cloned()).with_ignore_errors(true);
+        observer.ignored_failure(*g, &cmd, failure_is_missing(stderr));
+    };
+    for _ in 0..16 + sections.len() {
+        // Sections with nothing left are not sent (an empty section would be a useless commit).
+        let sent: Vec<usize> = (from..sections.len())
+            .filter(|&k| !pending[k].is_empty())
+            .collect();
+        if sent.is_empty() {
+            return;
+        }
+        let parts: Vec<(&str, Vec<&str>)> = sent
+            .iter()
+            .map(|&k| {
+                (
+                    sections[k].table.as_str(),
+                    pending[k]
+                        .iter()
+                        .map(|&c| sections[k].cmds[c].3.as_str())
+                        .collect(),
+                )
+            })
+            .collect();
+        let (input, spans) = family_input(&parts);
+        let Some(out) = run_batch(exec, &argv, &input) else {
+            break;
+        };
+        if out.success() {
+            return;
+        }
+        match blamed(&spans, &out.stderr) {
+            Some((j, Some(offset))) => {
+                from = sent[j];
+                let c = pending[from].remove(offset);
+                report(from, c, &out.stderr);
+            }
+            Some((j, None)) => {
+                from = sent[j];
+                break;
+            }
+            None => break,
+        }
+    }
+    for k in from..sections.len() {
+        for &c in &pending[k] {
+            let (g, _, args, _) = &sections[k].cmds[c];
+            let cmd = Command::new(layer, args.iter().cloned()).with_ignore_errors(true);
             let _ = run_command(backend, TransactionFlags::empty(), &cmd, exec, observer, *g);
         }
     }
+}
+
+/// The sections grouped by restore program (layer), each group in first-use order.
+fn by_family<'s, 'a>(sections: &'s [Section<'a>]) -> Vec<Vec<&'s Section<'a>>> {
+    let mut families: Vec<Vec<&Section<'a>>> = Vec::new();
+    for s in sections {
+        match families.iter_mut().find(|f| f[0].layer == s.layer) {
+            Some(f) => f.push(s),
+            None => families.push(vec![s]),
+        }
+    }
+    families
+}
+
+/// Run `f` on every family, concurrently when there are several (they are different programs
+/// touching disjoint tables), and collect the results in order.
+fn each_family<'s, 'a, T: Send>(
+    families: &[Vec<&'s Section<'a>>],
+    f: impl Fn(&[&'s Section<'a>]) -> T + Sync,
+) -> Vec<T> {
+    if families.len() == 1 {
+        return vec![f(&families[0])];
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = families
+            .iter()
+            .map(|fam| {
+                let f = &f;
+                scope.spawn(move || f(fam))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 impl Firewall {
@@ -890,30 +1057,31 @@ impl Firewall {
 
     fn ipt_apply(&mut self, start: usize, end: usize, undoable: bool, exec: &dyn Executor) -> Step {
         let sections = self.sections(start, end);
-        let ok: Vec<bool> = if sections.len() == 1 {
-            vec![sections[0].run(exec)]
-        } else {
-            debug_assert!(undoable, "multi-section batches are all creates");
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = sections
-                    .iter()
-                    .map(|s| scope.spawn(move || s.run(exec)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or(false))
-                    .collect()
-            })
-        };
-        if ok.iter().all(|&b| b) {
+        debug_assert!(
+            undoable || sections.len() == 1,
+            "multi-section batches are all creates"
+        );
+        let families = by_family(&sections);
+        let committed = each_family(&families, |fam| run_family(exec, fam));
+        if families.iter().zip(&committed).all(|(f, &c)| c == f.len()) {
+            drop(families);
             drop(sections);
             let items = self.items(start, end);
             self.record_ipt_inverses(&items);
             return Step::Applied { next: end };
         }
-        // Sections are atomic one by one only: take back those that committed.
-        for (s, _) in sections.iter().zip(&ok).filter(|(_, &b)| b) {
-            s.undo(exec);
+        // Sections commit one by one: take back those that did, then libvirt's way.
+        let committed: Vec<&[&Section<'_>]> = families
+            .iter()
+            .zip(&committed)
+            .filter(|(_, &c)| c > 0)
+            .map(|(f, &c)| &f[..c])
+            .collect();
+        if !committed.is_empty() {
+            each_family(
+                &committed.iter().map(|f| f.to_vec()).collect::<Vec<_>>(),
+                |fam| undo_family(exec, fam),
+            );
         }
         debug!("iptables batch failed; re-running command by command");
         Step::PerCommand { until: end }
@@ -953,15 +1121,8 @@ impl Firewall {
                 .collect();
             s.cmds = permute(&s.cmds, &front_first(&rule_delete, &appended));
         }
-        if sections.len() == 1 {
-            sections[0].remove(backend, exec, observer);
-        } else {
-            std::thread::scope(|scope| {
-                for s in &sections {
-                    scope.spawn(move || s.remove(backend, exec, observer));
-                }
-            });
-        }
+        let families = by_family(&sections);
+        each_family(&families, |fam| remove_family(backend, exec, observer, fam));
         Step::Applied { next: end }
     }
 }
@@ -1044,7 +1205,7 @@ impl Firewall {
                 }
                 Kind::IptApply { .. } => {
                     let sections = self.sections_of(&items);
-                    let ok = sections.len() == 1 && sections[0].run(exec);
+                    let ok = sections.len() == 1 && run_family(exec, &[&sections[0]]) == 1;
                     drop(sections);
                     if ok {
                         self.record_ipt_inverses(&items);
@@ -1334,21 +1495,26 @@ mod tests {
     }
 
     #[test]
-    fn iptables_sections_run_per_table_and_failures_undo_committed_sections() {
+    fn iptables_sections_run_one_process_per_program_and_failures_undo_committed_sections() {
         let fake = FakeExecutor::new().with_batching();
         let mut fw = ipt_firewall();
         batched(&mut fw, &fake).unwrap();
-        let mut programs: Vec<String> = fake.commands().iter().map(|a| a[0].clone()).collect();
-        programs.sort();
+        let mut inv = fake.invocations();
+        inv.sort_by(|a, b| a.0[0].cmp(&b.0[0]));
+        let programs: Vec<&str> = inv.iter().map(|(a, _)| a[0].as_str()).collect();
+        assert_eq!(programs, ["ip6tables-restore", "iptables-restore"]);
         assert_eq!(
-            programs,
-            ["ip6tables-restore", "iptables-restore", "iptables-restore"]
+            String::from_utf8(inv[1].1.clone().unwrap()).unwrap(),
+            "*filter\n--insert INPUT -j ACCEPT\nCOMMIT\n*nat\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n"
         );
         let plain = FakeExecutor::new();
         let mut fw2 = ipt_firewall();
         per_command(&mut fw2, &plain).unwrap();
         assert_eq!(rollbacks(&fw), rollbacks(&fw2));
 
+        // The nat section (second of iptables-restore's input) fails: the filter section
+        // before it committed, and so did ip6tables-restore's. Both are undone, then libvirt's
+        // sequence runs, ending in the same error and rollback.
         let fail = |f: FakeExecutor| {
             f.on(
                 FakeExecutor::args_contain(&["MASQUERADE"]),
@@ -1362,19 +1528,142 @@ mod tests {
         let mut fw2 = ipt_firewall();
         let err2 = per_command(&mut fw2, &plain).unwrap_err().to_string();
         assert_eq!(err, err2);
+        assert_eq!(rollbacks(&fw), rollbacks(&fw2));
         let cmds = fake.commands();
-        // Three sections, the committed filter and ip6 ones undone, then libvirt's sequence.
-        let undo: Vec<_> = fake
+        let mut undo: Vec<(String, String)> = fake
             .invocations()
             .into_iter()
-            .filter(|(_, stdin)| {
-                stdin
-                    .as_ref()
-                    .is_some_and(|s| String::from_utf8_lossy(s).contains("--delete"))
+            .filter_map(|(argv, stdin)| {
+                let input = String::from_utf8(stdin?).unwrap();
+                input.contains("--delete").then(|| (argv[0].clone(), input))
             })
             .collect();
-        assert_eq!(undo.len(), 2, "{cmds:?}");
-        assert_eq!(cmds[5..], plain.commands()[..]);
+        undo.sort();
+        assert_eq!(
+            undo,
+            [
+                (
+                    "ip6tables-restore".to_string(),
+                    "*filter\n--delete FORWARD -j DROP\nCOMMIT\n".to_string()
+                ),
+                (
+                    "iptables-restore".to_string(),
+                    "*filter\n--delete INPUT -j ACCEPT\nCOMMIT\n".to_string()
+                ),
+            ],
+            "{cmds:?}"
+        );
+        assert_eq!(cmds.len(), 4 + plain.commands().len(), "{cmds:?}");
+        assert_eq!(cmds[4..], plain.commands()[..]);
+    }
+
+    #[test]
+    fn a_failing_first_section_leaves_nothing_to_undo() {
+        let fail = |f: FakeExecutor| {
+            f.on(
+                FakeExecutor::args_contain(&["--insert", "INPUT"]),
+                FakeResponse::fail(1, "iptables: No chain/target/match by that name."),
+            )
+        };
+        let fake = fail(FakeExecutor::new().with_batching());
+        let mut fw = Firewall::new(Backend::Iptables);
+        fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+        fw.add_cmd(Layer::Ipv4, ["--insert", "INPUT", "-j", "ACCEPT"]);
+        fw.add_cmd(
+            Layer::Ipv4,
+            ["-t", "nat", "-A", "POSTROUTING", "-j", "RETURN"],
+        );
+        let err = batched(&mut fw, &fake).unwrap_err().to_string();
+        assert!(err.contains("--insert INPUT"), "{err}");
+        // One batch, no undo (nothing committed), then the one failing command (libvirt stops
+        // at the first failure and has nothing to roll back).
+        let cmds = fake.commands();
+        assert_eq!(cmds.len(), 2, "{cmds:?}");
+        assert_eq!(cmds[0], ["iptables-restore", "-w", "--noflush"]);
+        assert_eq!(cmds[1][..3], ["iptables", "-w", "--insert"]);
+        assert!(fw.groups()[0].rollbacks().is_empty());
+    }
+
+    #[test]
+    fn stale_deletes_in_later_sections_resend_only_what_did_not_commit() {
+        let stale = |f: FakeExecutor| {
+            f.on(
+                FakeExecutor::args_contain(&["--delete", "C"]),
+                FakeResponse::fail(1, "Bad rule (does a matching rule exist in that chain?)."),
+            )
+            .on(
+                FakeExecutor::args_contain(&["--delete", "E"]),
+                FakeResponse::fail(1, "Bad rule (does a matching rule exist in that chain?)."),
+            )
+        };
+        let fake = stale(FakeExecutor::new().with_batching());
+        let mut removal = Firewall::new(Backend::Iptables);
+        removal.start_transaction(TransactionFlags::IGNORE_ERRORS);
+        for r in [
+            "--delete A -j DROP",
+            "--delete B -j DROP",
+            "-t nat --delete C -j DROP",
+            "-t nat --delete D -j DROP",
+            "-t mangle --delete E -j DROP",
+            "-t mangle --delete F -j DROP",
+            "-t raw --delete G -j DROP",
+        ] {
+            removal.add_cmd(Layer::Ipv4, r.split(' '));
+        }
+        let counter = IgnoredCounter::default();
+        removal
+            .apply_with(
+                &fake,
+                ApplyOptions {
+                    observer: Some(&counter),
+                    per_command: false,
+                },
+            )
+            .unwrap();
+        assert_eq!((counter.missing(), counter.failed()), (2, 0));
+        let inputs: Vec<String> = fake
+            .invocations()
+            .into_iter()
+            .map(|(argv, stdin)| {
+                assert_eq!(argv, ["iptables-restore", "-w", "--noflush"]);
+                String::from_utf8(stdin.unwrap()).unwrap()
+            })
+            .collect();
+        assert_eq!(
+            inputs,
+            [
+                // C (line 6) is stale: filter committed, nat rolled back, the rest never ran.
+                "*filter\n--delete A -j DROP\n--delete B -j DROP\nCOMMIT\n\
+                 *nat\n--delete C -j DROP\n--delete D -j DROP\nCOMMIT\n\
+                 *mangle\n--delete E -j DROP\n--delete F -j DROP\nCOMMIT\n\
+                 *raw\n--delete G -j DROP\nCOMMIT\n",
+                // From nat on, without C; E (line 5) is stale: nat committed.
+                "*nat\n--delete D -j DROP\nCOMMIT\n\
+                 *mangle\n--delete E -j DROP\n--delete F -j DROP\nCOMMIT\n\
+                 *raw\n--delete G -j DROP\nCOMMIT\n",
+                "*mangle\n--delete F -j DROP\nCOMMIT\n*raw\n--delete G -j DROP\nCOMMIT\n",
+            ]
+        );
+
+        // A stale delete in the last section: everything before it is never sent again.
+        let fake = stale(FakeExecutor::new().with_batching());
+        let mut removal = Firewall::new(Backend::Iptables);
+        removal.start_transaction(TransactionFlags::IGNORE_ERRORS);
+        for r in ["--delete A -j DROP", "-t mangle --delete E -j DROP"] {
+            removal.add_cmd(Layer::Ipv4, r.split(' '));
+        }
+        let counter = IgnoredCounter::default();
+        removal
+            .apply_with(
+                &fake,
+                ApplyOptions {
+                    observer: Some(&counter),
+                    per_command: false,
+                },
+            )
+            .unwrap();
+        assert_eq!((counter.missing(), counter.failed()), (1, 0));
+        assert_eq!(fake.commands().len(), 1, "{:?}", fake.commands());
     }
 
     #[test]
@@ -1537,21 +1826,20 @@ mod tests {
         let mut removal = fw.new_from_rollback().unwrap();
         fake.clear();
         batched(&mut removal, &fake).unwrap();
-        let mut inputs: Vec<String> = fake
+        let inputs: Vec<String> = fake
             .invocations()
             .into_iter()
             .map(|(_, stdin)| String::from_utf8(stdin.unwrap()).unwrap())
             .collect();
-        inputs.sort();
+        // One process, one section per table (first use in the plan: nat's delete comes first,
+        // the plan being newest first).
         assert_eq!(
             inputs,
-            [
-                "*filter\n--delete FORWARD -s 10.0.0.2 -j ACCEPT\n\
-                 --delete FORWARD -s 10.0.0.1 -j ACCEPT\n\
-                 --delete FORWARD -s 10.0.0.4 -j ACCEPT\nCOMMIT\n",
-                "*nat\n--delete POSTROUTING -s 10.0.0.3 -j MASQUERADE\n\
-                 --delete POSTROUTING -s 10.0.0.5 -j MASQUERADE\nCOMMIT\n",
-            ]
+            ["*nat\n--delete POSTROUTING -s 10.0.0.3 -j MASQUERADE\n\
+              --delete POSTROUTING -s 10.0.0.5 -j MASQUERADE\nCOMMIT\n\
+              *filter\n--delete FORWARD -s 10.0.0.2 -j ACCEPT\n\
+              --delete FORWARD -s 10.0.0.1 -j ACCEPT\n\
+              --delete FORWARD -s 10.0.0.4 -j ACCEPT\nCOMMIT\n"]
         );
     }
 
@@ -1701,6 +1989,19 @@ mod tests {
             )
             .unwrap();
         assert_eq!(counter.missing(), 1);
-        assert_eq!(fake.commands().len(), 3);
+        // One process for both tables; the retry resends the filter section without the
+        // blamed line (it was rolled back whole) and the nat section (it never ran).
+        assert_eq!(
+            last_batch(&fake),
+            [
+                "*filter",
+                "--delete INPUT -j ACCEPT",
+                "COMMIT",
+                "*nat",
+                "--delete X -j DROP",
+                "COMMIT"
+            ]
+        );
+        assert_eq!(fake.commands().len(), 2);
     }
 }

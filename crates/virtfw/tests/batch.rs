@@ -398,3 +398,90 @@ fn removal_of_mixed_appended_and_inserted_rules_matches_the_per_command_path() {
     assert_eq!(ipt_batch.lines().count(), 8, "{ipt_batch}");
     assert_eq!(ipt_batch, ipt_plain);
 }
+
+/// Three tables of one program, so one `iptables-restore` of three sections: a failure in the
+/// last section leaves the two committed before it to be undone (the state ends as on the
+/// per-command path, with libvirt's error); stale deletes in the middle and last sections are
+/// each counted once, and everything else is removed.
+#[test]
+fn later_sections_of_one_restore_fail_and_go_stale_exactly() {
+    fn three_tables(bad_mangle: bool) -> Firewall {
+        let mut fw = Firewall::new(Backend::Iptables);
+        fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+        for i in 0..4 {
+            let src = format!("10.7.{i}.0/24");
+            for (table, chain, target) in [
+                ("filter", "FORWARD", "ACCEPT"),
+                ("nat", "POSTROUTING", "MASQUERADE"),
+                ("mangle", "POSTROUTING", "ACCEPT"),
+            ] {
+                fw.add_cmd(
+                    Layer::Ipv4,
+                    [
+                        "--table", table, "--append", chain, "--source", &src, "--jump", target,
+                    ],
+                );
+            }
+        }
+        if bad_mangle {
+            fw.add_cmd(
+                Layer::Ipv4,
+                [
+                    "--table", "mangle", "--append", "NOSUCH", "--jump", "ACCEPT",
+                ],
+            );
+        }
+        fw
+    }
+    let state = |ns: &Netns| {
+        let mut s = String::new();
+        for t in ["filter", "nat", "mangle"] {
+            s.push_str(&ns.run(&["iptables", "-w", "-t", t, "-S"]).unwrap());
+        }
+        s
+    };
+
+    let (batch_ns, plain_ns) = (Netns::new("vfb").unwrap(), Netns::new("vfb").unwrap());
+    let before = state(&batch_ns);
+    let err = three_tables(true)
+        .apply_with(&batch_ns.executor().unwrap(), opts(false))
+        .unwrap_err()
+        .to_string();
+    let err2 = three_tables(true)
+        .apply_with(&plain_ns.executor().unwrap(), opts(true))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("NOSUCH"), "{err}");
+    assert_eq!(err, err2);
+    assert_eq!(state(&batch_ns), before);
+    assert_eq!(state(&batch_ns), state(&plain_ns));
+
+    // Stale rules in the nat section (second of the removal's input: the plan is newest
+    // first, so mangle comes first) and in the filter section (last).
+    let ns = Netns::new("vfb").unwrap();
+    let mut fw = three_tables(false);
+    fw.apply_with(&ns.executor().unwrap(), opts(false)).unwrap();
+    let mut removal = fw.new_from_rollback().unwrap();
+    for (table, chain, src, target) in [
+        ("nat", "POSTROUTING", "10.7.1.0/24", "MASQUERADE"),
+        ("nat", "POSTROUTING", "10.7.2.0/24", "MASQUERADE"),
+        ("filter", "FORWARD", "10.7.3.0/24", "ACCEPT"),
+    ] {
+        ns.run(&[
+            "iptables", "-w", "-t", table, "-D", chain, "-s", src, "-j", target,
+        ])
+        .unwrap();
+    }
+    let counter = IgnoredCounter::default();
+    removal
+        .apply_with(
+            &ns.executor().unwrap(),
+            ApplyOptions {
+                observer: Some(&counter),
+                per_command: false,
+            },
+        )
+        .unwrap();
+    assert_eq!((counter.missing(), counter.failed()), (3, 0));
+    assert_eq!(state(&ns), before);
+}
