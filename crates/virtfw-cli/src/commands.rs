@@ -236,10 +236,11 @@ pub(crate) fn remove(ctx: &Ctx, name: &str, dry: bool, forget: bool) -> CliResul
     };
     let op = Operation::begin(&state, &header, plan.netns.as_deref(), lock.raw_fd())?;
     if let Err(err) = fw.apply_with(op.exec(), op.options(ctx.per_command)) {
-        // Only refusals before anything ran get here (removal groups ignore errors): keep the
-        // plan, drop the empty journal.
+        // Removal groups ignore errors, so only refusals before anything ran and executor
+        // failures (a program that cannot be started, a journal that cannot be written) get
+        // here: keep the plan (running `remove` again deletes what is left), drop the journal.
         op.finish()?;
-        return Err(CliError::from_apply(err));
+        return Err(CliError::from_remove(err));
     }
     // Exact on both paths: the engine reports every delete it gave up on, per command or
     // from its batch's retries, with whether the object was already gone.

@@ -45,6 +45,16 @@ pub enum CliError {
     #[error("{0} (everything this apply changed was rolled back)")]
     Refused(virtfw::Error),
 
+    /// A removal stopped part-way (a program could not be run). Nothing is rolled back: what
+    /// was deleted stays deleted, and the plan is kept so that `remove` can be run again.
+    #[error("{0} (removal stopped part-way; the plan is kept: run `virtfw remove` again)")]
+    RemoveFailed(virtfw::Error),
+
+    /// The operation journal could not be written, so the operation was stopped: without its
+    /// journal a crash could not be recovered.
+    #[error("{0} (the operation journal could not be written; see `virtfw recover`)")]
+    Journal(virtfw::Error),
+
     #[error("state directory {path} is unsafe: {reason}")]
     UnsafeStateDir { path: PathBuf, reason: String },
 
@@ -88,7 +98,7 @@ impl CliError {
             | CliError::ReadInput { .. }
             | CliError::Input(_)
             | CliError::Netns { .. } => EXIT_USAGE,
-            CliError::Refused(_) | CliError::Failed(_) => EXIT_REFUSED,
+            CliError::Refused(_) | CliError::RemoveFailed(_) | CliError::Failed(_) => EXIT_REFUSED,
             CliError::UnsafeStateDir { .. }
             | CliError::State { .. }
             | CliError::LockTimeout { .. }
@@ -97,6 +107,7 @@ impl CliError {
             | CliError::CorruptPlan { .. }
             | CliError::StalePlan { .. }
             | CliError::PendingJournal { .. }
+            | CliError::Journal(_)
             | CliError::Io { .. } => EXIT_STATE,
         }
     }
@@ -110,8 +121,20 @@ impl CliError {
     }
 
     /// Sort an engine error from `apply`: problems found before anything ran are bad input
-    /// (exit 2); a command the firewall refused is exit 1.
+    /// (exit 2); a journal that could not be written is a state problem (exit 4); a command
+    /// the firewall refused is exit 1.
     pub fn from_apply(err: virtfw::Error) -> Self {
+        Self::classify(err).unwrap_or_else(CliError::Refused)
+    }
+
+    /// Sort an engine error from `remove` like [`CliError::from_apply`], but a removal is
+    /// never rolled back: its failure says so.
+    pub fn from_remove(err: virtfw::Error) -> Self {
+        Self::classify(err).unwrap_or_else(CliError::RemoveFailed)
+    }
+
+    /// The errors `apply` and `remove` sort alike; `Err` gives back the firewall's own failures.
+    fn classify(err: virtfw::Error) -> Result<Self, virtfw::Error> {
         use virtfw::{Error, ExecError};
         match err {
             Error::Build(_)
@@ -123,11 +146,84 @@ impl CliError {
             | Error::Exec {
                 source: ExecError::NotFound { .. } | ExecError::Netns { .. },
                 ..
-            } => CliError::Input(err),
-            other => CliError::Refused(other),
+            } => Ok(CliError::Input(err)),
+            // The CLI's executor reports a journal write failure as `Other` (it refuses to run
+            // a command it could not record first).
+            Error::Exec {
+                source: ExecError::Other(_),
+                ..
+            } => Ok(CliError::Journal(err)),
+            other => Err(other),
         }
     }
 }
 
 /// Result of a CLI operation.
 pub type CliResult<T> = Result<T, CliError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtfw::{Error, ExecError};
+
+    fn exec_error(source: ExecError) -> Error {
+        Error::Exec {
+            cmdline: "nft delete rule ip t c handle 4".into(),
+            source,
+        }
+    }
+
+    fn spawn_failure() -> Error {
+        exec_error(ExecError::Spawn {
+            program: "nft".into(),
+            source: std::io::Error::from_raw_os_error(libc::EAGAIN),
+        })
+    }
+
+    #[test]
+    fn remove_failure_does_not_claim_a_rollback() {
+        let err = CliError::from_remove(spawn_failure());
+        assert_eq!(err.exit_code(), EXIT_REFUSED);
+        let msg = err.to_string();
+        assert!(msg.contains("nft delete rule ip t c handle 4"), "{msg}");
+        assert!(msg.contains("the plan is kept"), "{msg}");
+        assert!(!msg.contains("rolled back"), "{msg}");
+        // The same error from apply does say so (apply undoes everything it did).
+        let err = CliError::from_apply(spawn_failure());
+        assert_eq!(err.exit_code(), EXIT_REFUSED);
+        assert!(err.to_string().contains("rolled back"), "{err}");
+    }
+
+    #[test]
+    fn journal_write_failure_is_a_state_problem() {
+        for err in [
+            CliError::from_apply(exec_error(ExecError::Other(
+                "journal: No space left".into(),
+            ))),
+            CliError::from_remove(exec_error(ExecError::Other(
+                "journal: No space left".into(),
+            ))),
+        ] {
+            assert_eq!(err.exit_code(), EXIT_STATE, "{err}");
+            assert!(
+                err.to_string().contains("journal could not be written"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_before_anything_ran_stay_bad_input() {
+        for err in [
+            CliError::from_apply(exec_error(ExecError::NotFound {
+                program: "nft".into(),
+            })),
+            CliError::from_remove(exec_error(ExecError::NotFound {
+                program: "nft".into(),
+            })),
+            CliError::from_remove(Error::UnknownLayer("ipv5".into())),
+        ] {
+            assert_eq!(err.exit_code(), EXIT_USAGE, "{err}");
+        }
+    }
+}

@@ -188,6 +188,36 @@ fn listing<'m>(
         .as_ref()
 }
 
+/// The tables of `family` by handle, from one `nft -j list tables FAMILY`: names and handles
+/// only, no table's contents. JSON because nft 1.0.6 prints no handles in the text form of
+/// `list tables`, even with `-a`. `None` when the listing fails or cannot be read.
+fn table_handles(exec: &dyn Executor, family: &str) -> Option<BTreeMap<u64, String>> {
+    let (status, text, _) = run(exec, &strs(&["nft", "-j", "list", "tables", family]))?;
+    if status != 0 {
+        return None;
+    }
+    let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(parse_table_list(&doc, family))
+}
+
+/// The `{"table": {"family", "name", "handle"}}` entries of nft's JSON output for `family`;
+/// anything else (metainfo, unknown keys) is ignored.
+fn parse_table_list(doc: &serde_json::Value, family: &str) -> BTreeMap<u64, String> {
+    doc.get("nftables")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.get("table"))
+        .filter(|t| t.get("family").and_then(|f| f.as_str()) == Some(family))
+        .filter_map(|t| {
+            Some((
+                t.get("handle")?.as_u64()?,
+                t.get("name")?.as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
 fn verify_nft(cmds: &[&virtfw::Command], exec: &dyn Executor, report: &mut VerifyReport) {
     let deletes: Vec<(String, Option<NftDelete>)> = cmds
         .iter()
@@ -213,6 +243,7 @@ fn verify_nft(cmds: &[&virtfw::Command], exec: &dyn Executor, report: &mut Verif
         }
     }
     let mut listings: Listings = BTreeMap::new();
+    let mut table_lists: BTreeMap<String, Option<BTreeMap<u64, String>>> = BTreeMap::new();
     for (line, d) in &deletes {
         let Some(d) = d else {
             report.unchecked += 1;
@@ -221,24 +252,21 @@ fn verify_nft(cmds: &[&virtfw::Command], exec: &dyn Executor, report: &mut Verif
         report.checked += 1;
         let found = match (d.kind, d.names) {
             ("table", []) => {
-                // A table deleted by handle alone: look in the plan's tables of that family
-                // first, then in the family's other tables (names only, then `-a` each).
-                let mut cands: Vec<String> = names
-                    .get(d.family)
-                    .map(|s| s.iter().cloned().collect())
-                    .unwrap_or_default();
-                if let Some((0, text, _)) = run(exec, &strs(&["nft", "list", "tables", d.family])) {
-                    for l in text.lines() {
-                        let w: Vec<&str> = l.split_whitespace().collect();
-                        if w.len() >= 3 && w[0] == "table" && !cands.iter().any(|c| c == w[2]) {
-                            cands.push(w[2].to_string());
-                        }
-                    }
-                }
-                cands.iter().any(|t| {
-                    listing(&mut listings, exec, d.family, t)
-                        .is_some_and(|h| h.table == Some(d.handle))
-                })
+                // A table deleted by handle alone: the tables the plan names (their listings
+                // are already there for the plan's chain and rule deletes), else the family's
+                // table list with handles. Other software's tables are never listed.
+                let named = names.get(d.family).is_some_and(|tables| {
+                    tables.iter().any(|t| {
+                        listing(&mut listings, exec, d.family, t)
+                            .is_some_and(|h| h.table == Some(d.handle))
+                    })
+                });
+                named
+                    || table_lists
+                        .entry(d.family.to_string())
+                        .or_insert_with(|| table_handles(exec, d.family))
+                        .as_ref()
+                        .is_some_and(|tables| tables.contains_key(&d.handle))
             }
             ("chain", [t]) => listing(&mut listings, exec, d.family, t)
                 .is_some_and(|h| h.chains.values().any(|&x| x == d.handle)),
@@ -262,6 +290,118 @@ fn verify_nft(cmds: &[&virtfw::Command], exec: &dyn Executor, report: &mut Verif
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+    use virtfw::executor::Output;
+    use virtfw::netns::Netns;
+    use virtfw::{Layer, ProcessExecutor, TransactionFlags};
+
+    /// Runs for real and remembers every argv.
+    struct Recording {
+        inner: ProcessExecutor,
+        argvs: Mutex<Vec<Vec<String>>>,
+    }
+
+    impl Executor for Recording {
+        fn run(&self, inv: Invocation<'_>) -> Result<Output, virtfw::ExecError> {
+            self.argvs.lock().unwrap().push(inv.argv.to_vec());
+            self.inner.run(inv)
+        }
+    }
+
+    fn table_handle(ns: &Netns, family: &str, table: &str) -> u64 {
+        let text = ns
+            .run(&["nft", "-a", "list", "table", family, table])
+            .unwrap();
+        parse_table_listing(&text).table.unwrap()
+    }
+
+    fn plan(deletes: &[Vec<String>]) -> Firewall {
+        let mut fw = Firewall::new(Backend::Nftables);
+        fw.start_transaction(TransactionFlags::IGNORE_ERRORS);
+        for d in deletes {
+            fw.add_cmd(Layer::Ipv4, d.clone());
+        }
+        fw
+    }
+
+    #[test]
+    fn table_deleted_by_handle_is_found_without_listing_other_tables() {
+        let ns = Netns::new("vfw-verify").unwrap();
+        for cmd in [
+            "add table ip foreign",
+            "add chain ip foreign fw { type filter hook forward priority 0; }",
+            "add rule ip foreign fw counter accept",
+            "add table ip own",
+            "add chain ip own c",
+            "add rule ip own c accept",
+        ] {
+            let mut argv = vec!["nft"];
+            argv.extend(cmd.split(' '));
+            ns.run(&argv).unwrap();
+        }
+        let own = table_handle(&ns, "ip", "own");
+        let foreign = table_handle(&ns, "ip", "foreign");
+        let exec = Recording {
+            inner: ns.executor().unwrap(),
+            argvs: Mutex::new(Vec::new()),
+        };
+        let del_table = |h: u64| strs(&["delete", "table", "ip", "handle", &h.to_string()]);
+
+        // Only the table delete: resolved from the table list alone.
+        let report = verify_plan(&plan(&[del_table(own), del_table(own + 1000)]), &exec);
+        assert_eq!((report.checked, report.unchecked), (2, 0));
+        assert_eq!(report.missing.len(), 1, "{report:?}");
+        assert!(report.missing[0]
+            .command
+            .ends_with(&format!("handle {}", own + 1000)));
+        assert_eq!(
+            *exec.argvs.lock().unwrap(),
+            [strs(&["nft", "-j", "list", "tables", "ip"])],
+            "one table list, no table's contents"
+        );
+
+        // The plan names its table in a chain delete: that listing answers, nothing else runs.
+        exec.argvs.lock().unwrap().clear();
+        let chain = parse_table_listing(
+            &ns.run(&["nft", "-a", "list", "table", "ip", "own"])
+                .unwrap(),
+        )
+        .chains["c"];
+        let report = verify_plan(
+            &plan(&[
+                strs(&["delete", "chain", "ip", "own", "handle", &chain.to_string()]),
+                del_table(own),
+            ]),
+            &exec,
+        );
+        assert!(report.missing.is_empty(), "{report:?}");
+        assert_eq!(
+            *exec.argvs.lock().unwrap(),
+            [strs(&["nft", "-a", "list", "table", "ip", "own"])]
+        );
+        // The foreign table is a table with a handle too: a plan that names it by handle
+        // finds it, still without listing its rules.
+        exec.argvs.lock().unwrap().clear();
+        assert!(verify_plan(&plan(&[del_table(foreign)]), &exec)
+            .missing
+            .is_empty());
+        assert!(exec
+            .argvs
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|a| !a.contains(&"foreign".to_string()) && !a.contains(&"table".to_string())));
+    }
+
+    #[test]
+    fn table_list_json_is_read_tolerantly() {
+        let doc: serde_json::Value = serde_json::from_str(
+            r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "ip", "name": "a", "handle": 4}}, {"table": {"family": "ip6", "name": "b", "handle": 5}}, {"table": {"family": "ip", "name": "c"}}, {"chain": {}}]}"#,
+        )
+        .unwrap();
+        let t = parse_table_list(&doc, "ip");
+        assert_eq!(t.into_iter().collect::<Vec<_>>(), [(4, "a".to_string())]);
+    }
 
     #[test]
     fn listing_parse_is_tolerant() {
