@@ -12,6 +12,15 @@
 //! | `remove_rules` | finished with `undo::undo_remove` of the stored plan, as for `remove`  |
 //! | `delete_bridge`| finished: the bridge is deleted if it still exists and was ours        |
 //!
+//! Off the per-command path the lifecycle overlaps `global_setup` with `bridge` (start) and
+//! `remove_rules` with `delete_bridge` (stop), marking both phases before either runs, so their
+//! records interleave in the segment of the second mark. Nothing here depends on where a
+//! record is: `global_setup` is never undone, the bridge undo picks out `ip link add` records
+//! by their argv, the removal is finished from the plan minus completed argvs (an `ip link
+//! del` is not one of them), and `delete_bridge` is finished by a guarded delete that reads no
+//! records. So each step's undo or finish is independent of the other's progress (docs/cli.md,
+//! "Steps that run at the same time").
+//!
 //! Commit point of `start` and `reload`: the new status file is written into the journal
 //! (`result`) before it is stored. Recovery with a result stores it (the operation had done all
 //! its kernel work: `network stop` restores); without one:

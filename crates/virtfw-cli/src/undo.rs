@@ -454,6 +454,60 @@ mod tests {
         assert!(undo_bridge(&records).is_empty());
     }
 
+    /// Concurrent steps interleave their records in one phase (docs/cli.md, "Steps that run
+    /// at the same time"): each undo must pick out its own commands by what they are.
+    #[test]
+    fn interleaved_records_of_a_concurrent_step_are_inert() {
+        let start = |seq, argv: &str, stdin| Record::Start {
+            seq,
+            group: Some(0),
+            argv: v(argv),
+            stdin,
+        };
+        // Start: the global setup's batches run beside `ip link add`.
+        let records = vec![
+            start(0, "nft list table ip libvirt_network", false),
+            start(1, "ip link show dev br7", false),
+            Record::Done { seq: 1, status: 1 },
+            start(2, "nft -f -", true),
+            start(3, "ip link add br7 type bridge", false),
+            Record::Done { seq: 0, status: 1 },
+            Record::Done { seq: 2, status: 1 },
+            Record::Done { seq: 3, status: 0 },
+        ];
+        assert_eq!(
+            undo_bridge(&records),
+            vec![UndoCmd {
+                argv: v("ip link del dev br7"),
+                check: Some(v("ip link show dev br7")),
+            }]
+        );
+        // Stop: `ip link del` completed beside the removal, which was killed before its second
+        // delete finished; only the plan's commands not completed are left.
+        let plan = Firewall::from_xml(
+            "<firewall backend='iptables'><group ignoreErrors='yes'>\
+             <action layer='ipv4'><args><item>--delete</item><item>FWD</item><item>-j</item><item>A</item></args></action>\
+             <action layer='ipv4'><args><item>--delete</item><item>FWD</item><item>-j</item><item>B</item></args></action>\
+             </group></firewall>",
+            "p.xml",
+        )
+        .unwrap();
+        let records = vec![
+            start(0, "ip link del dev br7", false),
+            start(1, "iptables -w --delete FWD -j A", false),
+            Record::Done { seq: 0, status: 0 },
+            Record::Done { seq: 1, status: 0 },
+            start(2, "iptables -w --delete FWD -j B", false),
+        ];
+        assert_eq!(
+            undo_remove(&plan, &records),
+            vec![UndoCmd {
+                argv: v("iptables -w --delete FWD -j B"),
+                check: Some(v("iptables -w --check FWD -j B")),
+            }]
+        );
+    }
+
     #[test]
     fn words_follow_quotes() {
         assert_eq!(

@@ -158,6 +158,15 @@ fn apply_network(
 /// journals the commands (the CLI, for crash recovery) needs to know which command belongs to
 /// which step, because each step is undone by its own rule: the global setup never (other
 /// networks share it), the bridge only if this start created it, the rules by their handles.
+///
+/// Off the per-command path two pairs of steps run at the same time, because they are
+/// independent in the kernel (the global chains do not need the bridge; deleting a bridge does
+/// not touch the firewall): at start [`Step::GlobalSetup`] with [`Step::Bridge`], at stop
+/// [`Step::RemoveRules`] with [`Step::DeleteBridge`]. Both steps of a pair are announced, in
+/// that order for start and in the order `DeleteBridge`, `RemoveRules` for stop, before either
+/// runs; their commands then interleave under the last one announced. Each step's undo must
+/// therefore recognise its own commands by what they are, not by where they are (see the
+/// CLI's `network_journal`). With `per_command` every step runs alone, in libvirt's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// The one-time global chains or tables.
@@ -206,10 +215,34 @@ pub fn start_in_steps(
     }
     // Built first: a bad value fails here, before the host is touched.
     let fw = network_firewall(&def, backend)?;
-    step(Step::GlobalSetup);
-    global::setup(backend, exec, options).require(&def)?;
-    step(Step::Bridge);
-    let created_bridge = ensure_bridge(&def, exec)?;
+    let created_bridge = if concurrent_steps(exec, options) {
+        // The global chains do not need the bridge (only the network's rules name it).
+        step(Step::GlobalSetup);
+        step(Step::Bridge);
+        let (setup, bridge) = std::thread::scope(|scope| {
+            let bridge = scope.spawn(|| ensure_bridge(&def, exec));
+            let setup = global::setup(backend, exec, options);
+            (
+                setup,
+                bridge
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            )
+        });
+        if let Err(e) = setup.require(&def) {
+            if bridge.as_ref().is_ok_and(|&created| created) {
+                step(Step::DeleteBridge);
+                delete_bridge(&def, exec);
+            }
+            return Err(e);
+        }
+        bridge?
+    } else {
+        step(Step::GlobalSetup);
+        global::setup(backend, exec, options).require(&def)?;
+        step(Step::Bridge);
+        ensure_bridge(&def, exec)?
+    };
     step(Step::Rules);
     match apply_network(fw, exec, options) {
         Ok(removal) => Ok(NetworkStatus {
@@ -254,24 +287,54 @@ pub fn stop_in_steps(
     options: ApplyOptions<'_>,
     step: &dyn Fn(Step),
 ) -> Result<()> {
+    if status.created_bridge && concurrent_steps(exec, options) {
+        // Deleting the bridge (the kernel waits for RCU grace periods while unregistering it)
+        // overlaps the rule removal (whose processes wait for the kernel at exit). A failed
+        // removal does not keep the bridge, as in libvirt, which ignores removal errors there.
+        step(Step::DeleteBridge);
+        step(Step::RemoveRules);
+        let (removed, deleted) = std::thread::scope(|scope| {
+            let bridge = status.def.bridge.as_str();
+            let deleted = scope.spawn(move || delete_stopped_bridge(bridge, exec));
+            let removed = remove_rules(status, exec, options);
+            (
+                removed,
+                deleted
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            )
+        });
+        removed?;
+        return deleted;
+    }
     step(Step::RemoveRules);
     remove_rules(status, exec, options)?;
     step(Step::DeleteBridge);
     if status.created_bridge {
-        // One process: a bridge that is already gone is what stop wants anyway.
-        let br = status.def.bridge.as_str();
-        let out = run(exec, &["ip", "link", "del", "dev", br]).map_err(|message| {
-            NetworkError::Bridge {
-                bridge: br.to_string(),
-                message,
-            }
+        delete_stopped_bridge(&status.def.bridge, exec)?;
+    }
+    Ok(())
+}
+
+/// Whether independent steps may run at the same time: not on the per-command path (libvirt's
+/// order, for identical logs) nor with an executor that asks for it.
+fn concurrent_steps(exec: &dyn Executor, options: ApplyOptions<'_>) -> bool {
+    !options.per_command && exec.supports_batch()
+}
+
+/// Delete the bridge a start created. One process: a bridge that is already gone is what stop
+/// wants anyway.
+fn delete_stopped_bridge(br: &str, exec: &dyn Executor) -> Result<()> {
+    let out =
+        run(exec, &["ip", "link", "del", "dev", br]).map_err(|message| NetworkError::Bridge {
+            bridge: br.to_string(),
+            message,
         })?;
-        if !out.success() && !out.stderr.contains("Cannot find device") {
-            return Err(NetworkError::Bridge {
-                bridge: br.to_string(),
-                message: format!("ip link del dev {br} failed: {}", out.stderr.trim_end()),
-            });
-        }
+    if !out.success() && !out.stderr.contains("Cannot find device") {
+        return Err(NetworkError::Bridge {
+            bridge: br.to_string(),
+            message: format!("ip link del dev {br} failed: {}", out.stderr.trim_end()),
+        });
     }
     Ok(())
 }
