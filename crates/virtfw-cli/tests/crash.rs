@@ -1,9 +1,13 @@
-//! Kill `virtfw apply` with SIGKILL at random moments; after `virtfw recover` the ruleset is
-//! the pre-apply one, or the plan is complete and `remove` restores it. Zero leaks.
+//! Kill `virtfw apply` with SIGKILL; after `virtfw recover` the ruleset is the pre-apply one,
+//! or the plan is complete and `remove` restores it. Zero leaks.
 //!
-//! Wrapper `nft`/`iptables`/`ip6tables` scripts first on PATH sleep a random short time before
-//! exec'ing the real program, so kills land before, during and after commands, and children
-//! outlive the killed virtfw. Runs per backend: `VIRTFW_CRASH_RUNS` (default 8; use 50+ by hand).
+//! Wrapper `nft`/`iptables`/`ip6tables`/`*-restore` scripts first on PATH sleep a random short
+//! time before exec'ing the real program, so kills land before, during and after commands, and
+//! children outlive the killed virtfw. Half of the runs kill at a random moment; the other half
+//! at a fixed point: a wrapper runs its command and stalls (see `common::Stall`), and virtfw is
+//! killed then, so every run of the test proves that a half-applied transaction is recovered
+//! (recover runs undo commands, no plan is stored). Runs per backend: `VIRTFW_CRASH_RUNS`
+//! (default 8; use 50+ by hand).
 
 mod common;
 use common::*;
@@ -18,29 +22,62 @@ fn runs() -> usize {
         .unwrap_or(8)
 }
 
+/// Invocations on the per-command path a fixed kill may stall at: every transaction of these
+/// tests runs at least this many commands, all creates.
+const PER_COMMAND_STALLS: u64 = 5;
+
 fn crash_runs(env: &Env, file: &Path, name: &str) {
-    let path = wrappers(env.dir.path(), &["nft", "iptables", "ip6tables"]);
+    let path = wrappers(
+        env.dir.path(),
+        &[
+            "nft",
+            "iptables",
+            "ip6tables",
+            "iptables-restore",
+            "ip6tables-restore",
+        ],
+    );
     let before = env.snapshot();
     let mut rng = Rng::new();
     let (mut rolled_back, mut completed, mut recovered_with_undo) = (0, 0, 0);
+    let mut fixed_runs = 0;
     for run in 0..runs() {
         // Even runs: libvirt's one process per command; odd runs: the engine's batches.
+        let per_command = run % 2 == 0;
         let mut args = vec!["apply", path_of(file)];
-        if run % 2 == 0 {
+        if per_command {
             args.insert(0, "--no-batch");
         }
-        let mut child = env
-            .cmd(&args)
-            .env("PATH", &path)
+        let mut cmd = env.cmd(&args);
+        cmd.env("PATH", &path)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        // An apply of 7 commands takes ~0.2-0.4 s with the wrappers: kill anywhere in it
-        // (sometimes after it finished).
-        std::thread::sleep(Duration::from_millis(rng.below(450)));
-        let _ = child.kill();
-        let _ = child.wait();
+            .stderr(std::process::Stdio::null());
+        // Runs 0, 1, 4, 5, …: a fixed kill point; the others: a random moment.
+        let fixed = (run / 2) % 2 == 0;
+        let stall = Stall::new(env.dir.path());
+        let mut what = "random".to_string();
+        if fixed {
+            // The batch path may run the whole transaction as its first invocation: stall
+            // there. The per-command path: after one of its first creates.
+            let at = if per_command {
+                1 + rng.below(PER_COMMAND_STALLS)
+            } else {
+                1
+            };
+            stall.arm(&mut cmd, at, None);
+            what = format!("killed after invocation {at}");
+        }
+        let mut child = cmd.spawn().unwrap();
+        if fixed {
+            let stalled = stall.wait(&mut child);
+            stall.kill(&mut child, stalled);
+        } else {
+            // An apply of 7 commands takes ~0.2-0.4 s with the wrappers: kill anywhere in it
+            // (sometimes after it finished).
+            std::thread::sleep(Duration::from_millis(rng.below(450)));
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let o = env
             .cmd(&["--json", "recover"])
             .env("PATH", &path)
@@ -48,10 +85,28 @@ fn crash_runs(env: &Env, file: &Path, name: &str) {
             .unwrap();
         assert_eq!(o.status.code(), Some(0), "run {run}: {}", text(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        for s in v["recovered"].as_array().unwrap() {
-            if s["commands"].as_u64().unwrap() > 0 {
-                recovered_with_undo += 1;
-            }
+        let undone: u64 = v["recovered"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["commands"].as_u64().unwrap())
+            .sum();
+        if undone > 0 {
+            recovered_with_undo += 1;
+        }
+        if fixed {
+            // The stalled command changed the ruleset and virtfw died before storing a plan:
+            // recovery must have found and undone that half-applied transaction.
+            fixed_runs += 1;
+            assert!(
+                undone > 0,
+                "run {run} ({what}): recover ran no undo command: {}",
+                text(&o)
+            );
+            assert!(
+                !plan_exists(env, name),
+                "run {run} ({what}): a plan was stored"
+            );
         }
         if plan_exists(env, name) {
             completed += 1;
@@ -75,7 +130,7 @@ fn crash_runs(env: &Env, file: &Path, name: &str) {
         assert_eq!(
             env.snapshot(),
             before,
-            "run {run}: leak or loss after recover"
+            "run {run} ({what}): leak or loss after recover"
         );
         let journals = std::fs::read_dir(env.state().join("journal"))
             .unwrap()
@@ -83,12 +138,13 @@ fn crash_runs(env: &Env, file: &Path, name: &str) {
         assert_eq!(journals, 0, "run {run}: journal left behind");
     }
     eprintln!(
-        "{name}: {} runs, {rolled_back} rolled back ({recovered_with_undo} by recover running undo commands), {completed} completed",
+        "{name}: {} runs ({fixed_runs} at a fixed kill point), {rolled_back} rolled back ({recovered_with_undo} by recover running undo commands), {completed} completed",
         runs()
     );
-    if runs() >= 20 {
-        assert!(recovered_with_undo > 0, "no run exercised a real recovery");
-    }
+    assert!(
+        recovered_with_undo >= fixed_runs && fixed_runs > 0,
+        "no run exercised a real recovery"
+    );
 }
 
 #[test]

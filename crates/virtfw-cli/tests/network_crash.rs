@@ -289,6 +289,54 @@ fn crash_runs(backend: &'static str) {
             "the runs did not exercise both recoveries: {count:?}"
         );
     }
+    fixed_start_kills(&n, &baseline);
+}
+
+/// Whatever the random runs hit: kill a start on each path after its last firewall command
+/// took effect and before its status was stored (a wrapper runs that command, then stalls).
+/// Recovery must undo the whole start.
+fn fixed_start_kills(n: &NetEnv, baseline: &str) {
+    let program = if n.backend == "nftables" {
+        "nft"
+    } else {
+        "iptables"
+    };
+    for batch in [false, true] {
+        // Count the firewall program's invocations of one whole start (never stalls).
+        let stall = Stall::new(n.env.dir.path());
+        let mut cmd = n.cmd(&n.start_args(batch), true);
+        stall.arm(&mut cmd, u64::MAX >> 1, Some(program));
+        let o = cmd.output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let last = stall.count();
+        n.ok(&["network", "stop", NAME], false);
+        assert!(last > 0, "start ran no {program}");
+
+        let stall = Stall::new(n.env.dir.path());
+        let mut cmd = n.cmd(&n.start_args(batch), true);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        stall.arm(&mut cmd, last, Some(program));
+        let mut child = cmd.spawn().unwrap();
+        let stalled = stall.wait(&mut child);
+        stall.kill(&mut child, stalled);
+        let o = n.run(&["--json", "recover"], true);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let undone: u64 = v["recovered"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["commands"].as_u64().unwrap())
+            .sum();
+        let what = format!("start killed after {program} invocation {last} (batch {batch})");
+        assert!(
+            undone > 0,
+            "{what}: recover ran no undo command: {}",
+            text(&o)
+        );
+        assert!(!n.settle(baseline, 0, &what), "{what}: the start survived");
+        eprintln!("{what}: recover ran {undone} undo command(s)");
+    }
 }
 
 #[test]

@@ -279,13 +279,28 @@ pub fn real(program: &str) -> String {
 
 /// Wrapper scripts for `programs` in `dir/slowbin` that sleep 0-39 ms, then exec the real
 /// program (keeping every descriptor, the state lock's included); returns a PATH with them first.
+///
+/// With [`STALL_AT`] in the environment the wrappers also count their invocations (see
+/// [`Stall`]): the K-th runs the real program and then, instead of exiting, records its pid and
+/// sleeps, so a test can kill virtfw at a known point, after that command took effect and
+/// before virtfw saw it finish.
 pub fn wrappers(dir: &Path, programs: &[&str]) -> String {
     let bin = dir.join("slowbin");
     std::fs::create_dir_all(&bin).unwrap();
     for &program in programs {
+        let real = real(program);
         let script = format!(
-            "#!/bin/bash\nsleep 0.0$((RANDOM % 4))$((RANDOM % 10))\nexec {} \"$@\"\n",
-            real(program)
+            "#!/bin/bash\n\
+             if [ -n \"${STALL_AT}\" ] && [ -z \"${STALL_ONLY}\" -o \"${STALL_ONLY}\" = {program} ]; then\n\
+             \x20 exec 9>>\"${STALL_DIR}/lock\"; flock 9\n\
+             \x20 n=$(( $(cat \"${STALL_DIR}/count\" 2>/dev/null || echo 0) + 1 ))\n\
+             \x20 echo $n >\"${STALL_DIR}/count\"; exec 9>&-\n\
+             \x20 if [ \"$n\" -eq \"${STALL_AT}\" ]; then\n\
+             \x20   {real} \"$@\"; echo $$ >\"${STALL_DIR}/stalled.tmp\"\n\
+             \x20   mv \"${STALL_DIR}/stalled.tmp\" \"${STALL_DIR}/stalled\"; exec sleep 120\n\
+             \x20 fi\n\
+             fi\n\
+             sleep 0.0$((RANDOM % 4))$((RANDOM % 10))\nexec {real} \"$@\"\n"
         );
         let p = bin.join(program);
         std::fs::write(&p, script).unwrap();
@@ -296,6 +311,81 @@ pub fn wrappers(dir: &Path, programs: &[&str]) -> String {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     )
+}
+
+/// Environment variable of the wrappers: the invocation (1-based) that stalls.
+pub const STALL_AT: &str = "VIRTFW_STALL_AT";
+/// Environment variable of the wrappers: count only this program's invocations.
+pub const STALL_ONLY: &str = "VIRTFW_STALL_ONLY";
+/// Environment variable of the wrappers: where the count, lock and `stalled` pid file live.
+pub const STALL_DIR: &str = "VIRTFW_STALL_DIR";
+
+/// A deterministic kill point for a command run with the [`wrappers`] first on PATH: the
+/// `at`-th invocation (of `only`, or of any wrapped program) runs, then stalls.
+pub struct Stall {
+    dir: PathBuf,
+}
+
+impl Stall {
+    /// A fresh counter in `dir/stall`.
+    pub fn new(dir: &Path) -> Stall {
+        let dir = dir.join("stall");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Stall { dir }
+    }
+
+    /// Set the environment of `cmd` so that its `at`-th wrapped invocation stalls.
+    pub fn arm(&self, cmd: &mut Command, at: u64, only: Option<&str>) {
+        cmd.env(STALL_AT, at.to_string())
+            .env(STALL_DIR, &self.dir)
+            .env(STALL_ONLY, only.unwrap_or(""));
+    }
+
+    /// How many invocations the wrappers counted so far (arm with an unreachable `at` to count
+    /// a whole run's).
+    pub fn count(&self) -> u64 {
+        std::fs::read_to_string(self.dir.join("count"))
+            .map(|t| t.trim().parse().unwrap())
+            .unwrap_or(0)
+    }
+
+    /// Wait until the stalled invocation is sleeping (its command has run) and return its pid;
+    /// panics if `child` exits first or nothing stalls within 60 s.
+    pub fn wait(&self, child: &mut std::process::Child) -> i32 {
+        let marker = self.dir.join("stalled");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&marker) {
+                return text.trim().parse().unwrap();
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                let count = std::fs::read_to_string(self.dir.join("count")).unwrap_or_default();
+                panic!(
+                    "the command exited ({status}) before its stall point ({} invocation(s))",
+                    count.trim()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing stalled within 60 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Kill `child` (virtfw) while the stalled command sleeps, then the stalled command, which
+    /// holds virtfw's state lock: the kill lands after the command took effect and before
+    /// virtfw saw it finish.
+    pub fn kill(&self, child: &mut std::process::Child, stalled: i32) {
+        let _ = child.kill();
+        let _ = child.wait();
+        // SAFETY: a plain kill(2) of the wrapper this test's child started (its pid, read
+        // from the marker it wrote).
+        unsafe {
+            libc::kill(stalled, libc::SIGKILL);
+        }
+    }
 }
 
 /// `text` with the values of `counter packets N bytes M` dropped: packets a test's own bridge
