@@ -2,13 +2,20 @@
 //! `virfirewalltest.c` (spec §6.1) with its exact command sequence, plus the behaviours the spec
 //! asks a port to test on top (auto-rollback, handle parsing, the `nft list` exception, removal
 //! ordering, `INHERIT_PREVIOUS` gaps, XML round trips, bad input).
+//!
+//! Every scenario that applies runs on both paths ([`on_both_paths`]): the plain fake (the
+//! per-command path, whose exact transcript is libvirt's and is checked) and the batching fake
+//! (the batch path), which must reach the same outcome: result and error text, the rollback
+//! commands run, the rollback lists and the removal plan. One exception: the fake cannot
+//! script the echo of a batch, so a create that echoes no handle is tested per command only.
 
 use std::sync::{Arc, Mutex};
 
 use virtfw::executor::{FakeExecutor, FakeResponse};
 use virtfw::transcript::command_line;
 use virtfw::{
-    Backend, Error, ExecError, Firewall, Layer, QueryContext, RollbackFlags, TransactionFlags,
+    ApplyOptions, Backend, Error, ExecError, Firewall, Layer, QueryContext, RollbackFlags,
+    TransactionFlags,
 };
 
 /// `iptables -w` followed by the words of `rest` (a word never contains a space here).
@@ -51,17 +58,123 @@ fn expect(fake: &FakeExecutor, lines: &[&str]) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Both apply paths
+// ---------------------------------------------------------------------------------------------
+
+/// One apply and what it left: the firewall (rollback lists filled in), the fake that ran it,
+/// and the result.
+struct Run {
+    fw: Firewall,
+    fake: FakeExecutor,
+    result: Result<(), Error>,
+}
+
+impl Run {
+    /// How many invocations were batches (commands on standard input).
+    fn batches(&self) -> usize {
+        self.fake
+            .invocations()
+            .iter()
+            .filter(|(_, stdin)| stdin.is_some())
+            .count()
+    }
+}
+
+/// What a caller observes of an apply whatever path ran it. The exact invocations differ (the
+/// batch path runs batches, and re-runs a failed batch command by command), so they are
+/// compared per test on the per-command path only; this is what must be equal on both.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    /// Ok, or the error text (it names the failing command line and its stderr).
+    result: Result<(), String>,
+    /// The invocations after the failing command: the rollback, one command at a time.
+    after_failure: Vec<Vec<String>>,
+    /// Every group's rollback list (the inverses recorded, in order).
+    rollbacks: Vec<Vec<(Layer, Vec<String>, bool)>>,
+    /// The removal plan, as stored.
+    removal: Option<String>,
+}
+
+/// The command line an error blames, if it blames one.
+fn blamed(err: &Error) -> Option<&str> {
+    match err {
+        Error::CommandFailed { cmdline, .. }
+        | Error::Exec { cmdline, .. }
+        | Error::NoHandle { cmdline, .. }
+        | Error::Query { cmdline, .. } => Some(cmdline),
+        _ => None,
+    }
+}
+
+fn outcome(run: &Run) -> Outcome {
+    let invocations = run.fake.invocations();
+    let after_failure = match &run.result {
+        Ok(()) => Vec::new(),
+        Err(err) => {
+            // After the last batch and the last run of the blamed command, whichever is later.
+            let cut = invocations
+                .iter()
+                .rposition(|(argv, stdin)| {
+                    stdin.is_some() || blamed(err) == Some(command_line(argv).as_str())
+                })
+                .map_or(0, |i| i + 1);
+            invocations[cut..].iter().map(|(a, _)| a.clone()).collect()
+        }
+    };
+    Outcome {
+        result: run.result.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+        after_failure,
+        rollbacks: run
+            .fw
+            .groups()
+            .iter()
+            .map(|g| plain(g.rollbacks()))
+            .collect(),
+        removal: run.fw.new_from_rollback().ok().map(|r| r.to_xml()),
+    }
+}
+
+/// Apply `build()` with `fake()` (the per-command path: the fake declines batches) and with
+/// `fake().with_batching()` (the batch path), assert that both have the same [`Outcome`], and
+/// return both runs (per-command first) for the test's own exact checks.
+fn on_both_paths(build: impl Fn() -> Firewall, fake: impl Fn() -> FakeExecutor) -> (Run, Run) {
+    let run = |fake: FakeExecutor, per_command: bool| {
+        let mut fw = build();
+        let options = ApplyOptions {
+            observer: None,
+            per_command,
+        };
+        let result = fw.apply_with(&fake, options);
+        Run { fw, fake, result }
+    };
+    let plain_run = run(fake(), true);
+    let batch_run = run(fake().with_batching(), false);
+    assert_eq!(
+        outcome(&plain_run),
+        outcome(&batch_run),
+        "per-command path (left) and batch path (right) differ; batch transcript:\n{}",
+        batch_run.fake.transcript()
+    );
+    (plain_run, batch_run)
+}
+
+// ---------------------------------------------------------------------------------------------
 // spec §6.1, one test per scenario
 // ---------------------------------------------------------------------------------------------
 
 #[test]
 fn single_group() {
-    let mut fw = Firewall::new(Backend::Iptables);
-    fw.start_transaction(TransactionFlags::empty());
-    fw.add_cmd(Layer::Ipv4, args(A1));
-    fw.add_cmd(Layer::Ipv4, args(ANOT1));
-    let fake = FakeExecutor::new();
-    fw.apply(&fake).unwrap();
+    let build = || {
+        let mut fw = Firewall::new(Backend::Iptables);
+        fw.start_transaction(TransactionFlags::empty());
+        fw.add_cmd(Layer::Ipv4, args(A1));
+        fw.add_cmd(Layer::Ipv4, args(ANOT1));
+        fw
+    };
+    let (run, batch) = on_both_paths(build, FakeExecutor::new);
+    run.result.unwrap();
+    assert_eq!(batch.batches(), 1, "{}", batch.fake.transcript());
+    let fake = run.fake;
     expect(&fake, &[A1, ANOT1]);
     let lines: Vec<String> = fake.commands().iter().map(|c| command_line(c)).collect();
     assert_eq!(
@@ -88,9 +201,9 @@ fn remove_rule() {
     fw.cmd_add_arg(third, ["--source"]);
     fw.cmd_add_arg(third, [format!("!{}", "192.168.122.1")]);
     fw.cmd_add_arg(third, ["--jump", "REJECT"]);
-    let fake = FakeExecutor::new();
-    fw.apply(&fake).unwrap();
-    expect(&fake, &[A1, ANOT1]);
+    let (run, _) = on_both_paths(|| fw.clone_plain(), FakeExecutor::new);
+    run.result.unwrap();
+    expect(&run.fake, &[A1, ANOT1]);
 }
 
 #[test]
@@ -102,9 +215,9 @@ fn many_groups() {
     fw.start_transaction(TransactionFlags::empty());
     fw.add_cmd(Layer::Ipv4, args(OUT1));
     fw.add_cmd(Layer::Ipv4, args(OUTDROP));
-    let fake = FakeExecutor::new();
-    fw.apply(&fake).unwrap();
-    expect(&fake, &[A1, ANOT1, OUT1, OUTDROP]);
+    let (run, _) = on_both_paths(|| fw.clone_plain(), FakeExecutor::new);
+    run.result.unwrap();
+    expect(&run.fake, &[A1, ANOT1, OUT1, OUTDROP]);
 }
 
 #[test]
@@ -116,9 +229,9 @@ fn ignore_fail_group() {
     fw.start_transaction(TransactionFlags::empty());
     fw.add_cmd(Layer::Ipv4, args(OUT1));
     fw.add_cmd(Layer::Ipv4, args(OUTDROP));
-    let fake = fake_255_fails();
-    fw.apply(&fake).unwrap();
-    expect(&fake, &[A1, A255, OUT1, OUTDROP]);
+    let (run, _) = on_both_paths(|| fw.clone_plain(), fake_255_fails);
+    run.result.unwrap();
+    expect(&run.fake, &[A1, A255, OUT1, OUTDROP]);
 }
 
 #[test]
@@ -129,9 +242,9 @@ fn ignore_fail_rule() {
     fw.add_cmd_full(Layer::Ipv4, true, None, args(A255));
     fw.add_cmd(Layer::Ipv4, args(OUT1));
     fw.add_cmd(Layer::Ipv4, args(OUTDROP));
-    let fake = fake_255_fails();
-    fw.apply(&fake).unwrap();
-    expect(&fake, &[A1, A255, OUT1, OUTDROP]);
+    let (run, _) = on_both_paths(|| fw.clone_plain(), fake_255_fails);
+    run.result.unwrap();
+    expect(&run.fake, &[A1, A255, OUT1, OUTDROP]);
 }
 
 #[test]
@@ -141,9 +254,10 @@ fn no_rollback() {
     fw.add_cmd(Layer::Ipv4, args(A1));
     fw.add_cmd(Layer::Ipv4, args(A255));
     fw.add_cmd(Layer::Ipv4, args(ANOT1));
-    let fake = fake_255_fails();
-    let err = fw.apply(&fake).unwrap_err();
-    expect(&fake, &[A1, A255]);
+    let (run, batch) = on_both_paths(|| fw.clone_plain(), fake_255_fails);
+    assert!(batch.batches() > 0, "the batch path tried a batch first");
+    let err = run.result.unwrap_err();
+    expect(&run.fake, &[A1, A255]);
     match &err {
         Error::CommandFailed {
             cmdline,
@@ -175,12 +289,12 @@ fn single_rollback() {
     fw.add_cmd(Layer::Ipv4, args(D1));
     fw.add_cmd(Layer::Ipv4, args(D255));
     fw.add_cmd(Layer::Ipv4, args(DNOT1));
-    let fake = fake_255_fails();
+    let (run, _) = on_both_paths(|| fw.clone_plain(), fake_255_fails);
     assert!(matches!(
-        fw.apply(&fake),
+        run.result,
         Err(Error::CommandFailed { status: 127, .. })
     ));
-    expect(&fake, &[A1, A255, D1, D255, DNOT1]);
+    expect(&run.fake, &[A1, A255, D1, D255, DNOT1]);
 }
 
 #[test]
@@ -196,9 +310,9 @@ fn many_rollback() {
     fw.start_rollback(RollbackFlags::empty());
     fw.add_cmd(Layer::Ipv4, args(D255));
     fw.add_cmd(Layer::Ipv4, args(DNOT1));
-    let fake = fake_255_fails();
-    assert!(fw.apply(&fake).is_err());
-    expect(&fake, &[A1, A255, D255, DNOT1]);
+    let (run, _) = on_both_paths(|| fw.clone_plain(), fake_255_fails);
+    assert!(run.result.is_err());
+    expect(&run.fake, &[A1, A255, D255, DNOT1]);
 }
 
 #[test]
@@ -222,9 +336,12 @@ fn chained_rollback() {
     fw.start_rollback(RollbackFlags::INHERIT_PREVIOUS);
     fw.add_cmd(Layer::Ipv4, args(D255));
     fw.add_cmd(Layer::Ipv4, args(DNOT1));
-    let fake = fake_255_fails();
-    assert!(fw.apply(&fake).is_err());
-    expect(&fake, &[A1, a127, ANOT1, A255, d127, DNOT1, D255, DNOT1]);
+    let (run, _) = on_both_paths(|| fw.clone_plain(), fake_255_fails);
+    assert!(run.result.is_err());
+    expect(
+        &run.fake,
+        &[A1, a127, ANOT1, A255, d127, DNOT1, D255, DNOT1],
+    );
 }
 
 const FILTER_LISTING: &str = "Chain INPUT (policy ACCEPT)\n\
@@ -282,37 +399,44 @@ fn query_transaction() {
     let a130 = "-A INPUT --source 192.168.122.130 --jump REJECT";
     let a128 = "-A INPUT --source 192.168.122.128 --jump REJECT";
     let anot129 = "-A INPUT --source !192.168.122.129 --jump REJECT";
-    let mut fw = Firewall::new(Backend::Iptables);
-    fw.start_transaction(TransactionFlags::empty());
-    fw.add_cmd(Layer::Ipv4, args(A1));
-    fw.start_transaction(TransactionFlags::empty());
-    fw.add_cmd(Layer::Ipv4, args(a127));
-    fw.add_cmd_full(
-        Layer::Ipv4,
-        false,
-        Some(listing_callback(FILTER_LISTING, seen.clone())),
-        ["-L"],
-    );
-    fw.add_cmd_full(
-        Layer::Ipv4,
-        false,
-        Some(listing_callback(NAT_LISTING, seen.clone())),
-        ["-t", "nat", "-L"],
-    );
-    fw.add_cmd(Layer::Ipv4, args(a130));
-    fw.start_transaction(TransactionFlags::empty());
-    fw.add_cmd(Layer::Ipv4, args(a128));
-    fw.add_cmd(Layer::Ipv4, args(ANOT1));
-    let fake = FakeExecutor::new()
-        .on(
-            FakeExecutor::args_contain(&["-t", "nat", "-L"]),
-            FakeResponse::stdout(NAT_LISTING),
-        )
-        .on(
-            FakeExecutor::args_contain(&["-L"]),
-            FakeResponse::stdout(FILTER_LISTING),
+    let build = || {
+        let mut fw = Firewall::new(Backend::Iptables);
+        fw.start_transaction(TransactionFlags::empty());
+        fw.add_cmd(Layer::Ipv4, args(A1));
+        fw.start_transaction(TransactionFlags::empty());
+        fw.add_cmd(Layer::Ipv4, args(a127));
+        fw.add_cmd_full(
+            Layer::Ipv4,
+            false,
+            Some(listing_callback(FILTER_LISTING, seen.clone())),
+            ["-L"],
         );
-    fw.apply(&fake).unwrap();
+        fw.add_cmd_full(
+            Layer::Ipv4,
+            false,
+            Some(listing_callback(NAT_LISTING, seen.clone())),
+            ["-t", "nat", "-L"],
+        );
+        fw.add_cmd(Layer::Ipv4, args(a130));
+        fw.start_transaction(TransactionFlags::empty());
+        fw.add_cmd(Layer::Ipv4, args(a128));
+        fw.add_cmd(Layer::Ipv4, args(ANOT1));
+        fw
+    };
+    let fake = || {
+        FakeExecutor::new()
+            .on(
+                FakeExecutor::args_contain(&["-t", "nat", "-L"]),
+                FakeResponse::stdout(NAT_LISTING),
+            )
+            .on(
+                FakeExecutor::args_contain(&["-L"]),
+                FakeResponse::stdout(FILTER_LISTING),
+            )
+    };
+    let (run, _) = on_both_paths(build, fake);
+    run.result.unwrap();
+    let (fw, fake) = (run.fw, run.fake);
     expect(
         &fake,
         &[
@@ -327,8 +451,10 @@ fn query_transaction() {
             ANOT1,
         ],
     );
+    // Each path's callbacks saw the same two listings.
     let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), 2);
+    assert_eq!(seen.len(), 4);
+    assert_eq!(seen[..2], seen[2..]);
     assert_eq!(
         seen[0].last().map(String::as_str),
         Some(""),
@@ -341,22 +467,26 @@ fn query_transaction() {
 
 #[test]
 fn query_callback_error_aborts_and_rolls_back() {
-    let mut fw = Firewall::new(Backend::Iptables);
-    fw.start_transaction(TransactionFlags::empty());
-    fw.add_cmd(Layer::Ipv4, args(A1));
-    fw.add_cmd_full(
-        Layer::Ipv4,
-        false,
-        Some(Box::new(|_: &mut QueryContext| {
-            Err("listing looks wrong".into())
-        })),
-        ["-S"],
-    );
-    fw.add_cmd(Layer::Ipv4, args(OUT1));
-    fw.start_rollback(RollbackFlags::empty());
-    fw.add_cmd(Layer::Ipv4, args(D1));
-    let fake = FakeExecutor::new();
-    let err = fw.apply(&fake).unwrap_err();
+    let build = || {
+        let mut fw = Firewall::new(Backend::Iptables);
+        fw.start_transaction(TransactionFlags::empty());
+        fw.add_cmd(Layer::Ipv4, args(A1));
+        fw.add_cmd_full(
+            Layer::Ipv4,
+            false,
+            Some(Box::new(|_: &mut QueryContext| {
+                Err("listing looks wrong".into())
+            })),
+            ["-S"],
+        );
+        fw.add_cmd(Layer::Ipv4, args(OUT1));
+        fw.start_rollback(RollbackFlags::empty());
+        fw.add_cmd(Layer::Ipv4, args(D1));
+        fw
+    };
+    let (run, _) = on_both_paths(build, FakeExecutor::new);
+    let fake = run.fake;
+    let err = run.result.unwrap_err();
     match &err {
         Error::Query { cmdline, message } => {
             assert_eq!(cmdline, "iptables -w -S");
@@ -405,8 +535,9 @@ fn auto_rollback_nftables() {
     fw.add_cmd(Layer::Ipv4, args("list table ip vt"));
     fw.add_cmd(Layer::Ipv4, args("flush chain ip vt input"));
     fw.add_cmd(Layer::Tc, args("filter add dev lo prio 2 protocol ip u32"));
-    let fake = FakeExecutor::new();
-    fw.apply(&fake).unwrap();
+    let (run, _) = on_both_paths(|| fw.clone_plain(), FakeExecutor::new);
+    run.result.unwrap();
+    let (fw, fake) = (run.fw, run.fake);
     let ran: Vec<String> = fake.commands().iter().map(|c| c.join(" ")).collect();
     assert_eq!(
         ran,
@@ -450,8 +581,13 @@ fn auto_rollback_nftables_libvirt_handle_5309() {
         args("add chain ip6 libvirt_network guest_input"),
     );
     fw.add_cmd(Layer::Ipv4, args("add table ip libvirt_network"));
-    let fake = FakeExecutor::new().with_fixed_handle(5309);
-    fw.apply(&fake).unwrap();
+    let (run, batch) = on_both_paths(
+        || fw.clone_plain(),
+        || FakeExecutor::new().with_fixed_handle(5309),
+    );
+    run.result.unwrap();
+    assert_eq!(batch.batches(), 1, "{}", batch.fake.transcript());
+    let fw = run.fw;
     let rollbacks: Vec<Vec<String>> = fw.groups()[0]
         .rollbacks()
         .iter()
@@ -487,8 +623,9 @@ fn auto_rollback_iptables_family() {
         args("--insert FORWARD --source 52:54:00:00:00:01 --jump ACCEPT"),
     );
     fw.add_cmd(Layer::Ipv4, args("-P FORWARD DROP"));
-    let fake = FakeExecutor::new();
-    fw.apply(&fake).unwrap();
+    let (run, _) = on_both_paths(|| fw.clone_plain(), FakeExecutor::new);
+    run.result.unwrap();
+    let (fw, fake) = (run.fw, run.fake);
     let ran: Vec<String> = fake.commands().iter().map(|c| c.join(" ")).collect();
     assert_eq!(
         ran,
@@ -538,8 +675,9 @@ fn without_auto_rollback_nothing_is_recorded() {
         let mut fw = Firewall::new(backend);
         fw.start_transaction(TransactionFlags::empty());
         fw.add_cmd(Layer::Ipv4, args("add rule ip t c -A accept"));
-        let fake = FakeExecutor::new();
-        fw.apply(&fake).unwrap();
+        let (run, _) = on_both_paths(|| fw.clone_plain(), FakeExecutor::new);
+        run.result.unwrap();
+        let (fw, fake) = (run.fw, run.fake);
         assert!(fw.groups()[0].rollbacks().is_empty(), "{backend}");
         assert!(!fake.commands()[0].contains(&"-ae".to_string()));
     }
@@ -553,14 +691,19 @@ fn auto_rollback_during_failure_runs_inverses_in_creation_order() {
     fw.add_cmd(Layer::Ipv4, args("add chain ip vt c"));
     fw.add_cmd(Layer::Ipv4, args("add rule ip vt c jump missing"));
     fw.add_cmd(Layer::Ipv4, args("add rule ip vt c accept"));
-    let fake = FakeExecutor::new().on(
-        FakeExecutor::args_contain(&["jump", "missing"]),
-        FakeResponse::fail(
-            1,
-            "Error: Could not process rule: No such file or directory",
-        ),
-    );
-    let err = fw.apply(&fake).unwrap_err();
+    let fake = || {
+        FakeExecutor::new().on(
+            FakeExecutor::args_contain(&["jump", "missing"]),
+            FakeResponse::fail(
+                1,
+                "Error: Could not process rule: No such file or directory",
+            ),
+        )
+    };
+    let (run, batch) = on_both_paths(|| fw.clone_plain(), fake);
+    assert!(batch.batches() > 0, "the batch path tried a batch first");
+    let fake = run.fake;
+    let err = run.result.unwrap_err();
     assert!(err.to_string().contains("No such file or directory"));
     let ran: Vec<String> = fake.commands().iter().map(|c| c.join(" ")).collect();
     assert_eq!(
@@ -575,6 +718,9 @@ fn auto_rollback_during_failure_runs_inverses_in_creation_order() {
     );
 }
 
+/// Per-command path only: the batching fake answers every create in a batch with a handle
+/// and cannot be scripted otherwise (the batch path's echo mapping has its own unit tests in
+/// `src/batch.rs`).
 #[test]
 fn handle_parsing_failure_is_an_error_and_rolls_back() {
     let mut fw = Firewall::new(Backend::Nftables);
@@ -614,44 +760,54 @@ fn handle_parsing_failure_is_an_error_and_rolls_back() {
 
 #[test]
 fn failing_nft_list_is_not_an_error() {
-    let seen = Arc::new(Mutex::new(None));
-    let seen2 = seen.clone();
-    let mut fw = Firewall::new(Backend::Nftables);
-    fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
-    fw.add_cmd_full(
-        Layer::Ipv4,
-        false,
-        Some(Box::new(move |ctx: &mut QueryContext| {
-            *seen2.lock().unwrap() = Some(ctx.lines().to_vec());
-            Ok(())
-        })),
-        args("list table ip libvirt_network"),
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let build = || {
+        let seen = seen.clone();
+        let mut fw = Firewall::new(Backend::Nftables);
+        fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+        fw.add_cmd_full(
+            Layer::Ipv4,
+            false,
+            Some(Box::new(move |ctx: &mut QueryContext| {
+                seen.lock().unwrap().push(ctx.lines().to_vec());
+                Ok(())
+            })),
+            args("list table ip libvirt_network"),
+        );
+        fw.add_cmd(Layer::Ipv4, args("add table ip libvirt_network"));
+        fw
+    };
+    let fake = || {
+        FakeExecutor::new().on(
+            FakeExecutor::args_contain(&["list"]),
+            FakeResponse::fail(1, "Error: No such file or directory"),
+        )
+    };
+    let (run, _) = on_both_paths(build, fake);
+    run.result.unwrap();
+    // Empty output is no lines at all (glib's g_strsplit, which libvirt uses), on both paths.
+    assert_eq!(*seen.lock().unwrap(), [Vec::<String>::new(), Vec::new()]);
+    assert_eq!(
+        run.fw.groups()[0].rollbacks().len(),
+        1,
+        "only the table create"
     );
-    fw.add_cmd(Layer::Ipv4, args("add table ip libvirt_network"));
-    let fake = FakeExecutor::new().on(
-        FakeExecutor::args_contain(&["list"]),
-        FakeResponse::fail(1, "Error: No such file or directory"),
-    );
-    fw.apply(&fake).unwrap();
-    // Empty output is no lines at all (glib's g_strsplit, which libvirt uses).
-    assert_eq!(seen.lock().unwrap().as_deref(), Some(&[][..]));
-    assert_eq!(fw.groups()[0].rollbacks().len(), 1, "only the table create");
 
     // The exception looks at the first stored argument only: `-a list …` failing is an error,
     // and so is a failing iptables listing.
     let mut fw = Firewall::new(Backend::Nftables);
     fw.start_transaction(TransactionFlags::empty());
     fw.add_cmd(Layer::Ipv4, args("-a list table ip libvirt_network"));
-    let fake = FakeExecutor::new().on(
-        FakeExecutor::args_contain(&["list"]),
-        FakeResponse::fail(1, "Error: No such file or directory"),
-    );
-    assert!(matches!(fw.apply(&fake), Err(Error::CommandFailed { .. })));
+    let (run, _) = on_both_paths(|| fw.clone_plain(), fake);
+    assert!(matches!(run.result, Err(Error::CommandFailed { .. })));
     let mut fw = Firewall::new(Backend::Iptables);
     fw.start_transaction(TransactionFlags::empty());
     fw.add_cmd(Layer::Ipv4, args("list"));
-    let fake = FakeExecutor::new().on(|_: &[String]| true, FakeResponse::fail(2, "bad"));
-    assert!(matches!(fw.apply(&fake), Err(Error::CommandFailed { .. })));
+    let (run, _) = on_both_paths(
+        || fw.clone_plain(),
+        || FakeExecutor::new().on(|_: &[String]| true, FakeResponse::fail(2, "bad")),
+    );
+    assert!(matches!(run.result, Err(Error::CommandFailed { .. })));
 }
 
 #[test]
@@ -673,10 +829,10 @@ fn ignored_failures_create_no_inverse() {
         Layer::Ipv4,
         args("add rule ip t c ip saddr 192.0.2.1 accept"),
     );
-    let fake = fails();
-    fw.apply(&fake).unwrap();
+    let (run, _) = on_both_paths(|| fw.clone_plain(), fails);
+    run.result.unwrap();
     assert_eq!(
-        plain(fw.groups()[0].rollbacks()),
+        plain(run.fw.groups()[0].rollbacks()),
         [(Layer::Ipv4, words("delete rule ip t c handle 1"), true)]
     );
     // iptables, command-level ignore.
@@ -689,10 +845,11 @@ fn ignored_failures_create_no_inverse() {
         args("-A INPUT -s 192.0.2.99 -j DROP"),
     );
     fw.add_cmd(Layer::Ipv6, args("-A INPUT -s 2001:db8::1 -j DROP"));
-    let fake = fails();
-    fw.apply(&fake).unwrap();
+    let (run, _) = on_both_paths(|| fw.clone_plain(), fails);
+    run.result.unwrap();
+    let fake = run.fake;
     assert_eq!(
-        plain(fw.groups()[0].rollbacks()),
+        plain(run.fw.groups()[0].rollbacks()),
         [(
             Layer::Ipv6,
             words("--delete INPUT -s 2001:db8::1 -j DROP"),
@@ -722,8 +879,9 @@ fn removal_firewall_reverses_groups_and_commands() {
     fw.add_cmd(Layer::Ipv4, args("-P FORWARD ACCEPT"));
     fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
     fw.add_cmd(Layer::Ipv4, args("-t nat -A POSTROUTING -j MASQUERADE"));
-    let fake = FakeExecutor::new();
-    fw.apply(&fake).unwrap();
+    let (run, _) = on_both_paths(|| fw.clone_plain(), FakeExecutor::new);
+    run.result.unwrap();
+    let fw = run.fw;
 
     let removal = fw.new_from_rollback().unwrap();
     assert_eq!(removal.backend(), Backend::Iptables);
@@ -767,11 +925,14 @@ fn removal_firewall_reverses_groups_and_commands() {
         ]
     );
 
-    // Applying it never fails on individual errors and runs everything, in order.
-    let mut removal = removal;
-    let fake = FakeExecutor::new().on(|_: &[String]| true, FakeResponse::fail(1, "gone"));
-    removal.apply(&fake).unwrap();
-    let ran: Vec<String> = fake.commands().iter().map(|c| c.join(" ")).collect();
+    // Applying it never fails on individual errors and runs everything, in order (the batch
+    // path falls back to exactly that when its batch fails).
+    let (run, _) = on_both_paths(
+        || removal.clone_plain(),
+        || FakeExecutor::new().on(|_: &[String]| true, FakeResponse::fail(1, "gone")),
+    );
+    run.result.unwrap();
+    let ran: Vec<String> = run.fake.commands().iter().map(|c| c.join(" ")).collect();
     assert_eq!(
         ran,
         [
@@ -789,8 +950,9 @@ fn removal_of_nothing_is_empty() {
     let mut fw = Firewall::new(Backend::Nftables);
     fw.start_transaction(TransactionFlags::empty());
     fw.add_cmd(Layer::Ipv4, args("add table ip t"));
-    fw.apply(&FakeExecutor::new()).unwrap();
-    let removal = fw.new_from_rollback().unwrap();
+    let (run, _) = on_both_paths(|| fw.clone_plain(), FakeExecutor::new);
+    run.result.unwrap();
+    let removal = run.fw.new_from_rollback().unwrap();
     assert!(removal.groups().is_empty() && removal.is_empty());
     assert_eq!(removal.to_xml(), "<firewall backend='nftables'/>\n");
 }
@@ -854,9 +1016,10 @@ fn inherit_previous_gap() {
         ([none, none, none, inherit], 2, vec![2]),
     ];
     for (flags, fail, want) in cases {
-        let (mut fw, applied) = four_groups(flags, fail);
-        let fake = fake_255_fails();
-        assert!(fw.apply(&fake).is_err());
+        let (fw, applied) = four_groups(flags, fail);
+        let (run, _) = on_both_paths(|| fw.clone_plain(), fake_255_fails);
+        assert!(run.result.is_err());
+        let (fw, fake) = (run.fw, run.fake);
         assert_eq!(
             fw.rollback_start(fail),
             want[0],
@@ -1195,7 +1358,7 @@ fn xml_extension_round_trips_a_whole_transaction() {
   </group>
 </firewall>
 ";
-    let mut fw = Firewall::from_xml(text, "demo.xml").unwrap();
+    let fw = Firewall::from_xml(text, "demo.xml").unwrap();
     assert_eq!(fw.name(), Some("demo"));
     assert_eq!(fw.groups()[0].flags(), TransactionFlags::AUTO_ROLLBACK);
     assert_eq!(
@@ -1213,8 +1376,9 @@ fn xml_extension_round_trips_a_whole_transaction() {
     assert_eq!(fw.to_xml(), text);
 
     // And it applies like the same transaction built in code.
-    fw.apply(&FakeExecutor::new()).unwrap();
-    let removal = fw.new_from_rollback().unwrap();
+    let (run, _) = on_both_paths(|| fw.clone_plain(), FakeExecutor::new);
+    run.result.unwrap();
+    let removal = run.fw.new_from_rollback().unwrap();
     let groups: Vec<Vec<(Layer, Vec<String>, bool)>> = removal
         .groups()
         .iter()
@@ -1427,11 +1591,15 @@ fn program_vanishing_mid_apply_fails_cleanly_and_rolls_back() {
     fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
     fw.add_cmd(Layer::Ipv4, args(A1));
     fw.add_cmd(Layer::Ipv6, args("-A INPUT -s 2001:db8::1 -j DROP"));
-    let fake = FakeExecutor::new().on(
-        |argv: &[String]| argv[0] == "ip6tables",
-        FakeResponse::Missing,
-    );
-    let err = fw.apply(&fake).unwrap_err();
+    let fake = || {
+        FakeExecutor::new().on(
+            |argv: &[String]| argv[0] == "ip6tables" || argv[0] == "ip6tables-restore",
+            FakeResponse::Missing,
+        )
+    };
+    let (run, _) = on_both_paths(|| fw.clone_plain(), fake);
+    let fake = run.fake;
+    let err = run.result.unwrap_err();
     assert!(matches!(
         &err,
         Error::Exec {
@@ -1476,10 +1644,10 @@ fn readme_xml_examples_parse_and_apply() {
         "the plan example is in libvirt's exact format"
     );
 
-    let mut fw = Firewall::from_xml(blocks[1], "README transaction").unwrap();
-    let fake = FakeExecutor::new();
-    fw.apply(&fake).unwrap();
-    let removal = fw.new_from_rollback().unwrap();
+    let fw = Firewall::from_xml(blocks[1], "README transaction").unwrap();
+    let (run, _) = on_both_paths(|| fw.clone_plain(), FakeExecutor::new);
+    run.result.unwrap();
+    let removal = run.fw.new_from_rollback().unwrap();
     let ran: Vec<String> = removal
         .groups()
         .iter()
