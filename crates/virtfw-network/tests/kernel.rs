@@ -18,8 +18,16 @@ use virtfw_network::{check, global, lifecycle, start, stop, NetworkDef, NetworkS
 
 const BACKENDS: [Backend; 2] = [Backend::Nftables, Backend::Iptables];
 
-fn opts() -> ApplyOptions<'static> {
-    ApplyOptions::default()
+/// Both apply paths: libvirt's command by command (`true`), and the engine's batches.
+const PATHS: [bool; 2] = [true, false];
+
+/// Written out field by field so that `VIRTFW_NO_BATCH` in the environment cannot turn the
+/// batch-path runs into per-command ones.
+fn opts(per_command: bool) -> ApplyOptions<'static> {
+    ApplyOptions {
+        observer: None,
+        per_command,
+    }
 }
 
 /// Everything the kernel holds that a network could have changed: the nft ruleset (which
@@ -29,17 +37,19 @@ fn ruleset(ns: &Netns) -> String {
     // Stateless: counters move with whatever the new links send (IPv6 router solicitations).
     let mut out = ns.run(&["nft", "-s", "list", "ruleset"]).unwrap();
     for prog in ["iptables-save", "ip6tables-save"] {
-        if let Ok(dump) = ns.run(&[prog]) {
-            out.extend(
-                dump.lines()
-                    .filter(|l| !l.starts_with('#'))
-                    .map(|l| match l.find(" [") {
-                        // Chain policy counters `[packets:bytes]`, same reason.
-                        Some(at) if l.starts_with(':') => format!("{}\n", &l[..at]),
-                        _ => format!("{l}\n"),
-                    }),
-            );
-        }
+        // A dump that fails would silently drop that family from every comparison.
+        let dump = ns
+            .run(&[prog])
+            .unwrap_or_else(|e| panic!("{prog} in {}: {e}", ns.name()));
+        out.extend(
+            dump.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| match l.find(" [") {
+                    // Chain policy counters `[packets:bytes]`, same reason.
+                    Some(at) if l.starts_with(':') => format!("{}\n", &l[..at]),
+                    _ => format!("{l}\n"),
+                }),
+        );
     }
     out
 }
@@ -62,7 +72,9 @@ fn parse_case(case: &str) -> NetworkDef {
 
 #[test]
 fn start_stop_every_case_restores_the_ruleset() {
-    for backend in BACKENDS {
+    for (backend, per_command) in BACKENDS.into_iter().flat_map(|b| PATHS.map(|p| (b, p))) {
+        let opts = || opts(per_command);
+        let label = format!("{backend}/per_command={per_command}");
         for case in common::case_names() {
             let ns = Netns::new("vfnet-cycle").unwrap();
             let exec = ns.executor().unwrap();
@@ -76,21 +88,21 @@ fn start_stop_every_case_restores_the_ruleset() {
             let setup = global::setup(backend, &exec, opts());
             assert!(
                 setup.ipv4.is_ok() && setup.ipv6.is_ok(),
-                "{case}/{backend}: {setup:?}"
+                "{case}/{label}: {setup:?}"
             );
             let before = ruleset(&ns);
 
             let status = start(parse_case(&case), backend, &exec, opts())
-                .unwrap_or_else(|e| panic!("{case}/{backend}: start: {e}"));
+                .unwrap_or_else(|e| panic!("{case}/{label}: start: {e}"));
             assert!(status.created_bridge, "{case}: virbr0 did not exist before");
             assert!(link_exists(&ns, "virbr0"));
             assert_ne!(
                 ruleset(&ns),
                 before,
-                "{case}/{backend}: start changed nothing"
+                "{case}/{label}: start changed nothing"
             );
             let rc = check(&status, &exec).unwrap();
-            assert!(rc.total > 0 && rc.all_present(), "{case}/{backend}: {rc:?}");
+            assert!(rc.total > 0 && rc.all_present(), "{case}/{label}: {rc:?}");
 
             // The status survives its file format.
             let status = NetworkStatus::from_xml(&status.to_xml(), "status").unwrap();
@@ -98,9 +110,50 @@ fn start_stop_every_case_restores_the_ruleset() {
             assert_eq!(
                 ruleset(&ns),
                 before,
-                "{case}/{backend}: stop did not restore the ruleset"
+                "{case}/{label}: stop did not restore the ruleset"
             );
             assert!(!link_exists(&ns, "virbr0"), "{case}: bridge left behind");
+        }
+    }
+}
+
+/// The upgrade path (spec §4.4, §5.2.7): a network whose status has no `fwRemoval` (started
+/// by libvirt ≤ 10.3) is stopped with libvirt's legacy iptables deletions, which must remove
+/// everything the iptables backend created.
+#[test]
+fn stop_without_a_stored_plan_uses_the_legacy_deletions() {
+    for per_command in PATHS {
+        let ns = Netns::new("vfnet-legacy").unwrap();
+        let exec = ns.executor().unwrap();
+        ip(
+            &ns,
+            &[
+                "link", "add", "enp0s7", "type", "veth", "peer", "name", "enp0s7p",
+            ],
+        );
+        let setup = global::setup(Backend::Iptables, &exec, opts(per_command));
+        assert!(setup.ipv4.is_ok() && setup.ipv6.is_ok(), "{setup:?}");
+        let before = ruleset(&ns);
+        for case in common::case_names() {
+            let label = format!("{case}/per_command={per_command}");
+            let mut status = start(
+                parse_case(&case),
+                Backend::Iptables,
+                &exec,
+                opts(per_command),
+            )
+            .unwrap_or_else(|e| panic!("{label}: start: {e}"));
+            assert!(status.removal.is_some(), "{label}: started with a plan");
+            status.removal = None;
+            let status = NetworkStatus::from_xml(&status.to_xml(), "status").unwrap();
+            assert!(status.removal.is_none() && status.backend() == Backend::Iptables);
+            stop(&status, &exec, opts(per_command)).unwrap();
+            assert_eq!(
+                ruleset(&ns),
+                before,
+                "{label}: the legacy deletions did not restore the ruleset"
+            );
+            assert!(!link_exists(&ns, "virbr0"), "{label}: bridge left behind");
         }
     }
 }
@@ -117,7 +170,9 @@ fn second_network() -> NetworkDef {
 
 #[test]
 fn stopping_one_network_leaves_the_other_intact() {
-    for backend in BACKENDS {
+    for (backend, per_command) in BACKENDS.into_iter().flat_map(|b| PATHS.map(|p| (b, p))) {
+        let opts = || opts(per_command);
+        let label = format!("{backend}/per_command={per_command}");
         let ns = Netns::new("vfnet-two").unwrap();
         let exec = ns.executor().unwrap();
         let first = start(parse_case("nat-ipv6"), backend, &exec, opts()).unwrap();
@@ -127,10 +182,10 @@ fn stopping_one_network_leaves_the_other_intact() {
 
         stop(&first, &exec, opts()).unwrap();
         let rc = check(&second, &exec).unwrap();
-        assert!(rc.total > 10 && rc.all_present(), "{backend}: {rc:?}");
+        assert!(rc.total > 10 && rc.all_present(), "{label}: {rc:?}");
         // And the stopped one really is gone: none of its rules is found any more.
         let gone = check(&first, &exec).unwrap();
-        assert_eq!(gone.missing.len(), gone.total, "{backend}: {gone:?}");
+        assert_eq!(gone.missing.len(), gone.total, "{label}: {gone:?}");
 
         // Status notices a flushed rule, and reload puts it back.
         let victim = if backend == Backend::Nftables {
@@ -147,7 +202,10 @@ fn stopping_one_network_leaves_the_other_intact() {
         };
         ns.run(&victim).unwrap();
         let rc = check(&second, &exec).unwrap();
-        assert!(!rc.all_present() && rc.missing.len() < rc.total, "{rc:?}");
+        assert!(
+            !rc.all_present() && rc.missing.len() < rc.total,
+            "{label}: {rc:?}"
+        );
         let reloaded = lifecycle::reload(second, backend, &exec, opts()).unwrap();
         assert!(reloaded.error.is_none());
         assert!(check(&reloaded.status, &exec).unwrap().all_present());
@@ -187,10 +245,15 @@ impl Executor for FailOn<'_> {
 
 #[test]
 fn failed_start_leaves_no_rules_and_no_bridge() {
-    for (backend, needle) in [
+    for ((backend, needle), per_command) in [
         (Backend::Nftables, "guest_nat"),
         (Backend::Iptables, "MASQUERADE"),
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|b| PATHS.map(|p| (b, p)))
+    {
+        let opts = || opts(per_command);
+        let label = format!("{backend}/per_command={per_command}");
         let ns = Netns::new("vfnet-fail").unwrap();
         let exec = ns.executor().unwrap();
         global::setup(backend, &exec, opts()).ipv4.unwrap();
@@ -202,15 +265,18 @@ fn failed_start_leaves_no_rules_and_no_bridge() {
         // The global setup is already done, so the first command with the needle is a rule
         // in the middle of the network's transaction.
         let err = start(parse_case("nat-ipv6"), backend, &failing, opts()).unwrap_err();
-        assert!(err.to_string().contains("injected failure"), "{err}");
+        assert!(
+            err.to_string().contains("injected failure"),
+            "{label}: {err}"
+        );
         assert_eq!(
             ruleset(&ns),
             before,
-            "{backend}: rules left after a failed start"
+            "{label}: rules left after a failed start"
         );
         assert!(
             !link_exists(&ns, "virbr0"),
-            "{backend}: bridge left after a failed start"
+            "{label}: bridge left after a failed start"
         );
     }
 }
@@ -359,7 +425,9 @@ const SHORT: Duration = Duration::from_millis(1500);
 
 #[test]
 fn real_packets_are_masqueraded_and_kept_out() {
-    for backend in BACKENDS {
+    for (backend, per_command) in BACKENDS.into_iter().flat_map(|b| PATHS.map(|p| (b, p))) {
+        let opts = || opts(per_command);
+        let label = format!("{backend}/per_command={per_command}");
         let t = topology();
         let exec = t.host.executor().unwrap();
         // Before the network: the outside has no route back, so the guest gets nowhere.
@@ -375,16 +443,16 @@ fn real_packets_are_masqueraded_and_kept_out() {
         let (port, server) = listen(&t.outside, OUTSIDE, Duration::from_secs(5));
         let target: SocketAddr = format!("{OUTSIDE}:{port}").parse().unwrap();
         connect(&t.guest, target, Duration::from_secs(3))
-            .unwrap_or_else(|e| panic!("{backend}: guest → outside: {e}"));
+            .unwrap_or_else(|e| panic!("{label}: guest → outside: {e}"));
         let peer = server.join().unwrap().expect("outside saw the connection");
         assert_eq!(
             peer.ip().to_string(),
             "198.51.100.1",
-            "{backend}: not masqueraded"
+            "{label}: not masqueraded"
         );
         assert!(
             peer.port() >= 1024,
-            "{backend}: source port {} below 1024",
+            "{label}: source port {} below 1024",
             peer.port()
         );
 
@@ -400,12 +468,12 @@ fn real_packets_are_masqueraded_and_kept_out() {
         assert_eq!(
             err.kind(),
             std::io::ErrorKind::ConnectionRefused,
-            "{backend}: {err}"
+            "{label}: {err}"
         );
         assert_eq!(
             guest_server.join().unwrap(),
             None,
-            "{backend}: outside got in"
+            "{label}: outside got in"
         );
         ip(&t.outside, &["route", "del", "192.168.122.0/24"]);
 
@@ -421,7 +489,7 @@ fn real_packets_are_masqueraded_and_kept_out() {
         let (port, server) = listen(&t.outside, OUTSIDE, SHORT);
         let target: SocketAddr = format!("{OUTSIDE}:{port}").parse().unwrap();
         let err = connect(&t.guest, target, SHORT).unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{backend}: {err}");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{label}: {err}");
         assert_eq!(server.join().unwrap(), None);
 
         // 4. Control: give the outside a route back and the same connection works, showing
@@ -437,7 +505,7 @@ fn real_packets_are_masqueraded_and_kept_out() {
         assert_eq!(
             peer.ip().to_string(),
             GUEST,
-            "{backend}: still masqueraded after stop"
+            "{label}: still masqueraded after stop"
         );
         let (gport, guest_server) = listen(&t.guest, GUEST, Duration::from_secs(5));
         let gtarget: SocketAddr = format!("{GUEST}:{gport}").parse().unwrap();
