@@ -47,7 +47,7 @@ pub enum CliError {
 
     /// A removal stopped part-way (a program could not be run). Nothing is rolled back: what
     /// was deleted stays deleted, and the plan is kept so that `remove` can be run again.
-    #[error("{0} (removal stopped part-way; the plan is kept: run `virtfw remove` again)")]
+    #[error("{0} (removal stopped part-way; the plan is kept: run `virtfw remove` or `virtfw network stop` again)")]
     RemoveFailed(virtfw::Error),
 
     /// The operation journal could not be written, so the operation was stopped: without its

@@ -96,6 +96,21 @@ pub(crate) fn run(ctx: &Ctx, args: &NetworkArgs) -> CliResult<i32> {
 fn cli_error(err: NetworkError) -> CliError {
     match err {
         NetworkError::Firewall(e) => CliError::from_apply(e),
+        e => cli_error_common(e),
+    }
+}
+
+/// The same for `network stop`: a removal is never rolled back, so its failure must not say so
+/// (the status, and with it the removal plan, is kept for another try).
+fn stop_error(err: NetworkError) -> CliError {
+    match err {
+        NetworkError::Firewall(e) => CliError::from_remove(e),
+        e => cli_error_common(e),
+    }
+}
+
+fn cli_error_common(err: NetworkError) -> CliError {
+    match err {
         NetworkError::Backend(m) => CliError::Usage(m),
         e if e.is_input_error() => CliError::Usage(e.to_string()),
         e => CliError::Failed(e.to_string()),
@@ -285,7 +300,7 @@ fn stop(ctx: &Ctx, name: &str) -> CliResult<i32> {
     phases.check()?;
     let (missing, failed) = op.exec().ignored();
     op.finish()?;
-    stopped.map_err(cli_error)?;
+    stopped.map_err(stop_error)?;
     ctx.emit(
         json!({"network": name, "stopped": true, "backend": status.backend().as_str(),
                "deleted_bridge": status.created_bridge, "missing": missing,
