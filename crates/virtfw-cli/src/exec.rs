@@ -20,14 +20,13 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use virtfw::batch::IgnoredCounter;
-use virtfw::executor::{find_program, Invocation, Output};
+use virtfw::executor::{self, Invocation, Output};
 use virtfw::{ApplyObserver, Command as FwCommand, ExecError, Executor};
 
 use crate::error::{CliError, CliResult};
@@ -35,19 +34,19 @@ use crate::journal::{Journal, Record};
 
 const NO_GROUP: usize = usize::MAX;
 
-/// Open `/run/netns/NAME` (or a path), the namespace commands run in.
+/// Open `/run/netns/NAME` (or a path), the namespace commands run in; a missing one is the
+/// CLI's usage error.
 pub(crate) fn open_netns(name: &str) -> CliResult<OwnedFd> {
-    let path = if name.contains('/') {
-        PathBuf::from(name)
-    } else {
-        Path::new("/run/netns").join(name)
-    };
-    File::open(&path)
-        .map(OwnedFd::from)
-        .map_err(|source| CliError::Netns {
-            name: name.to_string(),
+    executor::open_netns(name).map_err(|err| match err {
+        ExecError::Netns { netns, source } => CliError::Netns {
+            name: netns,
             source,
-        })
+        },
+        other => CliError::Netns {
+            name: name.to_string(),
+            source: std::io::Error::other(other),
+        },
+    })
 }
 
 /// Spawns firewall programs, journalling each one (see the module docs).
@@ -126,51 +125,20 @@ impl JournalExecutor {
         let mut cmd = Command::new(OsStr::new(program));
         cmd.args(args).stdin(stdin).stdout(out).stderr(err);
         let netns_fd = self.netns.as_ref().map(|fd| fd.as_raw_fd());
-        let lock_fd = self.lock_fd;
-        // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe system calls (setns, fcntl) on descriptors opened beforehand.
-        unsafe {
-            cmd.pre_exec(move || {
-                if let Some(fd) = netns_fd {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if let Some(fd) = lock_fd {
-                    let flags = libc::fcntl(fd, libc::F_GETFD);
-                    if flags >= 0 {
-                        libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                    }
-                }
-                Ok(())
-            });
-        }
+        let inherit: &[RawFd] = self.lock_fd.as_slice();
+        executor::enter_netns_and_inherit(&mut cmd, netns_fd, inherit);
         let status = cmd
             .spawn()
-            .map_err(|source| {
-                if source.kind() == std::io::ErrorKind::NotFound {
-                    ExecError::NotFound {
-                        program: program.clone(),
-                    }
-                } else {
-                    ExecError::Spawn {
-                        program: program.clone(),
-                        source,
-                    }
-                }
-            })?
+            .map_err(|source| executor::spawn_error(program, source))?
             .wait()
             .map_err(other)?;
-        let status = status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
         let read = |p: &Path| {
             std::fs::read(p)
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default()
         };
         Ok(Output {
-            status,
+            status: executor::exit_code(status),
             stdout: read(&out_path),
             stderr: read(&err_path),
         })
@@ -219,11 +187,7 @@ impl Executor for JournalExecutor {
     }
 
     fn check_program(&self, program: &str) -> Result<(), ExecError> {
-        find_program(program)
-            .map(|_| ())
-            .ok_or_else(|| ExecError::NotFound {
-                program: program.to_string(),
-            })
+        executor::require_program(program)
     }
 }
 
@@ -238,4 +202,3 @@ impl ApplyObserver for JournalExecutor {
         self.ignored.ignored_failure(group, cmd, missing);
     }
 }
-

@@ -195,8 +195,7 @@ pub(crate) fn boot_id() -> String {
 /// gets a new inode, so a plan for the old one is recognised as stale.
 pub(crate) fn netns_identity(netns: Option<&str>) -> std::io::Result<String> {
     let path = match netns {
-        Some(n) if n.contains('/') => PathBuf::from(n),
-        Some(n) => Path::new("/run/netns").join(n),
+        Some(n) => virtfw::executor::netns_path(n),
         None => PathBuf::from("/proc/self/ns/net"),
     };
     let meta = fs::metadata(path)?;

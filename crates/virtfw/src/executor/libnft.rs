@@ -91,12 +91,12 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex};
 use std::thread::JoinHandle;
 
 use tracing::debug;
 
+use super::child::open_netns;
 use super::{Executor, Invocation, Output, ProcessExecutor};
 use crate::error::ExecError;
 
@@ -335,20 +335,12 @@ impl LibnftExecutor {
             return Ok(Self::build(library, ProcessExecutor::new(), None, None));
         };
         let fallback = ProcessExecutor::in_netns(name)?;
-        let path = if name.contains('/') {
-            PathBuf::from(name)
-        } else {
-            Path::new("/run/netns").join(name)
-        };
-        let fd = File::open(&path).map_err(|source| ExecError::Netns {
-            netns: name.to_string(),
-            source,
-        })?;
+        let fd = open_netns(name)?;
         Ok(Self::build(
             library,
             fallback,
             Some(name.to_string()),
-            Some(fd.into()),
+            Some(fd),
         ))
     }
 

@@ -5,13 +5,15 @@
 //! inside a named network namespace; [`FakeExecutor`] is a scripted stand-in for tests, public so
 //! that users of the library can test their own firewall code without root.
 
+mod child;
 mod fake;
 pub mod libnft;
 mod process;
 
+pub use child::{enter_netns_and_inherit, exit_code, netns_path, open_netns, spawn_error};
 pub use fake::{FakeExecutor, FakeResponse};
 pub use libnft::LibnftExecutor;
-pub use process::{find_program, ProcessExecutor};
+pub use process::{find_program, require_program, ProcessExecutor};
 
 use crate::error::ExecError;
 

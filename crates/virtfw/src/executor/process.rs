@@ -1,14 +1,13 @@
 //! The real executor: spawns programs as argv vectors (never through a shell).
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use super::child::{enter_netns_and_inherit, exit_code, open_netns, spawn_error};
 use super::{Executor, Invocation, Output};
 use crate::error::ExecError;
 
@@ -31,17 +30,8 @@ impl ProcessExecutor {
     /// Run every program inside the named namespace (`/run/netns/NAME`, as made by
     /// `ip netns add`). Fails at once, before anything runs, when it does not exist.
     pub fn in_netns(name: &str) -> Result<Self, ExecError> {
-        let path = if name.contains('/') {
-            PathBuf::from(name)
-        } else {
-            Path::new("/run/netns").join(name)
-        };
-        let file = File::open(&path).map_err(|source| ExecError::Netns {
-            netns: name.to_string(),
-            source,
-        })?;
         Ok(ProcessExecutor {
-            netns: Some((name.to_string(), OwnedFd::from(file))),
+            netns: Some((name.to_string(), open_netns(name)?)),
             inherit_fds: Vec::new(),
         })
     }
@@ -81,6 +71,15 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
         .find(|p| is_exec(p))
 }
 
+/// [`find_program`] as an executor's `check_program`: [`ExecError::NotFound`] when it is missing.
+pub fn require_program(program: &str) -> Result<(), ExecError> {
+    find_program(program)
+        .map(|_| ())
+        .ok_or_else(|| ExecError::NotFound {
+            program: program.to_string(),
+        })
+}
+
 impl Executor for ProcessExecutor {
     fn run(&self, inv: Invocation<'_>) -> Result<Output, ExecError> {
         let (program, args) = inv
@@ -97,39 +96,8 @@ impl Executor for ProcessExecutor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let netns_fd = self.netns.as_ref().map(|(_, fd)| fd.as_raw_fd());
-        let inherit = self.inherit_fds.clone();
-        if netns_fd.is_some() || !inherit.is_empty() {
-            // SAFETY: the closure runs in the forked child before exec and only makes
-            // async-signal-safe system calls (setns, fcntl) on descriptors opened beforehand.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if let Some(fd) = netns_fd {
-                        if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    for &fd in &inherit {
-                        let flags = libc::fcntl(fd, libc::F_GETFD);
-                        if flags >= 0 {
-                            libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                        }
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut child = cmd.spawn().map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                ExecError::NotFound {
-                    program: program.clone(),
-                }
-            } else {
-                ExecError::Spawn {
-                    program: program.clone(),
-                    source,
-                }
-            }
-        })?;
+        enter_netns_and_inherit(&mut cmd, netns_fd, &self.inherit_fds);
+        let mut child = cmd.spawn().map_err(|source| spawn_error(program, source))?;
         if let Some(input) = inv.stdin {
             let mut stdin = child.stdin.take().expect("stdin was piped");
             // Write from a thread so a child that fills its stdout pipe before reading all of
@@ -146,11 +114,7 @@ impl Executor for ProcessExecutor {
     }
 
     fn check_program(&self, program: &str) -> Result<(), ExecError> {
-        find_program(program)
-            .map(|_| ())
-            .ok_or_else(|| ExecError::NotFound {
-                program: program.to_string(),
-            })
+        require_program(program)
     }
 }
 
@@ -159,12 +123,8 @@ fn finish(program: &str, out: std::io::Result<std::process::Output>) -> Result<O
         program: program.to_string(),
         source,
     })?;
-    let status = out
-        .status
-        .code()
-        .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
     Ok(Output {
-        status,
+        status: exit_code(out.status),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
