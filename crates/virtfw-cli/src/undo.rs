@@ -59,19 +59,15 @@ fn ipt_layer(program: &str) -> Option<Layer> {
 }
 
 /// The `--check` twin of an iptables-family delete (`--delete`/`-D` → `--check`).
+///
+/// Only a delete gets one: the check runs first and the command only when the rule is there,
+/// which is right for a delete and wrong for a create (a custom rollback that re-inserts).
 pub(crate) fn check_of_delete(argv: &[String]) -> Option<Vec<String>> {
-    let mut found = false;
-    let out = argv
-        .iter()
-        .map(|a| match a.as_str() {
-            "--delete" | "-D" if !found => {
-                found = true;
-                "--check".to_string()
-            }
-            _ => a.clone(),
-        })
-        .collect();
-    found.then_some(out)
+    if rollback::iptables_is_delete(argv) {
+        rollback::iptables_check(argv)
+    } else {
+        None
+    }
 }
 
 /// Split a line of `nft -f` or `iptables-restore` input into words: whitespace separates,
@@ -530,6 +526,7 @@ mod tests {
             Some(v("iptables -w --check FWD -s 1.2.3.4 -j ACCEPT"))
         );
         assert_eq!(check_of_delete(&v("iptables -w -X FWD")), None);
+        assert_eq!(check_of_delete(&v("iptables -w -I FWD -j ACCEPT")), None);
     }
 
     fn tx() -> Firewall {

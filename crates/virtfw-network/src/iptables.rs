@@ -495,17 +495,6 @@ pub fn legacy_removal(def: &NetworkDef) -> Firewall {
     fw
 }
 
-/// The `--check` form of a stored `--delete` (or `--insert`) command: exit status 0 when the
-/// rule is present.
-pub fn check_args(args: &[String]) -> Vec<String> {
-    args.iter()
-        .map(|a| match a.as_str() {
-            "--delete" | "-D" | "--insert" | "-I" | "--append" | "-A" => "--check".to_string(),
-            _ => a.clone(),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use tracing::{debug, warn};
 use virtfw::executor::Invocation;
+use virtfw::rollback;
 use virtfw::{ApplyOptions, Backend, Executor, FakeExecutor, Firewall, Layer};
 
 use crate::def::NetworkDef;
@@ -470,17 +471,25 @@ pub fn check(status: &NetworkStatus, exec: &dyn Executor) -> Result<RuleCheck> {
                         true
                     }
                 },
-                _ => {
-                    let (program, lead) = cmd.layer().program(Backend::Iptables);
-                    let mut argv: Vec<String> = vec![program.to_string()];
-                    argv.extend(lead.iter().map(|s| s.to_string()));
-                    argv.extend(iptables::check_args(args));
-                    exec.run(Invocation {
-                        argv: &argv,
-                        stdin: None,
-                    })
-                    .is_ok_and(|o| o.success())
-                }
+                _ => match rollback::iptables_check(args) {
+                    Some(check) => {
+                        let (program, lead) = cmd.layer().program(Backend::Iptables);
+                        let mut argv: Vec<String> = vec![program.to_string()];
+                        argv.extend(lead.iter().map(|s| s.to_string()));
+                        argv.extend(check);
+                        exec.run(Invocation {
+                            argv: &argv,
+                            stdin: None,
+                        })
+                        .is_ok_and(|o| o.success())
+                    }
+                    None => {
+                        // Not a rule command (never in a network plan): running it would
+                        // change the ruleset, so count it as present rather than guess.
+                        debug!(cmd = ?args, "not a rule command, not checked");
+                        true
+                    }
+                },
             };
             if !present {
                 missing.push(virtfw::transcript::command_line(

@@ -149,9 +149,7 @@ pub fn iptables_inverse(args: &[String]) -> Vec<String> {
                     out.push(chain.clone());
                     i += 1;
                     let positional = matches!(a, "--insert" | "-I")
-                        && args.get(i + 1).is_some_and(|n| {
-                            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
-                        });
+                        && args.get(i + 1).is_some_and(|n| is_rule_number(n));
                     if positional {
                         i += 1;
                     }
@@ -162,6 +160,46 @@ pub fn iptables_inverse(args: &[String]) -> Vec<String> {
         i += 1;
     }
     out
+}
+
+/// Is this the rule number of an insert at a position (`-I CHAIN 3`)? A chain name never is.
+fn is_rule_number(arg: &str) -> bool {
+    !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Where the rule command option (`-A`/`--append`, `-I`/`--insert`, `-D`/`--delete`) of an
+/// iptables-family command stands. A command line has exactly one command option, so the first
+/// one is it; a later lookalike is some option's value (a `--comment -D`, say).
+fn iptables_rule_option(args: &[String]) -> Option<usize> {
+    args.iter().position(|a| {
+        matches!(
+            a.as_str(),
+            "--append" | "-A" | "--insert" | "-I" | "--delete" | "-D"
+        )
+    })
+}
+
+/// Does this iptables-family command delete a rule by its specification (its command option is
+/// `-D`/`--delete`)?
+pub fn iptables_is_delete(args: &[String]) -> bool {
+    iptables_rule_option(args).is_some_and(|i| matches!(args[i].as_str(), "--delete" | "-D"))
+}
+
+/// The `--check` form of an iptables-family rule command: the same arguments with its command
+/// option replaced by `--check`, so that exit status 0 says the rule is present. An insert's
+/// explicit position (`-I CHAIN 3`) is dropped, as `--check` takes none. `None` when the
+/// command does not name a rule (`-N`, `-X`, `-F`, …): there is nothing to check.
+pub fn iptables_check(args: &[String]) -> Option<Vec<String>> {
+    let at = iptables_rule_option(args)?;
+    let positional = matches!(args[at].as_str(), "--insert" | "-I")
+        && args.get(at + 2).is_some_and(|n| is_rule_number(n));
+    let mut out = Vec::with_capacity(args.len());
+    out.extend(args[..at].iter().cloned());
+    out.push("--check".to_string());
+    out.extend(args.get(at + 1).cloned());
+    let rest = (at + if positional { 3 } else { 2 }).min(args.len());
+    out.extend(args[rest..].iter().cloned());
+    Some(out)
 }
 
 #[cfg(test)]
@@ -280,5 +318,44 @@ mod tests {
             "ip t c position 3 drop".into(),
         ];
         assert!(!nft_is_append(&joined, nft_create(&joined).unwrap()));
+    }
+
+    #[test]
+    fn checks_replace_the_one_command_option() {
+        assert_eq!(
+            iptables_check(&v("iptables -w --delete FWD -s 1.2.3.4 -j ACCEPT")),
+            Some(v("iptables -w --check FWD -s 1.2.3.4 -j ACCEPT"))
+        );
+        assert_eq!(
+            iptables_check(&v("--table nat --insert POSTROUTING -j MASQUERADE")),
+            Some(v("--table nat --check POSTROUTING -j MASQUERADE"))
+        );
+        assert_eq!(
+            iptables_check(&v("-A INPUT -j DROP")),
+            Some(v("--check INPUT -j DROP"))
+        );
+        assert_eq!(
+            iptables_check(&v("-I INPUT 3 -j DROP")),
+            Some(v("--check INPUT -j DROP"))
+        );
+        // Only the command option: a later lookalike is an option's value and stays.
+        assert_eq!(
+            iptables_check(&v("-D INPUT -m comment --comment -A -j DROP")),
+            Some(v("--check INPUT -m comment --comment -A -j DROP"))
+        );
+        assert_eq!(iptables_check(&v("iptables -w -X FWD")), None);
+        assert_eq!(iptables_check(&v("-N CHAIN")), None);
+    }
+
+    #[test]
+    fn recognises_deletes_by_their_command_option() {
+        assert!(iptables_is_delete(&v("iptables -w --delete FWD -j ACCEPT")));
+        assert!(iptables_is_delete(&v(
+            "-t nat -D POSTROUTING -j MASQUERADE"
+        )));
+        assert!(!iptables_is_delete(&v(
+            "-I INPUT -m comment --comment -D -j DROP"
+        )));
+        assert!(!iptables_is_delete(&v("-X CHAIN")));
     }
 }
