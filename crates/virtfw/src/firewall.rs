@@ -137,6 +137,19 @@ impl Firewall {
             .unwrap_or_default()
     }
 
+    /// The group a new command goes to: the current one. `None` after an earlier misuse, or
+    /// (remembered as the misuse) when no transaction was started.
+    fn group_for_command(&mut self) -> Option<&mut Group> {
+        if self.error.is_some() {
+            return None;
+        }
+        if self.current_group >= self.groups.len() {
+            self.error = Some(BuildError::CommandWithoutTransaction);
+            return None;
+        }
+        self.groups.get_mut(self.current_group)
+    }
+
     /// Add a command to the current group (libvirt `virFirewallAddCmd`).
     pub fn add_cmd<I, S>(&mut self, layer: Layer, args: I) -> Option<CmdId>
     where
@@ -160,13 +173,7 @@ impl Firewall {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        if self.error.is_some() {
-            return None;
-        }
-        let Some(group) = self.groups.get_mut(self.current_group) else {
-            self.error = Some(BuildError::CommandWithoutTransaction);
-            return None;
-        };
+        let group = self.group_for_command()?;
         let cmd = Command::new(layer, args);
         let id = CmdId(cmd.id);
         if group.adding_rollback {
@@ -187,13 +194,7 @@ impl Firewall {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        if self.error.is_some() {
-            return None;
-        }
-        let Some(group) = self.groups.get_mut(self.current_group) else {
-            self.error = Some(BuildError::CommandWithoutTransaction);
-            return None;
-        };
+        let group = self.group_for_command()?;
         let cmd = Command::new(layer, args).with_ignore_errors(true);
         let id = CmdId(cmd.id);
         group.rollbacks.push(cmd);
