@@ -295,19 +295,11 @@ pub(crate) fn read_records(dir: &Path) -> Vec<Record> {
 /// Journals waiting for recovery, oldest first. Half-created journals (`.tmp-*`, killed before
 /// the rename) never started anything and are deleted here.
 pub(crate) fn pending(state: &StateDir) -> CliResult<Vec<PathBuf>> {
-    let jdir = state.journal_dir();
-    let mut out = Vec::new();
-    let entries = fs::read_dir(&jdir)
-        .map_err(|e| CliError::io(format!("cannot read {}", jdir.display()), e))?;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".tmp-") {
-            continue;
-        }
-        if entry.path().is_dir() {
-            out.push(entry.path());
-        }
-    }
+    let mut out: Vec<PathBuf> = state::dir_entries(&state.journal_dir())?
+        .into_iter()
+        .filter(|(name, path)| !name.starts_with(".tmp-") && path.is_dir())
+        .map(|(_, path)| path)
+        .collect();
     out.sort();
     Ok(out)
 }

@@ -311,18 +311,13 @@ fn stop(ctx: &Ctx, name: &str) -> CliResult<i32> {
 }
 
 fn running(state: &StateDir) -> CliResult<Vec<String>> {
-    let dir = state.networks_dir();
-    let mut names = Vec::new();
-    let entries = fs::read_dir(&dir)
-        .map_err(|e| CliError::io(format!("cannot read {}", dir.display()), e))?;
-    for entry in entries.flatten() {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        if let Some(name) = file.strip_suffix(".xml") {
-            if state::check_name(name).is_ok() {
-                names.push(name.to_string());
-            }
-        }
-    }
+    let mut names: Vec<String> = state::dir_entries(&state.networks_dir())?
+        .into_iter()
+        .filter_map(|(file, _)| {
+            let name = file.strip_suffix(".xml")?;
+            state::check_name(name).is_ok().then(|| name.to_string())
+        })
+        .collect();
     names.sort();
     Ok(names)
 }

@@ -123,18 +123,13 @@ impl Plan {
 
 /// Every plan file name in the state dir, sorted, with its load result.
 pub(crate) fn all_plans(state: &StateDir) -> CliResult<Vec<(String, CliResult<Plan>)>> {
-    let dir = state.plans_dir();
-    let mut out = Vec::new();
-    let entries = fs::read_dir(&dir)
-        .map_err(|e| CliError::io(format!("cannot read {}", dir.display()), e))?;
-    for entry in entries.flatten() {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        if let Some(name) = file.strip_suffix(".plan") {
-            if !name.starts_with('.') {
-                out.push((name.to_string(), Plan::load(&entry.path())));
-            }
-        }
-    }
+    let mut out: Vec<(String, CliResult<Plan>)> = state::dir_entries(&state.plans_dir())?
+        .into_iter()
+        .filter_map(|(file, path)| {
+            let name = file.strip_suffix(".plan")?;
+            (!name.starts_with('.')).then(|| (name.to_string(), Plan::load(&path)))
+        })
+        .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }

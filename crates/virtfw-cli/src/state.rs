@@ -176,6 +176,17 @@ pub(crate) fn remove_durably(path: &Path) -> CliResult<()> {
     }
 }
 
+/// The entries of a state subdirectory as (file name, path), in no particular order; an
+/// entry that cannot be read is skipped (whoever lists decides what the names mean).
+pub(crate) fn dir_entries(dir: &Path) -> CliResult<Vec<(String, PathBuf)>> {
+    let entries =
+        fs::read_dir(dir).map_err(|e| CliError::io(format!("cannot read {}", dir.display()), e))?;
+    Ok(entries
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .collect())
+}
+
 /// fsync a directory, making renames and removals in it durable.
 pub(crate) fn sync_dir(dir: &Path) -> CliResult<()> {
     File::open(dir)
