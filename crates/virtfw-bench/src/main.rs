@@ -179,6 +179,15 @@ fn executor(ns: &Netns, how: Exec) -> Option<Box<dyn Executor>> {
     }
 }
 
+/// A fresh namespace for one network measurement, its executor and the parsed network (the
+/// namespace is deleted when the first is dropped, so keep it for the whole run).
+fn network_bench(xml: &str, how: Exec) -> (Netns, Box<dyn Executor>, NetworkDef) {
+    let ns = Netns::new("vfbench").expect("netns");
+    let exec = executor(&ns, how).expect("executor available");
+    let def = NetworkDef::from_xml(xml, "bench").expect("network xml");
+    (ns, exec, def)
+}
+
 /// Whether libnftables can be used in-process on this host.
 fn in_process_available() -> bool {
     LibnftExecutor::new().is_in_process()
@@ -294,14 +303,12 @@ struct NetRun {
 }
 
 fn network_once(backend: Backend, xml: &str, per_command: bool, how: Exec) -> NetRun {
-    let ns = Netns::new("vfbench").expect("netns");
-    let exec = executor(&ns, how).expect("executor available");
+    let (_ns, exec, def) = network_bench(xml, how);
     let exec = exec.as_ref();
     let opts = ApplyOptions {
         observer: None,
         per_command,
     };
-    let def = NetworkDef::from_xml(xml, "bench").expect("network xml");
     let t = Instant::now();
     let status = virtfw_network::start(def.clone(), backend, exec, opts).expect("start");
     virtfw_network::stop(&status, exec, opts).expect("stop");
@@ -336,14 +343,12 @@ fn firewall_once(
     per_command: bool,
     how: Exec,
 ) -> (Duration, Duration) {
-    let ns = Netns::new("vfbench").expect("netns");
-    let exec = executor(&ns, how).expect("executor available");
+    let (_ns, exec, def) = network_bench(xml, how);
     let exec = exec.as_ref();
     let opts = ApplyOptions {
         observer: None,
         per_command,
     };
-    let def = NetworkDef::from_xml(xml, "bench").expect("network xml");
     // nft's `iif` needs the interface: the bridge is made first, untimed.
     run(
         exec,
