@@ -188,9 +188,15 @@ pub fn iptables_is_delete(args: &[String]) -> bool {
 /// The `--check` form of an iptables-family rule command: the same arguments with its command
 /// option replaced by `--check`, so that exit status 0 says the rule is present. An insert's
 /// explicit position (`-I CHAIN 3`) is dropped, as `--check` takes none. `None` when the
-/// command does not name a rule (`-N`, `-X`, `-F`, …): there is nothing to check.
+/// command does not name a rule (`-N`, `-X`, `-F`, …) or names it by number only (`-D CHAIN 3`:
+/// `--check` takes a specification, and the number says nothing about which rule it was).
 pub fn iptables_check(args: &[String]) -> Option<Vec<String>> {
     let at = iptables_rule_option(args)?;
+    if matches!(args[at].as_str(), "--delete" | "-D")
+        && args.get(at + 2).is_some_and(|n| is_rule_number(n))
+    {
+        return None;
+    }
     let positional = matches!(args[at].as_str(), "--insert" | "-I")
         && args.get(at + 2).is_some_and(|n| is_rule_number(n));
     let mut out = Vec::with_capacity(args.len());
@@ -345,6 +351,18 @@ mod tests {
         );
         assert_eq!(iptables_check(&v("iptables -w -X FWD")), None);
         assert_eq!(iptables_check(&v("-N CHAIN")), None);
+    }
+
+    #[test]
+    fn a_delete_by_rule_number_has_no_check() {
+        // `--check FWD 2` would be an invalid command, and the number names no rule.
+        assert_eq!(iptables_check(&v("-w -D FWD 2")), None);
+        assert_eq!(iptables_check(&v("-t nat --delete POSTROUTING 1")), None);
+        // A delete by specification still has one.
+        assert_eq!(
+            iptables_check(&v("-D FWD -p tcp --dport 2 -j DROP")),
+            Some(v("--check FWD -p tcp --dport 2 -j DROP"))
+        );
     }
 
     #[test]
