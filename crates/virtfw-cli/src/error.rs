@@ -147,10 +147,11 @@ impl CliError {
                 source: ExecError::NotFound { .. } | ExecError::Netns { .. },
                 ..
             } => Ok(CliError::Input(err)),
-            // The CLI's executor reports a journal write failure as `Other` (it refuses to run
-            // a command it could not record first).
+            // The CLI's executor refuses to run a command it could not record first. Other
+            // executor failures (`Other`: a libnftables worker that stopped, say) are the
+            // firewall's.
             Error::Exec {
-                source: ExecError::Other(_),
+                source: ExecError::Journal(_),
                 ..
             } => Ok(CliError::Journal(err)),
             other => Err(other),
@@ -197,10 +198,10 @@ mod tests {
     #[test]
     fn journal_write_failure_is_a_state_problem() {
         for err in [
-            CliError::from_apply(exec_error(ExecError::Other(
+            CliError::from_apply(exec_error(ExecError::Journal(
                 "journal: No space left".into(),
             ))),
-            CliError::from_remove(exec_error(ExecError::Other(
+            CliError::from_remove(exec_error(ExecError::Journal(
                 "journal: No space left".into(),
             ))),
         ] {
@@ -210,6 +211,21 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn other_executor_failures_are_the_firewalls() {
+        let other = || {
+            exec_error(ExecError::Other(
+                "the libnftables worker stopped while running an nft command".into(),
+            ))
+        };
+        let err = CliError::from_apply(other());
+        assert_eq!(err.exit_code(), EXIT_REFUSED, "{err}");
+        assert!(!err.to_string().contains("journal"), "{err}");
+        let err = CliError::from_remove(other());
+        assert_eq!(err.exit_code(), EXIT_REFUSED, "{err}");
+        assert!(err.to_string().contains("the plan is kept"), "{err}");
     }
 
     #[test]

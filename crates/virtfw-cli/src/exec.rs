@@ -159,7 +159,7 @@ impl Executor for JournalExecutor {
                 },
                 true,
             )
-            .map_err(|e| ExecError::Other(e.to_string()))?;
+            .map_err(|e| ExecError::Journal(e.to_string()))?;
         match self.spawn_and_wait(seq, &inv) {
             Ok(out) => {
                 // Not fsync'ed: see docs/cli.md (recovery derives outcomes from N.out and

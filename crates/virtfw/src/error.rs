@@ -32,6 +32,10 @@ pub enum ExecError {
         #[source]
         source: io::Error,
     },
+    /// The executor refused to run the command because it could not record it first (the
+    /// CLI journals every command before it runs); nothing was started.
+    #[error("not started, its journal record could not be written: {0}")]
+    Journal(String),
     #[error("{0}")]
     Other(String),
 }
