@@ -230,16 +230,11 @@ pub fn parse_firewall_element(node: Node, source: &str) -> Result<Firewall> {
                 "<group> has more than one <rollback>",
             ));
         }
-        if !gnode.children().any(|c| c.has_tag_name("action")) {
-            // libvirt skips a group without actions. A rollback there would be dropped
-            // silently, so (libvirt never writes <rollback>) it is an error instead.
-            if let Some(rnode) = rollback_node {
-                return Err(Error::xml(
-                    source,
-                    node.document().text_pos_at(rnode.range().start),
-                    "group has a rollback but no action",
-                ));
-            }
+        if rollback_node.is_none() && !gnode.children().any(|c| c.has_tag_name("action")) {
+            // libvirt skips a group without actions. One with a <rollback> (which libvirt
+            // never writes; the API can build it, and `to_xml` writes it) is kept, actions
+            // empty: its rollback must still run, and its index counts when a later group's
+            // rollback inherits the previous ones.
             continue;
         }
         let mut flags = TransactionFlags::empty();

@@ -1258,22 +1258,62 @@ fn xml_parse_skips_what_libvirt_skips() {
 }
 
 #[test]
-fn xml_rollback_without_action_or_twice_is_an_error() {
-    // libvirt never writes <rollback>, so refusing these cannot break a libvirt document; a
-    // rollback that would be skipped or half-read silently is a plan that does not undo.
-    let (line, _, msg) = xml_error(
-        "<firewall backend='iptables'>\n  <group>\n    <rollback>\n      <action layer='ipv4'><args><item>-D</item></args></action>\n    </rollback>\n  </group>\n</firewall>",
+fn xml_rollback_only_group_is_kept() {
+    // A group with a <rollback> but no <action> is not skipped like an empty one: its rollback
+    // must run, and its index counts for inheritPrevious.
+    let fw = Firewall::from_xml(
+        "<firewall backend='iptables'>\n  <group>\n    <action layer='ipv4'><args><item>-A</item><item>X</item></args></action>\n  </group>\n  <group/>\n  <group>\n    <rollback inheritPrevious='yes'>\n      <action layer='ipv4'><args><item>-D</item><item>X</item></args></action>\n    </rollback>\n  </group>\n  <group><rollback/></group>\n</firewall>",
+        "t.xml",
+    )
+    .unwrap();
+    assert_eq!(fw.groups().len(), 3, "only the empty group is skipped");
+    let kept = &fw.groups()[1];
+    assert!(kept.actions().is_empty());
+    assert_eq!(kept.rollbacks().len(), 1);
+    assert_eq!(kept.rollbacks()[0].args(), ["-D", "X"]);
+    assert_eq!(kept.rollback_flags(), RollbackFlags::INHERIT_PREVIOUS);
+    assert_eq!(fw.rollback_start(1), 0, "the inheritance reaches group 0");
+    assert!(fw.groups()[2].actions().is_empty() && fw.groups()[2].rollbacks().is_empty());
+}
+
+#[test]
+fn xml_round_trips_a_rollback_only_group() {
+    // Reachable through the API: a transaction whose only content is its rollback.
+    let mut fw = Firewall::new(Backend::Iptables);
+    fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+    fw.add_cmd(Layer::Ipv4, args("-A FWD -j ACCEPT"));
+    fw.start_transaction(TransactionFlags::empty());
+    fw.start_rollback(RollbackFlags::INHERIT_PREVIOUS);
+    fw.add_cmd(Layer::Ipv4, args("-D FWD -j DROP"));
+    fw.start_transaction(TransactionFlags::empty());
+    fw.add_cmd(Layer::Ipv4, args("-A FWD -j DROP"));
+    let text = fw.to_xml();
+    assert!(text.contains("<rollback inheritPrevious='yes'>"), "{text}");
+    let back = Firewall::from_xml(&text, "t.xml").unwrap();
+    assert_eq!(back.groups().len(), 3);
+    assert!(back.groups()[1].actions().is_empty());
+    assert_eq!(
+        back.groups()[1].rollbacks()[0].args(),
+        ["-D", "FWD", "-j", "DROP"]
     );
-    assert_eq!(line, 3);
-    assert_eq!(msg, "group has a rollback but no action");
-    let (line, _, msg) =
-        xml_error("<firewall backend='iptables'>\n  <group><rollback/></group>\n</firewall>");
-    assert_eq!(line, 2);
-    assert_eq!(msg, "group has a rollback but no action");
+    // libvirt's scan goes down through every group: group 1's flag reaches group 0 from 2 too.
+    assert_eq!(back.rollback_start(2), 0);
+    assert_eq!(back.rollback_start(1), 0);
+    assert_eq!(back.to_xml(), text);
+}
+
+#[test]
+fn xml_second_rollback_is_an_error() {
     let (line, _, msg) = xml_error(
         "<firewall backend='iptables'>\n  <group>\n    <action layer='ipv4'><args><item>-A</item></args></action>\n    <rollback/>\n    <rollback>\n      <action layer='ipv4'><args><item>-D</item></args></action>\n    </rollback>\n  </group>\n</firewall>",
     );
     assert_eq!(line, 5, "the second <rollback>");
+    assert!(msg.contains("more than one <rollback>"), "{msg}");
+    // Also in a group without actions.
+    let (line, _, msg) = xml_error(
+        "<firewall backend='iptables'>\n  <group>\n    <rollback/>\n    <rollback/>\n  </group>\n</firewall>",
+    );
+    assert_eq!(line, 4);
     assert!(msg.contains("more than one <rollback>"), "{msg}");
 }
 
