@@ -11,9 +11,11 @@
 //! * A batch that succeeds has the same effect as the commands run one by one (the commands are
 //!   the same lines nft's argv mode would parse: nft joins its arguments with spaces), and the
 //!   inverses recorded are the ones the per-command path would record, in the same order.
-//! * A batch that fails leaves nothing behind (the kernel rejected the whole transaction), so the
-//!   engine re-runs the same groups command by command; that path finds the failing command,
-//!   reports it in libvirt's words and runs libvirt's rollback exactly.
+//! * A batch that fails leaves nothing behind before the engine re-runs the same groups command
+//!   by command: an nft batch is one kernel transaction, rejected whole; an iptables-family
+//!   program of several sections may have committed some, and those are deleted again first
+//!   (see the iptables-restore paragraph below). The per-command path then finds the failing
+//!   command, reports it in libvirt's words and runs libvirt's rollback exactly.
 //! * Groups whose meaning depends on running command by command stay on that path: query
 //!   callbacks, `list` commands, commands with leading nft options, the `tc` layer, groups mixing
 //!   ignored and checked commands.
@@ -21,6 +23,8 @@
 //!   only when it fails are the touched tables listed, vanished objects dropped (reported to
 //!   [`ApplyObserver::ignored_failure`] with
 //!   `missing = true`) and the rest retried, falling back to command-by-command as a last resort.
+//!   As on the per-command path, the executor's own failure (a program that cannot start, a
+//!   journal that cannot be written) is not ignored: it fails the removal.
 //!
 //! iptables-restore is atomic per table section only (`*table … COMMIT`: each `COMMIT` is one
 //! kernel transaction; a failing line rolls its section back and the program exits, so the
@@ -30,7 +34,9 @@
 //! run concurrently (disjoint tables). Several sections are only batched when a failure can be
 //! undone exactly, i.e. when every command is a rule create whose inverse is known: then, if a
 //! section fails, the sections that committed before it are deleted again before the fallback.
-//! A removal resends, after a stale rule, only what did not commit (see `remove_family`).
+//! When the program dies naming no line, `--check` tells which sections committed (see
+//! `run_family`). A removal or an undo resends, after a line that fails, only what did not
+//! commit, without that line (see `delete_family`).
 //!
 //! The switch [`NO_BATCH_ENV`] (`VIRTFW_NO_BATCH=1`) makes `ApplyOptions::default()` (and so
 //! [`Firewall::apply`]) take the per-command path, like
@@ -409,7 +415,8 @@ struct Present {
 }
 
 impl Present {
-    fn list(exec: &dyn Executor, deletes: &[NftDelete]) -> Present {
+    /// List what `deletes` touch. The executor's own failure is the removal's ([`run_batch`]).
+    fn list(exec: &dyn Executor, deletes: &[NftDelete]) -> Result<Present, Error> {
         let mut present = Present::default();
         let touched: BTreeSet<(String, String)> = deletes
             .iter()
@@ -420,12 +427,7 @@ impl Present {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            let Ok(out) = exec.run(Invocation {
-                argv: &argv,
-                stdin: None,
-            }) else {
-                continue;
-            };
+            let out = run_listing(exec, &argv)?;
             if !out.success() {
                 continue;
             }
@@ -446,17 +448,13 @@ impl Present {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            if let Ok(out) = exec.run(Invocation {
-                argv: &argv,
-                stdin: None,
-            }) {
-                if out.success() {
-                    present.tables.extend(json_tables(&out.stdout));
-                    present.tables_complete = true;
-                }
+            let out = run_listing(exec, &argv)?;
+            if out.success() {
+                present.tables.extend(json_tables(&out.stdout));
+                present.tables_complete = true;
             }
         }
-        present
+        Ok(present)
     }
 
     /// Whether the object a delete names is still there (unknown counts as there).
@@ -472,6 +470,15 @@ impl Present {
             (None, _) => true,
         }
     }
+}
+
+/// Run a listing `argv`; the executor's own failure is an [`Error::Exec`].
+fn run_listing(exec: &dyn Executor, argv: &[String]) -> Result<Output, Error> {
+    exec.run(Invocation { argv, stdin: None })
+        .map_err(|source| Error::Exec {
+            cmdline: command_line(argv),
+            source,
+        })
 }
 
 /// (family, handle) of every table in `nft -j list tables` output (a small scan of our own
@@ -535,19 +542,46 @@ fn strings(argv: &[&str]) -> Vec<String> {
     argv.iter().map(|s| s.to_string()).collect()
 }
 
-/// Run a batch; a failure to start the program counts as a failed batch (the per-command path
-/// will report it properly).
-fn run_batch(exec: &dyn Executor, argv: &[String], input: &str) -> Option<Output> {
-    match exec.run(Invocation {
+/// Run a batch. The executor's own failure (the program could not start, the CLI could not
+/// journal it) is an [`Error::Exec`]: an apply re-runs the groups command by command, which
+/// reports it properly; a removal fails with it, as the per-command path would.
+fn run_batch(exec: &dyn Executor, argv: &[String], input: &str) -> Result<Output, Error> {
+    exec.run(Invocation {
         argv,
         stdin: Some(input.as_bytes()),
-    }) {
-        Ok(out) => Some(out),
-        Err(err) => {
-            debug!(cmd = %command_line(argv), error = %err, "batch could not run");
-            None
+    })
+    .map_err(|source| {
+        debug!(cmd = %command_line(argv), error = %source, "batch could not run");
+        Error::Exec {
+            cmdline: command_line(argv),
+            source,
         }
-    }
+    })
+}
+
+/// Whether `--check` finds the rules of commands `cmds` of `section` all present (`present`)
+/// or all absent. A command without a check form, or a check that could not run, answers no:
+/// the kernel's state is then unknown.
+fn rules_are(
+    exec: &dyn Executor,
+    section: &Section<'_>,
+    cmds: impl IntoIterator<Item = usize>,
+    present: bool,
+) -> bool {
+    let (program, lead) = section.layer.program(Backend::Iptables);
+    cmds.into_iter().all(|c| {
+        let Some(check) = rollback::iptables_check(section.cmds[c].2) else {
+            return false;
+        };
+        let mut argv = vec![program.to_string()];
+        argv.extend(lead.iter().map(|s| s.to_string()));
+        argv.extend(check);
+        exec.run(Invocation {
+            argv: &argv,
+            stdin: None,
+        })
+        .is_ok_and(|o| o.success() == present)
+    })
 }
 
 /// A (program, table) section of an iptables-family batch: one `*table … COMMIT`, the unit the
@@ -557,20 +591,6 @@ struct Section<'a> {
     table: String,
     /// (group, action index, args, restore line)
     cmds: Vec<(usize, usize, &'a [String], String)>,
-}
-
-impl Section<'_> {
-    /// The restore lines of the rules this (committed, all-create) section added, as deletes,
-    /// last first.
-    fn undo_lines(&self) -> Vec<String> {
-        self.cmds
-            .iter()
-            .rev()
-            .filter_map(|c| {
-                restore_line(self.layer, &rollback::iptables_inverse(c.2)).map(|l| l.line)
-            })
-            .collect()
-    }
 }
 
 /// The argv of the restore program of `layer`.
@@ -618,8 +638,10 @@ fn blamed(spans: &[(usize, usize)], stderr: &str) -> Option<(usize, Option<usize
 /// Run `sections` (all of one layer) as ONE restore process: one process exit (and so one wait
 /// for the kernel) per program instead of one per table. Returns how many sections committed,
 /// in order: all on success; on failure those before the blamed one. A failure that names no
-/// line (the program did not start, or died) counts as nothing committed — the sections are
-/// only ever undone when the program said they committed.
+/// line (the program did not start, or died, perhaps after a `COMMIT`) is settled by asking
+/// the kernel: the leading sections whose rules `--check` finds all present committed. Only
+/// all-create sections are checked (a lone section with other commands counts as not
+/// committed: its rules cannot be told apart from what was there before).
 fn run_family(exec: &dyn Executor, sections: &[&Section<'_>]) -> usize {
     let parts: Vec<(&str, Vec<&str>)> = sections
         .iter()
@@ -631,91 +653,124 @@ fn run_family(exec: &dyn Executor, sections: &[&Section<'_>]) -> usize {
         })
         .collect();
     let (input, spans) = family_input(&parts);
-    let Some(out) = run_batch(exec, &restore_argv(sections[0].layer), &input) else {
-        return 0;
-    };
-    if out.success() {
-        return sections.len();
-    }
-    match blamed(&spans, &out.stderr) {
-        Some((k, _)) => k,
-        None => {
-            warn!(stderr = %out.stderr.trim_end(), "restore failed without naming a line; assuming nothing committed");
-            0
+    match run_batch(exec, &restore_argv(sections[0].layer), &input) {
+        Ok(out) if out.success() => return sections.len(),
+        Ok(out) => {
+            if let Some((k, _)) = blamed(&spans, &out.stderr) {
+                return k;
+            }
+            warn!(stderr = %out.stderr.trim_end(), "restore failed without naming a line; checking what committed");
         }
+        Err(_) => {}
     }
+    let creates_only = sections
+        .iter()
+        .all(|s| s.cmds.iter().all(|c| rollback::iptables_is_create(c.2)));
+    if !creates_only {
+        return 0;
+    }
+    sections
+        .iter()
+        .take_while(|s| rules_are(exec, s, 0..s.cmds.len(), true))
+        .count()
 }
 
 /// Delete again the rules the committed, all-create `sections` (one layer) added: one process,
-/// newest section first; if it fails, the sections from the blamed one on are retried one
-/// process each, so one bad section cannot keep the others' rules in place.
+/// newest section first, through [`delete_family`] (a rule that cannot be removed is dropped
+/// and the rest retried; sections that committed are never sent again), the rest one command
+/// at a time. Failures are logged: like libvirt's rollback, an undo goes as far as it can.
 fn undo_family(exec: &dyn Executor, sections: &[&Section<'_>]) {
-    let undo: Vec<(usize, Vec<String>)> = sections
+    let layer = sections[0].layer;
+    let inverses: Vec<Vec<Vec<String>>> = sections
         .iter()
-        .enumerate()
         .rev()
-        .map(|(k, s)| (k, s.undo_lines()))
-        .collect();
-    let parts: Vec<(&str, Vec<&str>)> = undo
-        .iter()
-        .map(|(k, lines)| {
-            (
-                sections[*k].table.as_str(),
-                lines.iter().map(String::as_str).collect(),
-            )
+        .map(|s| {
+            s.cmds
+                .iter()
+                .rev()
+                .map(|c| rollback::iptables_inverse(c.2))
+                .collect()
         })
         .collect();
-    let argv = restore_argv(sections[0].layer);
-    let (input, spans) = family_input(&parts);
-    let out = run_batch(exec, &argv, &input);
-    if out.as_ref().is_some_and(Output::success) {
-        return;
-    }
-    let from = out
-        .as_ref()
-        .and_then(|o| blamed(&spans, &o.stderr))
-        .map_or(0, |(k, _)| k);
-    for part in &parts[from..] {
-        let (input, _) = family_input(std::slice::from_ref(part));
-        if !run_batch(exec, &argv, &input).is_some_and(|o| o.success()) {
-            warn!(table = %part.0, "could not undo a committed batch section");
+    let undo: Vec<Section<'_>> = sections
+        .iter()
+        .rev()
+        .zip(&inverses)
+        .map(|(s, inv)| Section {
+            layer,
+            table: s.table.clone(),
+            cmds: s
+                .cmds
+                .iter()
+                .rev()
+                .zip(inv)
+                .filter_map(|(c, args)| {
+                    restore_line(layer, args).map(|l| (c.0, c.1, args.as_slice(), l.line))
+                })
+                .collect(),
+        })
+        .collect();
+    let undo: Vec<&Section<'_>> = undo.iter().collect();
+    let dropped = |k: usize, c: usize, stderr: &str| {
+        warn!(cmd = %undo[k].cmds[c].3, stderr = %stderr.trim_end(), "could not undo a rule of a committed batch section");
+    };
+    let rest = match delete_family(exec, &undo, &dropped, true) {
+        Ok(rest) => rest,
+        Err((_, err)) => {
+            warn!(error = %err, "could not undo committed batch sections");
+            return;
+        }
+    };
+    let (program, lead) = layer.program(Backend::Iptables);
+    for (k, c) in rest {
+        let mut argv = vec![program.to_string()];
+        argv.extend(lead.iter().map(|s| s.to_string()));
+        argv.extend(undo[k].cmds[c].2.iter().cloned());
+        let ok = exec
+            .run(Invocation {
+                argv: &argv,
+                stdin: None,
+            })
+            .is_ok_and(|o| o.success());
+        if !ok {
+            warn!(cmd = %command_line(&argv), "could not undo a rule of a committed batch section");
         }
     }
 }
 
-/// Remove with `sections` (all of one layer) as ONE restore process. One stale rule aborts
-/// its section only: the sections before it committed and are never sent again, the blamed
-/// line is dropped (reported to the observer, `missing` when the program says the rule is not
-/// there), and the rest — from the blamed section on — is retried. When the program blames a
-/// `*table`/`COMMIT` line, names no line, or keeps failing, what has not committed runs
-/// command by command with errors ignored (each failure reported there). Every command is so
-/// reported at most once, and only when it did not take effect: the missing count is exact.
-fn remove_family(
-    backend: Backend,
+/// Run the deleting `sections` (all of one layer) as ONE restore process. One line that fails
+/// aborts its section only: the sections before it committed and are never sent again, the
+/// blamed line is dropped (`dropped(section, command, stderr)`) and the rest — from the blamed
+/// section on — is retried. Returns the (section, command) pairs that must still run one by
+/// one: none on success; what has not committed when the program blames a `*table`/`COMMIT`
+/// line, names no line, or keeps failing.
+///
+/// `undo`: a failure that names no line (the program died, perhaps after a `COMMIT`, or could
+/// not run) is settled by `--check`: the leading sections whose rules are all gone committed
+/// and are not resent. A removal instead fails with the executor's own error (`Err`, with the
+/// group of the first command not done), as the per-command path does: a hard failure fails
+/// even an ignore-errors group; and without an executor error it resends from `from`, each
+/// failure then reported one by one.
+fn delete_family(
     exec: &dyn Executor,
-    observer: &dyn ApplyObserver,
     sections: &[&Section<'_>],
-) {
-    let layer = sections[0].layer;
-    let argv = restore_argv(layer);
-    // Commands still to remove, per section; sections before `from` have committed.
+    dropped: &dyn Fn(usize, usize, &str),
+    undo: bool,
+) -> Result<Vec<(usize, usize)>, (usize, Error)> {
+    let argv = restore_argv(sections[0].layer);
+    // Commands still to delete, per section; sections before `from` have committed.
     let mut pending: Vec<Vec<usize>> = sections
         .iter()
         .map(|s| (0..s.cmds.len()).collect())
         .collect();
     let mut from = 0;
-    let report = |k: usize, c: usize, stderr: &str| {
-        let (g, _, args, _) = &sections[k].cmds[c];
-        let cmd = Command::new(layer, args.iter().cloned()).with_ignore_errors(true);
-        observer.ignored_failure(*g, &cmd, failure_is_missing(stderr));
-    };
     for _ in 0..16 + sections.len() {
         // Sections with nothing left are not sent (an empty section would be a useless commit).
         let sent: Vec<usize> = (from..sections.len())
             .filter(|&k| !pending[k].is_empty())
             .collect();
         if sent.is_empty() {
-            return;
+            return Ok(Vec::new());
         }
         let parts: Vec<(&str, Vec<&str>)> = sent
             .iter()
@@ -730,32 +785,71 @@ fn remove_family(
             })
             .collect();
         let (input, spans) = family_input(&parts);
-        let Some(out) = run_batch(exec, &argv, &input) else {
-            break;
+        let out = match run_batch(exec, &argv, &input) {
+            Ok(out) if out.success() => return Ok(Vec::new()),
+            Ok(out) => Some(out),
+            Err(err) if !undo => {
+                let group = sent
+                    .iter()
+                    .flat_map(|&k| pending[k].iter().map(move |&c| sections[k].cmds[c].0))
+                    .min()
+                    .unwrap_or_default();
+                return Err((group, err));
+            }
+            Err(_) => None,
         };
-        if out.success() {
-            return;
-        }
-        match blamed(&spans, &out.stderr) {
+        match out.as_ref().and_then(|o| blamed(&spans, &o.stderr)) {
             Some((j, Some(offset))) => {
                 from = sent[j];
                 let c = pending[from].remove(offset);
-                report(from, c, &out.stderr);
+                dropped(from, c, out.as_ref().map_or("", |o| o.stderr.as_str()));
             }
             Some((j, None)) => {
                 from = sent[j];
                 break;
             }
-            None => break,
+            None => {
+                if undo {
+                    from = sent
+                        .iter()
+                        .copied()
+                        .find(|&k| !rules_are(exec, sections[k], pending[k].clone(), false))
+                        .unwrap_or(sections.len());
+                }
+                break;
+            }
         }
     }
-    for k in from..sections.len() {
-        for &c in &pending[k] {
-            let (g, _, args, _) = &sections[k].cmds[c];
-            let cmd = Command::new(layer, args.iter().cloned()).with_ignore_errors(true);
-            let _ = run_command(backend, TransactionFlags::empty(), &cmd, exec, observer, *g);
-        }
+    Ok((from..sections.len())
+        .flat_map(|k| pending[k].iter().map(move |&c| (k, c)))
+        .collect())
+}
+
+/// Remove with `sections` (all of one layer) through [`delete_family`]: a dropped line is
+/// reported to the observer (`missing` when the program says the rule is not there), and what
+/// is left runs command by command with errors ignored (each failure reported there). Every
+/// command is so reported at most once, and only when it did not take effect. A hard failure
+/// of the executor fails the removal with the group of the command it hit (`Err`), as on the
+/// per-command path.
+fn remove_family(
+    backend: Backend,
+    exec: &dyn Executor,
+    observer: &dyn ApplyObserver,
+    sections: &[&Section<'_>],
+) -> Result<(), (usize, Error)> {
+    let layer = sections[0].layer;
+    let report = |k: usize, c: usize, stderr: &str| {
+        let (g, _, args, _) = &sections[k].cmds[c];
+        let cmd = Command::new(layer, args.iter().cloned()).with_ignore_errors(true);
+        observer.ignored_failure(*g, &cmd, failure_is_missing(stderr));
+    };
+    for (k, c) in delete_family(exec, sections, &report, false)? {
+        let (g, _, args, _) = &sections[k].cmds[c];
+        let cmd = Command::new(layer, args.iter().cloned()).with_ignore_errors(true);
+        run_command(backend, TransactionFlags::empty(), &cmd, exec, observer, *g)
+            .map_err(|err| (*g, err))?;
     }
+    Ok(())
 }
 
 /// The sections grouped by restore program (layer), each group in first-use order.
@@ -890,7 +984,7 @@ impl Firewall {
         let mut input = lines.join("\n");
         input.push('\n');
         let argv = strings(&["nft", "-ae", "-f", "-"]);
-        let out = run_batch(exec, &argv, &input);
+        let out = run_batch(exec, &argv, &input).ok();
         let out = match out {
             Some(out) if out.success() => out,
             other => {
@@ -928,8 +1022,7 @@ impl Firewall {
         if !undo.is_empty() {
             let mut input = undo.join("\n");
             input.push('\n');
-            if !run_batch(exec, &strings(&["nft", "-f", "-"]), &input).is_some_and(|o| o.success())
-            {
+            if !run_batch(exec, &strings(&["nft", "-f", "-"]), &input).is_ok_and(|o| o.success()) {
                 warn!("could not undo the creates after a create that echoed no handle");
             }
         }
@@ -947,7 +1040,7 @@ impl Firewall {
         let (_, lines) = self.nft_lines(start, end);
         let mut input = lines.join("\n");
         input.push('\n');
-        let out = run_batch(exec, &strings(&["nft", "-f", "-"]), &input);
+        let out = run_batch(exec, &strings(&["nft", "-f", "-"]), &input).ok();
         if out.as_ref().is_some_and(Output::success) {
             Step::Applied { next: end }
         } else {
@@ -982,11 +1075,18 @@ impl Firewall {
             }
             let mut input = lines.join("\n");
             input.push('\n');
-            let out = run_batch(exec, &argv, &input);
-            if out.as_ref().is_some_and(Output::success) {
-                return Step::Applied { next: end };
+            // The executor's own failure fails the removal, as on the per-command path (a
+            // hard failure fails even an ignore-errors group): blame the first group not done.
+            let failed = |items: &[(usize, usize)], error| Step::Failed {
+                group: items.iter().map(|&(g, _)| g).min().unwrap_or(start),
+                error,
+            };
+            match run_batch(exec, &argv, &input) {
+                Ok(out) if out.success() => return Step::Applied { next: end },
+                Ok(_) => {}
+                Err(error) => return failed(&items, error),
             }
-            if attempt == 1 || out.is_none() {
+            if attempt == 1 {
                 break;
             }
             // One stale handle aborts the whole batch: find what is gone, drop it, retry.
@@ -996,7 +1096,10 @@ impl Firewall {
                     parse_nft_delete(&self.groups[g].actions[i].args).expect("classified")
                 })
                 .collect();
-            let present = Present::list(exec, &deletes);
+            let present = match Present::list(exec, &deletes) {
+                Ok(present) => present,
+                Err(error) => return failed(&items, error),
+            };
             let mut kept_items = Vec::new();
             let mut kept_lines = Vec::new();
             for ((item, line), d) in items.iter().zip(lines).zip(&deletes) {
@@ -1016,14 +1119,17 @@ impl Firewall {
             }
         }
         for (g, i) in items {
-            let _ = run_command(
+            let cmd = &self.groups[g].actions[i];
+            if let Err(error) = run_command(
                 self.backend,
                 TransactionFlags::empty(),
-                &self.groups[g].actions[i],
+                cmd,
                 exec,
                 observer,
                 g,
-            );
+            ) {
+                return Step::Failed { group: g, error };
+            }
         }
         Step::Applied { next: end }
     }
@@ -1122,8 +1228,17 @@ impl Firewall {
             s.cmds = permute(&s.cmds, &front_first(&rule_delete, &appended));
         }
         let families = by_family(&sections);
-        each_family(&families, |fam| remove_family(backend, exec, observer, fam));
-        Step::Applied { next: end }
+        let results = each_family(&families, |fam| remove_family(backend, exec, observer, fam));
+        // A hard failure in several programs: the lowest group is the one the per-command path
+        // would have stopped at.
+        match results
+            .into_iter()
+            .filter_map(Result::err)
+            .min_by_key(|(g, _)| *g)
+        {
+            Some((group, error)) => Step::Failed { group, error },
+            None => Step::Applied { next: end },
+        }
     }
 }
 
@@ -1195,7 +1310,7 @@ impl Firewall {
                         .collect();
                     let mut input = lines.join("\n");
                     input.push('\n');
-                    let out = run_batch(exec, &strings(&["nft", "-f", "-"]), &input);
+                    let out = run_batch(exec, &strings(&["nft", "-f", "-"]), &input).ok();
                     if out.as_ref().is_some_and(Output::success) {
                         Echoed::Applied
                     } else {
@@ -2003,5 +2118,361 @@ mod tests {
             ]
         );
         assert_eq!(fake.commands().len(), 2);
+    }
+
+    /// A matcher on a command's argv and standard input.
+    type Matcher = fn(&[String], &str) -> bool;
+
+    /// The fake (which still records every command), except that commands a rule matches get
+    /// that rule's answer instead: an exit status and output, or (`None`) the executor's own
+    /// failure, as the CLI's executor reports a journal it could not write.
+    struct Broken<'a> {
+        fake: &'a FakeExecutor,
+        rules: Vec<(Matcher, Option<Output>)>,
+    }
+
+    impl Executor for Broken<'_> {
+        fn run(&self, inv: Invocation<'_>) -> Result<Output, crate::ExecError> {
+            let input = String::from_utf8_lossy(inv.stdin.unwrap_or_default()).into_owned();
+            let argv = inv.argv;
+            let real = self.fake.run(inv);
+            match self.rules.iter().find(|(m, _)| m(argv, &input)) {
+                Some((_, Some(out))) => Ok(out.clone()),
+                Some((_, None)) => Err(crate::ExecError::Journal("No space left on device".into())),
+                None => real,
+            }
+        }
+        fn check_program(&self, program: &str) -> Result<(), crate::ExecError> {
+            self.fake.check_program(program)
+        }
+        fn supports_batch(&self) -> bool {
+            self.fake.supports_batch()
+        }
+    }
+
+    /// A restore program killed by a signal: no line named, perhaps after a COMMIT.
+    fn died() -> Option<Output> {
+        Some(Output {
+            status: 137,
+            stdout: String::new(),
+            stderr: String::new(),
+        })
+    }
+
+    fn ipt_removal() -> Firewall {
+        let mut removal = Firewall::new(Backend::Iptables);
+        removal.start_transaction(TransactionFlags::IGNORE_ERRORS);
+        removal.add_cmd(Layer::Ipv4, ["--delete", "INPUT", "-j", "ACCEPT"]);
+        removal.start_transaction(TransactionFlags::IGNORE_ERRORS);
+        removal.add_cmd(Layer::Ipv4, ["-t", "nat", "--delete", "X", "-j", "DROP"]);
+        removal
+    }
+
+    fn nft_removal_plan() -> Firewall {
+        let mut removal = Firewall::new(Backend::Nftables);
+        removal.start_transaction(TransactionFlags::IGNORE_ERRORS);
+        removal.add_cmd(Layer::Ipv4, "delete rule ip T C handle 2".split(' '));
+        removal.add_cmd(Layer::Ipv4, "delete chain ip T handle 1".split(' '));
+        removal
+    }
+
+    fn remove_with(fw: &mut Firewall, exec: &dyn Executor, per_command: bool) -> crate::Result<()> {
+        let counter = IgnoredCounter::default();
+        let result = fw.apply_with(
+            exec,
+            ApplyOptions {
+                observer: Some(&counter),
+                per_command,
+            },
+        );
+        // A hard failure is the removal's error, never an ignored failure.
+        assert_eq!((counter.missing(), counter.failed()), (0, 0));
+        result
+    }
+
+    fn is_journal_error(result: crate::Result<()>) -> bool {
+        matches!(
+            result,
+            Err(Error::Exec {
+                source: crate::ExecError::Journal(_),
+                ..
+            })
+        )
+    }
+
+    #[test]
+    fn a_hard_failure_fails_a_removal_on_both_paths() {
+        // Per-command (libvirt): the executor's own failure fails even an ignore-errors group.
+        let plain = FakeExecutor::new();
+        let broken = Broken {
+            fake: &plain,
+            rules: vec![(|a, _| a[0] == "iptables", None)],
+        };
+        assert!(is_journal_error(remove_with(
+            &mut ipt_removal(),
+            &broken,
+            true
+        )));
+        assert_eq!(plain.commands().len(), 1, "it stops at the first command");
+
+        // The batch could not run.
+        let fake = FakeExecutor::new().with_batching();
+        let broken = Broken {
+            fake: &fake,
+            rules: vec![(|a, _| a[0] == "iptables-restore", None)],
+        };
+        assert!(is_journal_error(remove_with(
+            &mut ipt_removal(),
+            &broken,
+            false
+        )));
+        assert_eq!(fake.commands().len(), 1, "{:?}", fake.commands());
+
+        // The batch died naming no line; the command-by-command fallback hits the failure.
+        let fake = FakeExecutor::new().with_batching();
+        let broken = Broken {
+            fake: &fake,
+            rules: vec![
+                (|a, _| a[0] == "iptables-restore", died()),
+                (|a, _| a[0] == "iptables", None),
+            ],
+        };
+        assert!(is_journal_error(remove_with(
+            &mut ipt_removal(),
+            &broken,
+            false
+        )));
+        assert_eq!(fake.commands().len(), 2, "{:?}", fake.commands());
+
+        // nft: per command, as one batch, and while listing what a failed batch left.
+        let plain = FakeExecutor::new();
+        let broken = Broken {
+            fake: &plain,
+            rules: vec![(|a, _| a[0] == "nft", None)],
+        };
+        assert!(is_journal_error(remove_with(
+            &mut nft_removal_plan(),
+            &broken,
+            true
+        )));
+        let fake = FakeExecutor::new().with_batching();
+        let broken = Broken {
+            fake: &fake,
+            rules: vec![(|a, _| a[0] == "nft", None)],
+        };
+        assert!(is_journal_error(remove_with(
+            &mut nft_removal_plan(),
+            &broken,
+            false
+        )));
+        let fake = FakeExecutor::new().with_batching();
+        let broken = Broken {
+            fake: &fake,
+            rules: vec![
+                (|a, _| a.contains(&"-f".to_string()), died()),
+                (|a, _| a.contains(&"list".to_string()), None),
+            ],
+        };
+        assert!(is_journal_error(remove_with(
+            &mut nft_removal_plan(),
+            &broken,
+            false
+        )));
+        // The objects are still there, the batch keeps dying: the command-by-command
+        // fallback hits the failure and the removal stops there.
+        let fake = FakeExecutor::new().with_batching().on(
+            FakeExecutor::args_contain(&["-a", "list", "table"]),
+            FakeResponse::stdout(
+                "table ip T { # handle 4\n\tchain C { # handle 1\n\t\taccept # handle 2\n\t}\n}\n",
+            ),
+        );
+        let broken = Broken {
+            fake: &fake,
+            rules: vec![
+                (|a, _| a.contains(&"-f".to_string()), died()),
+                (|a, _| a.contains(&"delete".to_string()), None),
+            ],
+        };
+        assert!(is_journal_error(remove_with(
+            &mut nft_removal_plan(),
+            &broken,
+            false
+        )));
+    }
+
+    /// Three iptables sections (filter, mangle, nat); the nat one fails when `nat_fails`.
+    fn three_sections() -> Firewall {
+        let mut fw = Firewall::new(Backend::Iptables);
+        fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
+        fw.add_cmd(Layer::Ipv4, ["--insert", "INPUT", "-j", "ACCEPT"]);
+        fw.add_cmd(Layer::Ipv4, ["--insert", "FORWARD", "-j", "DROP"]);
+        fw.add_cmd(
+            Layer::Ipv4,
+            ["-t", "mangle", "-A", "OUTPUT", "-j", "RETURN"],
+        );
+        fw.add_cmd(
+            Layer::Ipv4,
+            ["-t", "nat", "-A", "POSTROUTING", "-j", "MASQUERADE"],
+        );
+        fw
+    }
+
+    fn masquerade_fails(f: FakeExecutor) -> FakeExecutor {
+        f.on(
+            FakeExecutor::args_contain(&["-A", "POSTROUTING", "MASQUERADE"]),
+            FakeResponse::fail(1, "iptables: No chain/target/match by that name."),
+        )
+    }
+
+    /// The commands the fake saw, as lines; a batch as its program and input.
+    fn seen_by(fake: &FakeExecutor) -> Vec<String> {
+        fake.invocations()
+            .into_iter()
+            .map(|(argv, stdin)| match stdin {
+                Some(input) => format!("{} <<{}", argv[0], String::from_utf8(input).unwrap()),
+                None => argv.join(" "),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restore_that_dies_without_a_line_is_settled_by_check() {
+        // The program died after committing filter and mangle, not nat: what --check finds
+        // present is undone, the rest re-run command by command — nothing is added twice.
+        let fake = FakeExecutor::new().with_batching().on(
+            FakeExecutor::args_contain(&["--check", "POSTROUTING"]),
+            FakeResponse::fail(
+                1,
+                "iptables: Bad rule (does a matching rule exist in that chain?).",
+            ),
+        );
+        let broken = Broken {
+            fake: &fake,
+            rules: vec![(
+                |a, input| a[0] == "iptables-restore" && input.contains("-A"),
+                died(),
+            )],
+        };
+        let mut fw = three_sections();
+        fw.apply_with(
+            &broken,
+            ApplyOptions {
+                observer: None,
+                per_command: false,
+            },
+        )
+        .unwrap();
+        let seen = seen_by(&fake);
+        assert_eq!(
+            seen[1..5],
+            [
+                "iptables -w --check INPUT -j ACCEPT",
+                "iptables -w --check FORWARD -j DROP",
+                "iptables -w -t mangle --check OUTPUT -j RETURN",
+                "iptables -w -t nat --check POSTROUTING -j MASQUERADE",
+            ],
+            "{seen:#?}"
+        );
+        assert_eq!(
+            seen[5],
+            "iptables-restore <<*mangle\n--delete OUTPUT -j RETURN\nCOMMIT\n\
+             *filter\n--delete FORWARD -j DROP\n--delete INPUT -j ACCEPT\nCOMMIT\n"
+        );
+        assert_eq!(seen[6], "iptables -w --insert INPUT -j ACCEPT", "{seen:#?}");
+        assert_eq!(seen.len(), 10, "{seen:#?}");
+        let plain = FakeExecutor::new();
+        let mut fw2 = three_sections();
+        per_command(&mut fw2, &plain).unwrap();
+        assert_eq!(rollbacks(&fw), rollbacks(&fw2));
+
+        // Died after every COMMIT: all present, so it is applied, inverses recorded.
+        let fake = FakeExecutor::new().with_batching();
+        let broken = Broken {
+            fake: &fake,
+            rules: vec![(|a, _| a[0] == "iptables-restore", died())],
+        };
+        let mut fw = three_sections();
+        fw.apply_with(
+            &broken,
+            ApplyOptions {
+                observer: None,
+                per_command: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(seen_by(&fake).len(), 5, "one batch and four checks");
+        assert_eq!(rollbacks(&fw), rollbacks(&fw2));
+    }
+
+    #[test]
+    fn an_undo_that_dies_without_a_line_does_not_resend_what_committed() {
+        // nat fails (line named): filter and mangle committed and are undone in one process
+        // (mangle first). That process dies naming no line; --check finds mangle's rule gone
+        // and filter's still there: only filter's deletes run again, one by one.
+        let fake = masquerade_fails(FakeExecutor::new().with_batching()).on(
+            FakeExecutor::args_contain(&["--check", "OUTPUT"]),
+            FakeResponse::fail(
+                1,
+                "iptables: Bad rule (does a matching rule exist in that chain?).",
+            ),
+        );
+        let broken = Broken {
+            fake: &fake,
+            rules: vec![(
+                |a, input| a[0] == "iptables-restore" && input.contains("--delete"),
+                died(),
+            )],
+        };
+        let mut fw = three_sections();
+        assert!(fw
+            .apply_with(
+                &broken,
+                ApplyOptions {
+                    observer: None,
+                    per_command: false,
+                },
+            )
+            .is_err());
+        let seen = seen_by(&fake);
+        assert!(seen[1].contains("*mangle\n--delete OUTPUT"), "{seen:#?}");
+        assert_eq!(
+            seen[2..6],
+            [
+                "iptables -w -t mangle --check OUTPUT -j RETURN",
+                "iptables -w --check FORWARD -j DROP",
+                "iptables -w --delete FORWARD -j DROP",
+                "iptables -w --delete INPUT -j ACCEPT",
+            ],
+            "{seen:#?}"
+        );
+        // Then libvirt's sequence: the creates again, up to the failing one.
+        assert_eq!(seen[6], "iptables -w --insert INPUT -j ACCEPT", "{seen:#?}");
+    }
+
+    #[test]
+    fn an_undo_drops_the_rule_it_cannot_remove_and_retries() {
+        // nat fails; filter's undo cannot delete FORWARD's rule (gone meanwhile): that line is
+        // dropped and the section retried, so INPUT's rule does not stay (and get added twice).
+        let fake = masquerade_fails(FakeExecutor::new().with_batching()).on(
+            FakeExecutor::args_contain(&["--delete", "FORWARD"]),
+            FakeResponse::fail(
+                1,
+                "iptables: Bad rule (does a matching rule exist in that chain?).",
+            ),
+        );
+        let mut fw = three_sections();
+        assert!(batched(&mut fw, &fake).is_err());
+        let seen = seen_by(&fake);
+        assert_eq!(
+            seen[1],
+            "iptables-restore <<*mangle\n--delete OUTPUT -j RETURN\nCOMMIT\n\
+             *filter\n--delete FORWARD -j DROP\n--delete INPUT -j ACCEPT\nCOMMIT\n"
+        );
+        // mangle committed; filter is retried without the blamed line, alone.
+        assert_eq!(
+            seen[2],
+            "iptables-restore <<*filter\n--delete INPUT -j ACCEPT\nCOMMIT\n"
+        );
+        assert_eq!(seen[3], "iptables -w --insert INPUT -j ACCEPT", "{seen:#?}");
     }
 }
