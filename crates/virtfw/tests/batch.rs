@@ -1,9 +1,47 @@
 //! The batch fast path against the real kernel, each test in its own throwaway namespace: the
 //! batch and the per-command path must leave identical rulesets and report identical errors.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use virtfw::batch::IgnoredCounter;
+use virtfw::executor::{Invocation, Output};
 use virtfw::netns::Netns;
-use virtfw::{ApplyOptions, Backend, Firewall, Layer, TransactionFlags};
+use virtfw::{ApplyOptions, Backend, ExecError, Executor, Firewall, Layer, TransactionFlags};
+
+/// An executor that counts the `iptables-restore` processes it runs, so a test can tell the
+/// batch path from a silent fall back to one process per command.
+struct CountingRestores<E> {
+    inner: E,
+    restores: AtomicUsize,
+}
+
+impl<E: Executor> CountingRestores<E> {
+    fn new(inner: E) -> Self {
+        CountingRestores {
+            inner,
+            restores: AtomicUsize::new(0),
+        }
+    }
+    /// The count so far, reset to zero.
+    fn take(&self) -> usize {
+        self.restores.swap(0, Ordering::SeqCst)
+    }
+}
+
+impl<E: Executor> Executor for CountingRestores<E> {
+    fn run(&self, inv: Invocation<'_>) -> Result<Output, ExecError> {
+        if inv.argv.first().is_some_and(|p| p == "iptables-restore") {
+            self.restores.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.run(inv)
+    }
+    fn check_program(&self, program: &str) -> Result<(), ExecError> {
+        self.inner.check_program(program)
+    }
+    fn supports_batch(&self) -> bool {
+        self.inner.supports_batch()
+    }
+}
 
 fn opts(per_command: bool) -> ApplyOptions<'static> {
     ApplyOptions {
@@ -443,10 +481,14 @@ fn later_sections_of_one_restore_fail_and_go_stale_exactly() {
 
     let (batch_ns, plain_ns) = (Netns::new("vfb").unwrap(), Netns::new("vfb").unwrap());
     let before = state(&batch_ns);
+    let exec = CountingRestores::new(batch_ns.executor().unwrap());
     let err = three_tables(true)
-        .apply_with(&batch_ns.executor().unwrap(), opts(false))
+        .apply_with(&exec, opts(false))
         .unwrap_err()
         .to_string();
+    // One process for the three sections (filter and nat commit, mangle fails), one to delete
+    // what filter and nat added; then libvirt's commands one by one.
+    assert_eq!(exec.take(), 2);
     let err2 = three_tables(true)
         .apply_with(&plain_ns.executor().unwrap(), opts(true))
         .unwrap_err()
@@ -459,8 +501,10 @@ fn later_sections_of_one_restore_fail_and_go_stale_exactly() {
     // Stale rules in the nat section (second of the removal's input: the plan is newest
     // first, so mangle comes first) and in the filter section (last).
     let ns = Netns::new("vfb").unwrap();
+    let exec = CountingRestores::new(ns.executor().unwrap());
     let mut fw = three_tables(false);
-    fw.apply_with(&ns.executor().unwrap(), opts(false)).unwrap();
+    fw.apply_with(&exec, opts(false)).unwrap();
+    assert_eq!(exec.take(), 1, "all three tables in one process");
     let mut removal = fw.new_from_rollback().unwrap();
     for (table, chain, src, target) in [
         ("nat", "POSTROUTING", "10.7.1.0/24", "MASQUERADE"),
@@ -475,7 +519,7 @@ fn later_sections_of_one_restore_fail_and_go_stale_exactly() {
     let counter = IgnoredCounter::default();
     removal
         .apply_with(
-            &ns.executor().unwrap(),
+            &exec,
             ApplyOptions {
                 observer: Some(&counter),
                 per_command: false,
@@ -484,4 +528,7 @@ fn later_sections_of_one_restore_fail_and_go_stale_exactly() {
         .unwrap();
     assert_eq!((counter.missing(), counter.failed()), (3, 0));
     assert_eq!(state(&ns), before);
+    // Each stale rule costs one retry without it: mangle commits in the first process, nat
+    // in the third, filter in the fourth — never one process per rule.
+    assert_eq!(exec.take(), 4);
 }
