@@ -296,12 +296,15 @@ fn crash_runs(backend: &'static str) {
 /// took effect and before its status was stored (a wrapper runs that command, then stalls).
 /// Recovery must undo the whole start.
 fn fixed_start_kills(n: &NetEnv, baseline: &str) {
-    let program = if n.backend == "nftables" {
-        "nft"
-    } else {
-        "iptables"
-    };
     for batch in [false, true] {
+        // The program that applies the network's rules: on the batch path the iptables
+        // family's rules go through iptables-restore (plain iptables only lists, in the
+        // global setup, before them).
+        let program = match (n.backend, batch) {
+            ("nftables", _) => "nft",
+            (_, false) => "iptables",
+            (_, true) => "iptables-restore",
+        };
         // Count the firewall program's invocations of one whole start (never stalls).
         let stall = Stall::new(n.env.dir.path());
         let mut cmd = n.cmd(&n.start_args(batch), true);
@@ -319,6 +322,12 @@ fn fixed_start_kills(n: &NetEnv, baseline: &str) {
         let mut child = cmd.spawn().unwrap();
         let stalled = stall.wait(&mut child);
         stall.kill(&mut child, stalled);
+        let what = format!("start killed after {program} invocation {last} (batch {batch})");
+        assert_ne!(
+            n.snapshot(),
+            baseline,
+            "{what}: the kill landed before the network's rules were applied"
+        );
         let o = n.run(&["--json", "recover"], true);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -328,7 +337,6 @@ fn fixed_start_kills(n: &NetEnv, baseline: &str) {
             .iter()
             .map(|s| s["commands"].as_u64().unwrap())
             .sum();
-        let what = format!("start killed after {program} invocation {last} (batch {batch})");
         assert!(
             undone > 0,
             "{what}: recover ran no undo command: {}",
