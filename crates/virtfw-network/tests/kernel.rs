@@ -280,6 +280,36 @@ fn failed_start_leaves_no_rules_and_no_bridge() {
     }
 }
 
+#[test]
+fn a_failed_global_setup_deletes_the_bridge_made_alongside() {
+    // On the batch path the bridge is created while the global setup runs; when the setup
+    // fails the start fails, and the bridge it made must go too.
+    for (backend, needle) in [
+        (Backend::Nftables, "guest_cross"),
+        (Backend::Iptables, "LIBVIRT_FWX"),
+    ] {
+        let ns = Netns::new("vfnet-gfail").unwrap();
+        let failing = FailOn {
+            inner: ns.executor().unwrap(),
+            needle,
+        };
+        assert!(!link_exists(&ns, "virbr0"));
+        let err = start(parse_case("nat-ipv6"), backend, &failing, opts(false)).unwrap_err();
+        assert!(
+            matches!(err, virtfw_network::NetworkError::GlobalSetup { .. }),
+            "{backend}: {err}"
+        );
+        assert!(
+            err.to_string().contains("injected failure"),
+            "{backend}: {err}"
+        );
+        assert!(
+            !link_exists(&ns, "virbr0"),
+            "{backend}: bridge left after a failed global setup"
+        );
+    }
+}
+
 // ---- real packets -------------------------------------------------------------------------
 
 /// Run `f` on a thread that has entered the named network namespace (a netns switch is
