@@ -66,8 +66,10 @@
 //!
 //! # Where virtfw deliberately differs from libvirt
 //!
-//! Each difference only shows in cases where libvirt's behaviour would be a bug for the user; the
-//! commands libvirt's own callers (the network driver) produce are unaffected, which the
+//! Most differences only show in cases where libvirt's behaviour would be a bug for the user.
+//! The batching and `appended` items below do change what runs (batches instead of single
+//! commands) and what is written (`appended='yes'` in plans of appended rules); the
+//! per-command path, and libvirt's network plans (all inserts), are unaffected, which the
 //! conformance suite checks byte for byte.
 //!
 //! * **Preflight.** Before anything runs, `apply` refuses a firewall with a builder error, an
