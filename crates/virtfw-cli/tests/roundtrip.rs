@@ -219,3 +219,54 @@ fn iptables_missing_count_is_exact() {
     };
     missing_count_is_exact(&env, &file, "miss", &delete);
 }
+
+/// A removal whose commands cannot run (here: programs whose interpreter is missing, so the
+/// executor fails to start them) fails on both paths, and the plan is kept: the rules are
+/// still there and a later `remove` can take them away.
+#[test]
+fn a_removal_that_cannot_run_keeps_the_plan() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new("vfw-rt-broken");
+    env.prime_iptables();
+    let file = env.write("guests.xml", &ipt_tx("guests", 3));
+    let before = env.snapshot();
+    let o = env.run(&["apply", path_of(&file)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let applied = env.snapshot();
+    let broken = env.dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    for program in [
+        "iptables",
+        "iptables-restore",
+        "ip6tables",
+        "ip6tables-restore",
+    ] {
+        let p = broken.join(program);
+        std::fs::write(&p, "#!/nonexistent/interpreter\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // Alone on PATH: exec's own search would skip a program it cannot start and find the
+    // real one further on.
+    let path = broken.display().to_string();
+    for no_batch in [false, true] {
+        let mut args = vec!["remove", "guests"];
+        if no_batch {
+            args.insert(0, "--no-batch");
+        }
+        let o = env.cmd(&args).env("PATH", &path).output().unwrap();
+        assert_ne!(
+            o.status.code(),
+            Some(0),
+            "no_batch {no_batch}: {}",
+            text(&o)
+        );
+        assert!(
+            plan_exists(&env, "guests"),
+            "no_batch {no_batch}: plan deleted"
+        );
+        assert_eq!(env.snapshot(), applied, "no_batch {no_batch}");
+    }
+    let o = env.run(&["remove", "guests"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(env.snapshot(), before);
+}
