@@ -84,13 +84,7 @@ fn crash_runs(env: &Env, file: &Path, name: &str) {
             .output()
             .unwrap();
         assert_eq!(o.status.code(), Some(0), "run {run}: {}", text(&o));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        let undone: u64 = v["recovered"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["commands"].as_u64().unwrap())
-            .sum();
+        let undone = recovered_commands(&o);
         if undone > 0 {
             recovered_with_undo += 1;
         }

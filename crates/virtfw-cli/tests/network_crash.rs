@@ -330,13 +330,7 @@ fn fixed_start_kills(n: &NetEnv, baseline: &str) {
         );
         let o = n.run(&["--json", "recover"], true);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        let undone: u64 = v["recovered"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["commands"].as_u64().unwrap())
-            .sum();
+        let undone = recovered_commands(&o);
         assert!(
             undone > 0,
             "{what}: recover ran no undo command: {}",

@@ -91,6 +91,18 @@ pub fn text(o: &Output) -> String {
     )
 }
 
+/// How many undo commands a `virtfw --json recover` ran, over all the operations it settled:
+/// the crash tests use it to prove a kill really left something to undo.
+pub fn recovered_commands(o: &Output) -> u64 {
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["recovered"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no 'recovered' list in {v}"))
+        .iter()
+        .map(|s| s["commands"].as_u64().unwrap())
+        .sum()
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
