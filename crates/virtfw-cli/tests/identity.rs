@@ -329,10 +329,15 @@ fn a_libvirt_status_runs_only_in_the_namespace_given() {
             );
             assert_eq!(out.status.code(), Some(0), "{}", text(&out));
         }
-        // (iptables rules are deleted by their spec; the tables' order can differ, since the
-        // IPv4 and IPv6 setups run at the same time.)
+        // (iptables rules are deleted by their spec. The tables' own handles can differ: the
+        // IPv4 and IPv6 setups run at the same time; rule handles are per table.)
         if backend == "nftables" {
-            let handles = |ns: &Netns| ns.run(&["nft", "-a", "-s", "list", "ruleset"]).unwrap();
+            let handles = |ns: &Netns| {
+                let t = ns
+                    .run(&["nft", "-a", "-s", "list", "table", "ip", "libvirt_network"])
+                    .unwrap();
+                t.split_once('\n').unwrap().1.to_string()
+            };
             assert_eq!(
                 handles(&target),
                 handles(&caller),
