@@ -229,7 +229,8 @@ fn resolve_netns(
     }
 }
 
-fn load(ctx: &Ctx, state: &StateDir, name: &str) -> CliResult<Running> {
+/// The status file of the running network `name`; none is a state problem.
+fn status_path(state: &StateDir, name: &str) -> CliResult<PathBuf> {
     state::check_name(name)?;
     let path = state.network_status_path(name);
     if !path.exists() {
@@ -238,6 +239,11 @@ fn load(ctx: &Ctx, state: &StateDir, name: &str) -> CliResult<Running> {
             message: format!("no running network named '{name}'"),
         });
     }
+    Ok(path)
+}
+
+fn load(ctx: &Ctx, state: &StateDir, name: &str) -> CliResult<Running> {
+    let path = status_path(state, name)?;
     let (text, status, identity) = read_status(&path)?;
     let netns = resolve_netns(ctx, name, &status, identity.as_ref()).map_err(CliError::Usage)?;
     Ok(Running {
@@ -421,14 +427,7 @@ fn stop(ctx: &Ctx, name: &str, forget: bool) -> CliResult<i32> {
 /// `network stop --forget NAME`: drop the status file, run nothing (like `remove --forget`).
 /// The file is not even parsed, so a corrupt one can be dropped too.
 fn forget_network(ctx: &Ctx, state: &StateDir, name: &str) -> CliResult<i32> {
-    state::check_name(name)?;
-    let path = state.network_status_path(name);
-    if !path.exists() {
-        return Err(CliError::State {
-            path,
-            message: format!("no running network named '{name}'"),
-        });
-    }
+    let path = status_path(state, name)?;
     state::remove_durably(&path)?;
     ctx.emit(
         json!({"network": name, "forgotten": true}),
