@@ -26,8 +26,9 @@ pub(crate) struct Cli {
     #[arg(long, global = true, value_name = "DIR", default_value = crate::state::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 
-    /// Run every firewall command inside /run/netns/NAME (remembered by the plan).
-    #[arg(long, global = true, value_name = "NAME")]
+    /// Run every firewall command inside /run/netns/NAME, or the namespace file at an absolute
+    /// path (remembered by the plan).
+    #[arg(long, global = true, value_name = "NAME", value_parser = parse_netns)]
     pub netns: Option<String>,
 
     /// Machine-readable output (one JSON document on stdout) for every command.
@@ -52,6 +53,23 @@ pub(crate) struct Cli {
 
     #[command(subcommand)]
     pub command: CliCommand,
+}
+
+/// `--netns`, checked before any command runs, so that a value that cannot be a network
+/// namespace (`''`, `.`, `..`, `a/b`, an over-long name, `/etc/passwd`) is a usage error naming
+/// the argument, whichever command it is given to. A namespace that does not exist (yet) is
+/// left to the command that needs it.
+fn parse_netns(value: &str) -> Result<String, String> {
+    match virtfw::executor::open_netns(value) {
+        Ok(_) => Ok(value.to_string()),
+        Err(virtfw::ExecError::Netns { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(value.to_string())
+        }
+        Err(virtfw::ExecError::Netns { source, .. }) => Err(source.to_string()),
+        Err(other) => Err(other.to_string()),
+    }
 }
 
 #[derive(Debug, Subcommand)]

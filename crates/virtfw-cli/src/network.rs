@@ -6,21 +6,29 @@
 //! state directory's exclusive lock and is a journalled operation like `apply`/`remove`
 //! (`operation`, recovery in `network_journal`): every command is journalled before it runs
 //! and inherits the lock.
+//!
+//! Identity: a status file virtfw writes is stamped with the boot id and the identity of the
+//! namespace its rules were made in (`<virtfw bootId=… netnsId=…/>`). When either no longer
+//! matches, the file is stale: its handles may name someone else's objects now, so it is never
+//! run, only shown as stale and dropped with `network stop --forget`. A file without an identity
+//! (written by libvirt) is used only in the namespace `--netns` names, or virtfw's own.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use virtfw::{Backend, ExecError, Firewall, ProcessExecutor};
+use virtfw_network::status::StatusIdentity;
 use virtfw_network::{backend, lifecycle, NetworkDef, NetworkError, NetworkStatus};
 
 use crate::commands::Ctx;
-use crate::error::{CliError, CliResult, EXIT_DRIFT, EXIT_OK};
+use crate::error::{CliError, CliResult, EXIT_DRIFT, EXIT_OK, EXIT_STATE};
 use crate::exec::open_netns;
 use crate::journal::OpKind;
 use crate::lock::{LockKind, StateLock};
 use crate::network_journal::{self, Phases};
 use crate::operation::Operation;
+use crate::plan::staleness;
 use crate::state::{self, StateDir};
 
 /// Arguments of `virtfw network`.
@@ -46,6 +54,10 @@ pub(crate) enum NetworkCommand {
     Stop {
         /// Network name.
         name: String,
+        /// Drop the status file without running anything (for a stale network whose rules
+        /// went with an old boot or namespace).
+        #[arg(long)]
+        forget: bool,
     },
     /// Remove with the stored plan and add the rules again (all running networks by default).
     Reload {
@@ -79,7 +91,7 @@ pub(crate) enum NetworkCommand {
 pub(crate) fn run(ctx: &Ctx, args: &NetworkArgs) -> CliResult<i32> {
     match &args.command {
         NetworkCommand::Start { file, backend } => start(ctx, file, backend.as_deref()),
-        NetworkCommand::Stop { name } => stop(ctx, name),
+        NetworkCommand::Stop { name, forget } => stop(ctx, name, *forget),
         NetworkCommand::Reload { names, backend } => reload(ctx, names, backend.as_deref()),
         NetworkCommand::List => list(ctx),
         NetworkCommand::Status { name } => status(ctx, name),
@@ -134,26 +146,91 @@ fn configured_backend(flag: Option<&str>) -> CliResult<Option<Backend>> {
     backend::read_network_conf(&conf).map_err(cli_error)
 }
 
-fn read_status(path: &Path) -> CliResult<(String, NetworkStatus)> {
+fn read_status(path: &Path) -> CliResult<(String, NetworkStatus, Option<StatusIdentity>)> {
     let text = fs::read_to_string(path)
         .map_err(|e| CliError::io(format!("cannot read {}", path.display()), e))?;
-    let status = NetworkStatus::from_xml(&text, &path.display().to_string()).map_err(|e| {
-        CliError::State {
+    let (status, identity) = NetworkStatus::from_xml_stamped(&text, &path.display().to_string())
+        .map_err(|e| CliError::State {
             path: path.to_path_buf(),
             message: e.to_string(),
-        }
-    })?;
-    Ok((text, status))
+        })?;
+    Ok((text, status, identity))
 }
 
-/// A running network: its status file's path, text and content.
+/// A running network: its status file's path, text and content, and where it runs.
 struct Running {
     path: PathBuf,
     text: String,
     status: NetworkStatus,
+    /// The identity the file was stamped with; `None` for libvirt's files.
+    identity: Option<StatusIdentity>,
+    /// The namespace its commands run in: the recorded one, else `--netns`, else our own.
+    netns: Option<String>,
 }
 
-fn load(ctx: &Ctx, state: &StateDir, name: &str) -> CliResult<Running> {
+impl Running {
+    /// Why the status no longer describes live rules, if it does not (never for a file without
+    /// an identity: nothing tells; libvirt's live under /run, which a reboot clears).
+    fn stale_reason(&self) -> Option<String> {
+        let id = self.identity.as_ref()?;
+        staleness(&id.boot_id, self.netns.as_deref(), &id.netns_id)
+    }
+
+    /// Refuse a stale network: nothing of its plan may run.
+    fn check_live(&self, name: &str) -> CliResult<()> {
+        match self.stale_reason() {
+            Some(reason) => Err(stale_error(&self.path, name, &reason)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn stale_error(path: &Path, name: &str, reason: &str) -> CliError {
+    CliError::State {
+        path: path.to_path_buf(),
+        message: format!(
+            "network '{name}' is stale ({reason}); its rules went with the old boot or namespace \
+             and its handles may name someone else's rules now, so nothing was run. Use \
+             `virtfw network stop --forget {name}` to drop it"
+        ),
+    }
+}
+
+/// Whether two namespace arguments name the same namespace file.
+fn same_netns(a: &str, b: &str) -> bool {
+    virtfw::executor::netns_path(a) == virtfw::executor::netns_path(b)
+}
+
+/// Where the commands of a network run: the namespace its status recorded (virtfw's files), or
+/// `--netns` for a file without an identity (libvirt's: it says nothing, so the caller decides).
+/// `Err` says why a `--netns` given contradicts the record: virtfw does not guess which one
+/// was meant.
+fn resolve_netns(
+    ctx: &Ctx,
+    name: &str,
+    status: &NetworkStatus,
+    identity: Option<&StatusIdentity>,
+) -> Result<Option<String>, String> {
+    let recorded = match (&status.netns, identity) {
+        (Some(ns), _) => Some(ns.as_str()),
+        // Stamped in virtfw's own namespace.
+        (None, Some(_)) => None,
+        // libvirt's file: whatever the caller says.
+        (None, None) => return Ok(ctx.netns.clone()),
+    };
+    match (&ctx.netns, recorded) {
+        (Some(asked), Some(rec)) if !same_netns(asked, rec) => Err(format!(
+            "network '{name}' runs in namespace '{rec}', not in --netns '{asked}'"
+        )),
+        (Some(asked), None) => Err(format!(
+            "network '{name}' runs in virtfw's own namespace, not in --netns '{asked}' (run without --netns)"
+        )),
+        _ => Ok(recorded.map(str::to_string)),
+    }
+}
+
+/// The status file of the running network `name`; none is a state problem.
+fn status_path(state: &StateDir, name: &str) -> CliResult<PathBuf> {
     state::check_name(name)?;
     let path = state.network_status_path(name);
     if !path.exists() {
@@ -162,15 +239,20 @@ fn load(ctx: &Ctx, state: &StateDir, name: &str) -> CliResult<Running> {
             message: format!("no running network named '{name}'"),
         });
     }
-    let (text, status) = read_status(&path)?;
-    if let (Some(asked), Some(recorded)) = (&ctx.netns, &status.netns) {
-        if asked != recorded {
-            return Err(CliError::Usage(format!(
-                "network '{name}' runs in namespace '{recorded}', not '{asked}'"
-            )));
-        }
-    }
-    Ok(Running { path, text, status })
+    Ok(path)
+}
+
+fn load(ctx: &Ctx, state: &StateDir, name: &str) -> CliResult<Running> {
+    let path = status_path(state, name)?;
+    let (text, status, identity) = read_status(&path)?;
+    let netns = resolve_netns(ctx, name, &status, identity.as_ref()).map_err(CliError::Usage)?;
+    Ok(Running {
+        path,
+        text,
+        status,
+        identity,
+        netns,
+    })
 }
 
 /// A read-only executor for checking a network's rules, in its namespace.
@@ -197,8 +279,13 @@ fn read_def(file: &Path) -> CliResult<NetworkDef> {
 
 /// Store the status of a journalled operation: first in the journal (the commit point, from
 /// which `recover` completes the operation), then as the status file; then the journal goes.
-fn store_status(op: Operation, path: &Path, status: &NetworkStatus) -> CliResult<()> {
-    let xml = status.to_xml();
+fn store_status(
+    op: Operation,
+    path: &Path,
+    status: &NetworkStatus,
+    identity: &StatusIdentity,
+) -> CliResult<()> {
+    let xml = status.to_xml_stamped(identity);
     op.commit(xml.as_bytes())?;
     state::write_atomic(path, xml.as_bytes())?;
     op.finish()
@@ -221,9 +308,26 @@ fn start(ctx: &Ctx, file: &Path, backend_flag: Option<&str>) -> CliResult<i32> {
     let (state, lock) = ctx.lock(LockKind::Exclusive)?;
     let path = state.network_status_path(&def.name);
     if path.exists() {
-        return Err(CliError::State {
-            path,
-            message: format!("network '{}' is already running; stop it first", def.name),
+        // A stale one is refused too (its name is taken until it is forgotten), saying so.
+        let stale = read_status(&path)
+            .ok()
+            .and_then(|(text, status, identity)| {
+                let netns = resolve_netns(ctx, &def.name, &status, identity.as_ref()).ok()?;
+                Running {
+                    path: path.clone(),
+                    text,
+                    status,
+                    identity,
+                    netns,
+                }
+                .stale_reason()
+            });
+        return Err(match stale {
+            Some(reason) => stale_error(&path, &def.name, &reason),
+            None => CliError::State {
+                path,
+                message: format!("network '{}' is already running; stop it first", def.name),
+            },
         });
     }
     let header = network_journal::header(
@@ -253,7 +357,7 @@ fn start(ctx: &Ctx, file: &Path, backend_flag: Option<&str>) -> CliResult<i32> {
         }
     };
     status.netns = ctx.netns.clone();
-    store_status(op, &path, &status)?;
+    store_status(op, &path, &status, &network_journal::identity(&header))?;
     let rules = status.removal.as_ref().map_or(0, |r| r.command_count());
     ctx.emit(
         json!({"network": name, "started": true, "backend": backend.as_str(),
@@ -273,10 +377,20 @@ fn start(ctx: &Ctx, file: &Path, backend_flag: Option<&str>) -> CliResult<i32> {
 }
 
 /// `network stop`: journalled like `remove`.
-fn stop(ctx: &Ctx, name: &str) -> CliResult<i32> {
+fn stop(ctx: &Ctx, name: &str, forget: bool) -> CliResult<i32> {
     let (state, lock) = ctx.lock(LockKind::Exclusive)?;
-    let Running { path, text, status } = load(ctx, &state, name)?;
-    let netns = status.netns.clone();
+    if forget {
+        return forget_network(ctx, &state, name);
+    }
+    let running = load(ctx, &state, name)?;
+    running.check_live(name)?;
+    let Running {
+        path,
+        text,
+        status,
+        netns,
+        ..
+    } = running;
     if let Some(ns) = &netns {
         open_netns(ns)?;
     }
@@ -310,6 +424,18 @@ fn stop(ctx: &Ctx, name: &str) -> CliResult<i32> {
     Ok(EXIT_OK)
 }
 
+/// `network stop --forget NAME`: drop the status file, run nothing (like `remove --forget`).
+/// The file is not even parsed, so a corrupt one can be dropped too.
+fn forget_network(ctx: &Ctx, state: &StateDir, name: &str) -> CliResult<i32> {
+    let path = status_path(state, name)?;
+    state::remove_durably(&path)?;
+    ctx.emit(
+        json!({"network": name, "forgotten": true}),
+        &format!("forgot network {name} (nothing was run)"),
+    );
+    Ok(EXIT_OK)
+}
+
 fn running(state: &StateDir) -> CliResult<Vec<String>> {
     let mut names: Vec<String> = state::dir_entries(&state.networks_dir())?
         .into_iter()
@@ -328,14 +454,22 @@ fn reload_one(
     state: &StateDir,
     lock: &StateLock,
     name: &str,
+    running: Running,
     configured: Option<Backend>,
 ) -> CliResult<(Backend, Option<NetworkError>)> {
-    let Running { path, text, status } = load(ctx, state, name)?;
+    let Running {
+        path,
+        text,
+        mut status,
+        netns,
+        ..
+    } = running;
     let backend = match configured {
         Some(b) => backend::select(Some(b)).map_err(cli_error)?,
         None => status.backend(),
     };
-    let netns = status.netns.clone();
+    // A libvirt file reloaded in --netns is stored as ours, recording where it runs.
+    status.netns = netns.clone();
     if let Some(ns) = &netns {
         open_netns(ns)?;
     }
@@ -379,7 +513,12 @@ fn reload_one(
         }
     }
     // Stored either way: without a new plan a later stop uses the legacy deletions.
-    store_status(op, &path, &reloaded.status)?;
+    store_status(
+        op,
+        &path,
+        &reloaded.status,
+        &network_journal::identity(&header),
+    )?;
     Ok((backend, reloaded.error))
 }
 
@@ -387,15 +526,32 @@ fn reload_one(
 fn reload(ctx: &Ctx, names: &[String], backend_flag: Option<&str>) -> CliResult<i32> {
     let configured = configured_backend(backend_flag)?;
     let (state, lock) = ctx.lock(LockKind::Exclusive)?;
-    let names = if names.is_empty() {
-        running(&state)?
+    // Every network is loaded and checked before any is touched: a stale one or one in
+    // another namespace refuses the whole reload.
+    let loaded: Vec<(String, Running)> = if names.is_empty() {
+        // All of them; with --netns, those that run in that namespace.
+        let mut all = Vec::new();
+        for name in running(&state)? {
+            match load(ctx, &state, &name) {
+                Err(CliError::Usage(_)) if ctx.netns.is_some() => continue,
+                r => all.push((name, r?)),
+            }
+        }
+        all
     } else {
-        names.to_vec()
+        names
+            .iter()
+            .map(|n| load(ctx, &state, n).map(|r| (n.clone(), r)))
+            .collect::<CliResult<_>>()?
     };
+    for (name, running) in &loaded {
+        running.check_live(name)?;
+    }
     let mut results = Vec::new();
     let mut failed = None;
-    for name in &names {
-        let (backend, error) = reload_one(ctx, &state, &lock, name, configured)?;
+    for (name, running) in loaded {
+        let name = &name;
+        let (backend, error) = reload_one(ctx, &state, &lock, name, running, configured)?;
         results.push(json!({"network": name, "backend": backend.as_str(),
                             "error": error.as_ref().map(|e| e.to_string())}));
         if let Some(e) = error {
@@ -423,17 +579,37 @@ fn reload(ctx: &Ctx, names: &[String], backend_flag: Option<&str>) -> CliResult<
     }
 }
 
-fn describe(
-    status: &NetworkStatus,
-    check: &Result<lifecycle::RuleCheck, String>,
-) -> serde_json::Value {
-    let (present, total, missing) = match check {
-        Ok(c) => (
+/// What a look at a network's rules found: their check, or why they were not looked at.
+enum Looked {
+    Checked(Result<lifecycle::RuleCheck, String>),
+    /// The status is stale (the reason): its handles may name someone else's rules.
+    Stale(String),
+}
+
+impl Looked {
+    fn all_present(&self) -> bool {
+        matches!(self, Looked::Checked(Ok(c)) if c.all_present())
+    }
+}
+
+fn look(running: &Running) -> Looked {
+    match running.stale_reason() {
+        Some(reason) => Looked::Stale(reason),
+        None => Looked::Checked(check_one(&running.status, running.netns.as_deref())),
+    }
+}
+
+fn describe(running: &Running, looked: &Looked) -> serde_json::Value {
+    let status = &running.status;
+    let (present, total, missing, stale) = match looked {
+        Looked::Checked(Ok(c)) => (
             json!(c.total - c.missing.len()),
             json!(c.total),
             json!(c.missing),
+            json!(null),
         ),
-        Err(e) => (json!(null), json!(null), json!([e])),
+        Looked::Checked(Err(e)) => (json!(null), json!(null), json!([e]), json!(null)),
+        Looked::Stale(reason) => (json!(null), json!(null), json!([]), json!(reason)),
     };
     json!({
         "network": status.def.name,
@@ -441,17 +617,19 @@ fn describe(
         "forward": status.def.forward.as_str(),
         "backend": status.backend().as_str(),
         "stored_plan": status.removal.is_some(),
-        "netns": status.netns,
+        "netns": running.netns,
         "created_bridge": status.created_bridge,
+        "stamped": running.identity.is_some(),
+        "stale": stale,
         "rules_present": present,
         "rules_total": total,
         "missing": missing,
-        "all_present": check.as_ref().is_ok_and(|c| c.all_present()),
+        "all_present": looked.all_present(),
     })
 }
 
-fn check_one(status: &NetworkStatus) -> Result<lifecycle::RuleCheck, String> {
-    let exec = executor(status.netns.as_deref()).map_err(|e| e.to_string())?;
+fn check_one(status: &NetworkStatus, netns: Option<&str>) -> Result<lifecycle::RuleCheck, String> {
+    let exec = executor(netns).map_err(|e| e.to_string())?;
     lifecycle::check(status, &exec).map_err(|e| e.to_string())
 }
 
@@ -463,6 +641,11 @@ fn line(v: &serde_json::Value) -> String {
         v["forward"].as_str().unwrap_or(""),
         v["backend"].as_str().unwrap_or(""),
         match (v["rules_present"].as_u64(), v["rules_total"].as_u64()) {
+            _ if v["stale"].is_string() => format!(
+                "STALE ({}): not checked; `virtfw network stop --forget {}` drops it",
+                v["stale"].as_str().unwrap_or(""),
+                v["network"].as_str().unwrap_or("")
+            ),
             (Some(p), Some(t)) if p == t => format!("all {t} rules present"),
             (Some(p), Some(t)) => format!("{p}/{t} rules present (DRIFT)"),
             _ => format!("cannot check: {}", v["missing"][0].as_str().unwrap_or("")),
@@ -474,9 +657,12 @@ fn list(ctx: &Ctx) -> CliResult<i32> {
     let (state, _lock) = ctx.lock(LockKind::Shared)?;
     let mut rows = Vec::new();
     for name in running(&state)? {
-        let (_, status) = read_status(&state.network_status_path(&name))?;
-        let check = check_one(&status);
-        rows.push(describe(&status, &check));
+        // With --netns: the networks that run there (libvirt's files are taken to).
+        let running = match load(ctx, &state, &name) {
+            Err(CliError::Usage(_)) if ctx.netns.is_some() => continue,
+            r => r?,
+        };
+        rows.push(describe(&running, &look(&running)));
     }
     let mut text = format!(
         "{:<16} {:<10} {:<8} {:<9} {}\n",
@@ -492,20 +678,22 @@ fn list(ctx: &Ctx) -> CliResult<i32> {
 
 fn status(ctx: &Ctx, name: &str) -> CliResult<i32> {
     let (state, _lock) = ctx.lock(LockKind::Shared)?;
-    let Running { status, .. } = load(ctx, &state, name)?;
-    let check = check_one(&status);
-    let v = describe(&status, &check);
+    let running = load(ctx, &state, name)?;
+    let looked = look(&running);
+    let v = describe(&running, &looked);
     let mut text = line(&v);
-    if let Ok(c) = &check {
+    if let Looked::Checked(Ok(c)) = &looked {
         for m in &c.missing {
             text.push_str(&format!("\n  missing: {m}"));
         }
     }
     ctx.emit(v, &text);
-    match check {
-        Ok(c) if c.all_present() => Ok(EXIT_OK),
-        Ok(_) => Ok(EXIT_DRIFT),
-        Err(e) => Err(CliError::Failed(e)),
+    match looked {
+        // A state problem: the status describes no live rules.
+        Looked::Stale(_) => Ok(EXIT_STATE),
+        Looked::Checked(Ok(c)) if c.all_present() => Ok(EXIT_OK),
+        Looked::Checked(Ok(_)) => Ok(EXIT_DRIFT),
+        Looked::Checked(Err(e)) => Err(CliError::Failed(e)),
     }
 }
 

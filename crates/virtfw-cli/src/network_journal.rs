@@ -37,6 +37,7 @@ use std::path::Path;
 
 use virtfw::Firewall;
 use virtfw_network::lifecycle::Step;
+use virtfw_network::status::StatusIdentity;
 use virtfw_network::NetworkStatus;
 
 use crate::error::{CliError, CliResult};
@@ -121,6 +122,15 @@ pub(crate) fn header(
         document,
         status: Some(status),
     })
+}
+
+/// The identity an operation's journal recorded (where and when it ran), to stamp the status
+/// it stores: the status then goes stale exactly when the journal would.
+pub(crate) fn identity(header: &OpHeader) -> StatusIdentity {
+    StatusIdentity {
+        boot_id: header.boot_id.clone(),
+        netns_id: header.netns_id.clone(),
+    }
 }
 
 /// Undo a network start that did not complete: the rules it applied (what the engine's
@@ -225,11 +235,13 @@ pub(crate) fn recover(
             if let Some(tx) = journal_tx(dir, header)? {
                 stats += op.undo_apply(&tx, RULES, "recover")?;
             }
+            // Where and when the reload ran (a libvirt file reloaded in --netns becomes ours).
             let status = NetworkStatus {
                 removal: None,
+                netns: header.netns.clone(),
                 ..old
             };
-            let xml = status.to_xml();
+            let xml = status.to_xml_stamped(&identity(header));
             op.commit(xml.as_bytes())?;
             install(&path, &xml)?;
             Ok((

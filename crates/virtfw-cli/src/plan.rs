@@ -47,10 +47,10 @@ pub(crate) fn staleness(boot_id: &str, netns: Option<&str>, netns_id: &str) -> O
             "network namespace {} no longer exists",
             netns.unwrap_or("(own)")
         )),
-        Ok(id) if id != netns_id => Some(format!(
-            "network namespace {} was re-created since",
-            netns.unwrap_or("(own)")
-        )),
+        Ok(id) if !state::same_netns_identity(netns_id, &id) => Some(match netns {
+            Some(n) => format!("network namespace {n} was re-created since"),
+            None => "made in another network namespace than the one virtfw runs in now".into(),
+        }),
         Ok(_) => None,
     }
 }

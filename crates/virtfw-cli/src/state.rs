@@ -201,16 +201,84 @@ pub(crate) fn boot_id() -> String {
         .unwrap_or_default()
 }
 
-/// The identity (device and inode of the nsfs file) of a network namespace: `/run/netns/NAME`
-/// for a named one, our own otherwise. A namespace deleted and re-created under the same name
-/// gets a new inode, so a plan for the old one is recognised as stale.
+/// The identity of a network namespace: `/run/netns/NAME` (or the path given) for a named one,
+/// our own otherwise, as `DEV:INODE:COOKIE` — the nsfs file's device and inode, and the
+/// kernel's netns cookie (`SO_NETNS_COOKIE`, Linux 5.14). A namespace deleted and re-created
+/// under the same name is another namespace, so a plan for the old one is recognised as stale.
+/// The inode alone does not tell: the kernel hands a freed namespace's inode number to the
+/// next one made (seen within seconds), while a cookie is never reused until reboot. Where
+/// the kernel has no cookie the identity is `DEV:INODE`.
 pub(crate) fn netns_identity(netns: Option<&str>) -> std::io::Result<String> {
-    let path = match netns {
-        Some(n) => virtfw::executor::netns_path(n),
-        None => PathBuf::from("/proc/self/ns/net"),
+    let file = match netns {
+        Some(n) => File::from(virtfw::executor::open_netns(n).map_err(|e| match e {
+            virtfw::ExecError::Netns { source, .. } => source,
+            other => std::io::Error::other(other),
+        })?),
+        None => File::open("/proc/self/ns/net")?,
     };
-    let meta = fs::metadata(path)?;
-    Ok(format!("{}:{}", meta.dev(), meta.ino()))
+    let meta = file.metadata()?;
+    let inode = format!("{}:{}", meta.dev(), meta.ino());
+    // Our own namespace needs no setns: measured in this thread.
+    let cookie = match netns {
+        Some(_) => std::thread::scope(|s| {
+            s.spawn(|| {
+                use std::os::fd::AsRawFd;
+                // SAFETY: setns on an open nsfs descriptor; it moves only this short-lived
+                // thread, which ends right after.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return None;
+                }
+                own_netns_cookie()
+            })
+            .join()
+            .ok()
+            .flatten()
+        }),
+        None => own_netns_cookie(),
+    };
+    Ok(match cookie {
+        Some(c) => format!("{inode}:{c}"),
+        None => inode,
+    })
+}
+
+/// `SO_NETNS_COOKIE` (asm-generic/socket.h; not in the libc crate yet).
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+const SO_NETNS_COOKIE: libc::c_int = 71;
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+const SO_NETNS_COOKIE: libc::c_int = 0x0050;
+
+/// The netns cookie of the calling thread's network namespace, read from a socket made there.
+fn own_netns_cookie() -> Option<u64> {
+    // SAFETY: plain socket/getsockopt/close on a descriptor owned here; getsockopt writes at
+    // most `len` bytes into `cookie`.
+    unsafe {
+        let sock = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return None;
+        }
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            sock,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        );
+        libc::close(sock);
+        (rc == 0 && len as usize == std::mem::size_of::<u64>()).then_some(cookie)
+    }
+}
+
+/// Whether a recorded namespace identity names the namespace measured now. An identity
+/// recorded without a cookie (an older virtfw, a kernel without cookies) is compared by
+/// device and inode only.
+pub(crate) fn same_netns_identity(recorded: &str, now: &str) -> bool {
+    let (rec, cur): (Vec<&str>, Vec<&str>) =
+        (recorded.split(':').collect(), now.split(':').collect());
+    let common = rec.len().min(cur.len());
+    common >= 2 && rec[..common] == cur[..common]
 }
 
 /// Seconds since the epoch.
@@ -219,4 +287,47 @@ pub(crate) fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_compare_by_cookie_when_both_have_one() {
+        assert!(same_netns_identity("4:5:6", "4:5:6"));
+        assert!(!same_netns_identity("4:5:6", "4:5:7"), "a re-used inode");
+        assert!(!same_netns_identity("4:5:6", "4:6:6"));
+        assert!(
+            same_netns_identity("4:5", "4:5:7"),
+            "recorded without a cookie"
+        );
+        assert!(!same_netns_identity("4:6", "4:5:7"));
+        assert!(
+            !same_netns_identity("", "4:5:6"),
+            "no identity matches nothing"
+        );
+    }
+
+    #[test]
+    fn a_recreated_namespace_has_another_identity() {
+        let own = netns_identity(None).unwrap();
+        assert_eq!(own.split(':').count(), 3, "{own}");
+        assert_eq!(netns_identity(Some("/proc/self/ns/net")).unwrap(), own);
+        let ns = virtfw::netns::Netns::new("vfstate-id").unwrap();
+        let first = netns_identity(Some(ns.name())).unwrap();
+        assert_ne!(first, own);
+        let ip = |args: &[&str]| {
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        ip(&["netns", "del", ns.name()]);
+        assert!(netns_identity(Some(ns.name())).is_err());
+        ip(&["netns", "add", ns.name()]);
+        let second = netns_identity(Some(ns.name())).unwrap();
+        assert!(!same_netns_identity(&first, &second), "{first} / {second}");
+    }
 }

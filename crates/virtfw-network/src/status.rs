@@ -3,7 +3,9 @@
 //!
 //! Using libvirt's format means a network started by libvirt ≥ 10.4 can be stopped by virtfw
 //! from libvirt's status file and the other way round. virtfw adds one element libvirt ignores,
-//! `<virtfw createdBridge='yes'/>`, to remember that the bridge is its own to delete.
+//! `<virtfw createdBridge='yes' netns='NS' bootId='…' netnsId='…'/>`: whether the bridge is its
+//! own to delete, the namespace the network runs in, and the identity of the kernel state the
+//! rules live in (see [`StatusIdentity`]).
 
 use virtfw::xml::parse_document;
 use virtfw::{Backend, Firewall};
@@ -26,6 +28,20 @@ pub struct NetworkStatus {
     /// The network namespace (name under `/run/netns`) the network runs in, if not the
     /// caller's own; stop and status must run there too.
     pub netns: Option<String>,
+}
+
+/// Which kernel state a status file describes: the boot it was written in and the identity
+/// of the network namespace its rules were made in (as the caller measures it, e.g. the nsfs
+/// inode). Its removal plan names objects by handle, and handles are reused by a re-created
+/// namespace or after a reboot: a status whose identity no longer matches is stale and must not
+/// be run. libvirt's status files carry none (libvirt keeps them under /run, which a reboot
+/// clears).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusIdentity {
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`); empty if unknown.
+    pub boot_id: String,
+    /// The network namespace's identity; empty if unknown.
+    pub netns_id: String,
 }
 
 fn escape(s: &str) -> String {
@@ -78,19 +94,37 @@ impl NetworkStatus {
         }
     }
 
-    /// The status document, as libvirt writes it (2-space indentation), ending in a newline.
+    /// The status document, as libvirt writes it (2-space indentation), ending in a newline,
+    /// without an identity (see [`NetworkStatus::to_xml_stamped`]).
     pub fn to_xml(&self) -> String {
+        self.to_xml_with(None)
+    }
+
+    /// [`NetworkStatus::to_xml`], stamped with the identity of the kernel state its rules
+    /// live in: what virtfw stores for a network it started.
+    pub fn to_xml_stamped(&self, identity: &StatusIdentity) -> String {
+        self.to_xml_with(Some(identity))
+    }
+
+    fn to_xml_with(&self, identity: Option<&StatusIdentity>) -> String {
         let mut out = String::from("<networkstatus>\n");
         // What libvirt writes for a network without QoS reservations.
         out.push_str("  <class_id bitmap='0-2'/>\n");
         out.push_str("  <floor sum='0'/>\n");
-        if self.created_bridge || self.netns.is_some() {
+        if self.created_bridge || self.netns.is_some() || identity.is_some() {
             out.push_str("  <virtfw");
             if self.created_bridge {
                 out.push_str(" createdBridge='yes'");
             }
             if let Some(ns) = &self.netns {
                 out.push_str(&format!(" netns='{}'", escape(ns)));
+            }
+            if let Some(id) = identity {
+                out.push_str(&format!(
+                    " bootId='{}' netnsId='{}'",
+                    escape(&id.boot_id),
+                    escape(&id.netns_id)
+                ));
             }
             out.push_str("/>\n");
         }
@@ -106,6 +140,17 @@ impl NetworkStatus {
     /// removal plan is the first `<firewall>` child of `<networkstatus>`, used only when named
     /// `fwRemoval`; an invalid `<firewall>` makes the whole file fail.
     pub fn from_xml(text: &str, source_name: &str) -> Result<Self> {
+        Self::from_xml_stamped(text, source_name).map(|(status, _)| status)
+    }
+
+    /// [`NetworkStatus::from_xml`], with the identity the file was stamped with: `None` for a
+    /// file without one (libvirt's, or one written before virtfw recorded it). A file with
+    /// only one of the two attributes has an identity with the other one empty, which matches
+    /// no kernel state.
+    pub fn from_xml_stamped(
+        text: &str,
+        source_name: &str,
+    ) -> Result<(Self, Option<StatusIdentity>)> {
         let doc = parse_document(text).map_err(|e| NetworkError::syntax(source_name, e))?;
         let root = doc.root_element();
         let netnode = root
@@ -122,6 +167,7 @@ impl NetworkStatus {
         let mut removal = None;
         let mut created_bridge = false;
         let mut netns = None;
+        let mut identity = None;
         if root.has_tag_name("networkstatus") {
             if let Some(fwnode) = root.children().find(|c| c.has_tag_name("firewall")) {
                 let fw = virtfw::xml::parse_firewall_element(fwnode, source_name)?;
@@ -132,14 +178,22 @@ impl NetworkStatus {
             if let Some(own) = root.children().find(|c| c.has_tag_name("virtfw")) {
                 created_bridge = own.attribute("createdBridge") == Some("yes");
                 netns = own.attribute("netns").map(str::to_string);
+                let (boot, ns) = (own.attribute("bootId"), own.attribute("netnsId"));
+                if boot.is_some() || ns.is_some() {
+                    identity = Some(StatusIdentity {
+                        boot_id: boot.unwrap_or_default().to_string(),
+                        netns_id: ns.unwrap_or_default().to_string(),
+                    });
+                }
             }
         }
-        Ok(NetworkStatus {
+        let status = NetworkStatus {
             def,
             removal,
             created_bridge,
             netns,
-        })
+        };
+        Ok((status, identity))
     }
 }
 
@@ -186,6 +240,46 @@ mod tests {
             plan.groups()[0].actions()[0].args().join(" "),
             "delete rule ip libvirt_network guest_nat handle 10"
         );
+    }
+
+    #[test]
+    fn identity_round_trips_and_is_absent_from_unstamped_files() {
+        let def = NetworkDef::from_xml(NET, "net.xml").unwrap();
+        let status = NetworkStatus {
+            def,
+            removal: None,
+            created_bridge: false,
+            netns: None,
+        };
+        let plain = status.to_xml();
+        assert!(!plain.contains("<virtfw"), "{plain}");
+        assert_eq!(
+            NetworkStatus::from_xml_stamped(&plain, "s").unwrap().1,
+            None
+        );
+        let id = StatusIdentity {
+            boot_id: "b-1".into(),
+            netns_id: "4:4026531840'<".into(),
+        };
+        let stamped = status.to_xml_stamped(&id);
+        assert!(
+            stamped.contains("  <virtfw bootId='b-1' netnsId='4:4026531840&apos;&lt;'/>\n"),
+            "{stamped}"
+        );
+        let (back, got) = NetworkStatus::from_xml_stamped(&stamped, "s").unwrap();
+        assert_eq!(got.as_ref(), Some(&id));
+        assert_eq!(
+            back.to_xml_stamped(&id),
+            stamped,
+            "stable across a round trip"
+        );
+        // Half an identity is still one (and matches nothing).
+        let half = stamped.replace(" netnsId='4:4026531840&apos;&lt;'", "");
+        let got = NetworkStatus::from_xml_stamped(&half, "s")
+            .unwrap()
+            .1
+            .unwrap();
+        assert_eq!((got.boot_id.as_str(), got.netns_id.as_str()), ("b-1", ""));
     }
 
     /// Every command of `plan`, group by group, as `layer: args`.
