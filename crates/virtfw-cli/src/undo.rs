@@ -179,56 +179,8 @@ fn created(
             })
         };
         match base(program) {
-            "nft" => {
-                if !has_echo(args) {
-                    continue;
-                }
-                let stdout = read("out");
-                if args.iter().any(|a| a == "-f" || a == "--file") {
-                    if !*stdin {
-                        continue;
-                    }
-                    // A batch: echo lines ending in `# handle N` come in input order, one
-                    // per create; the `handle P` inside a line is a position, not ours.
-                    let input = read("in");
-                    let mut handles = stdout.lines().filter_map(rollback::parse_trailing_handle);
-                    for line in input.lines() {
-                        let words = split_words(line);
-                        if rollback::nft_create(&words).is_none() {
-                            continue;
-                        }
-                        let Some(h) = handles.next() else { break };
-                        if let Some(u) = nft_delete(&words, h) {
-                            push(u);
-                        }
-                    }
-                } else if let Some(h) = rollback::parse_handle(&stdout) {
-                    if let Some(u) = nft_delete(args, h) {
-                        push(u);
-                    }
-                }
-            }
-            p if p.ends_with("-restore") => {
-                let Some(layer) = ipt_layer(p) else { continue };
-                if status.is_some_and(|s| s != 0 && !*stdin) {
-                    continue;
-                }
-                let input = read("in");
-                let mut table = "filter".to_string();
-                for line in input.lines() {
-                    let line = line.trim();
-                    if let Some(t) = line.strip_prefix('*') {
-                        table = t.trim().to_string();
-                        continue;
-                    }
-                    let words = split_words(line);
-                    if rollback::iptables_is_create(&words) {
-                        let mut args = vec!["--table".to_string(), table.clone()];
-                        args.extend(words);
-                        push(ipt_delete(layer, &args));
-                    }
-                }
-            }
+            "nft" => nft_created(args, *stdin, &read, &mut push),
+            p if p.ends_with("-restore") => restore_created(p, status, *stdin, &read, &mut push),
             p => {
                 let Some(layer) = ipt_layer(p) else { continue };
                 if status.is_some_and(|s| s != 0) {
@@ -243,6 +195,73 @@ fn created(
         }
     }
     out
+}
+
+/// What one journalled nft command created: the inverses of its echoed creates.
+fn nft_created(
+    args: &[String],
+    stdin: bool,
+    read: &dyn Fn(&str) -> String,
+    push: &mut dyn FnMut(UndoCmd),
+) {
+    if !has_echo(args) {
+        return;
+    }
+    let stdout = read("out");
+    if args.iter().any(|a| a == "-f" || a == "--file") {
+        if !stdin {
+            return;
+        }
+        // A batch: echo lines ending in `# handle N` come in input order, one
+        // per create; the `handle P` inside a line is a position, not ours.
+        let input = read("in");
+        let mut handles = stdout.lines().filter_map(rollback::parse_trailing_handle);
+        for line in input.lines() {
+            let words = split_words(line);
+            if rollback::nft_create(&words).is_none() {
+                continue;
+            }
+            let Some(h) = handles.next() else { break };
+            if let Some(u) = nft_delete(&words, h) {
+                push(u);
+            }
+        }
+    } else if let Some(h) = rollback::parse_handle(&stdout) {
+        if let Some(u) = nft_delete(args, h) {
+            push(u);
+        }
+    }
+}
+
+/// What one journalled iptables-family restore (`program`) created.
+fn restore_created(
+    program: &str,
+    status: Option<i32>,
+    stdin: bool,
+    read: &dyn Fn(&str) -> String,
+    push: &mut dyn FnMut(UndoCmd),
+) {
+    let Some(layer) = ipt_layer(program) else {
+        return;
+    };
+    if status.is_some_and(|s| s != 0 && !stdin) {
+        return;
+    }
+    let input = read("in");
+    let mut table = "filter".to_string();
+    for line in input.lines() {
+        let line = line.trim();
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.trim().to_string();
+            continue;
+        }
+        let words = split_words(line);
+        if rollback::iptables_is_create(&words) {
+            let mut args = vec!["--table".to_string(), table.clone()];
+            args.extend(words);
+            push(ipt_delete(layer, &args));
+        }
+    }
 }
 
 /// Argvs (with multiplicity) that ran to completion after the first rollback/undo/recover mark.
