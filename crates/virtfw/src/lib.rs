@@ -105,6 +105,7 @@ pub mod executor;
 pub mod firewall;
 pub mod model;
 pub mod netns;
+pub mod nft;
 pub mod rollback;
 pub mod transcript;
 pub mod xml;
