@@ -610,16 +610,16 @@ mod tests {
         let l = parse_listing(LISTING);
         assert_eq!(l.table, Some(5));
         assert_eq!(l.chains.get("input"), Some(&1));
-        assert_eq!(
-            l.rules
-                .get("input")
-                .unwrap()
-                .iter()
-                .copied()
-                .collect::<Vec<_>>(),
-            [3]
-        );
+        assert_eq!(l.rules["input"].iter().copied().collect::<Vec<_>>(), [3]);
         assert!(!l.chains.contains_key("s"));
+        let text = "table ip t { # handle 1\n\tset s { # handle 4\n\t\ttype ipv4_addr\n\t\telements = { 1.1.1.1 }\n\t}\n\n\tchain c { # handle 1\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tip saddr { 1.2.3.4, 5.6.7.8 } accept # handle 3\n\t\tmeta mark 1 comment \"odd { text\" # handle 9\n\t}\n\tchain d { # handle 5\n\t\taccept # handle 6\n\t}\n}\n";
+        let h = parse_listing(text);
+        assert_eq!(h.table, Some(1));
+        assert_eq!(h.chains.get("c"), Some(&1));
+        assert_eq!(h.chains.get("d"), Some(&5));
+        assert_eq!(h.rules["c"].iter().copied().collect::<Vec<_>>(), vec![3, 9]);
+        assert_eq!(h.rules["d"].iter().copied().collect::<Vec<_>>(), vec![6]);
+        assert!(!h.rules.contains_key("s"));
     }
 
     /// nft 1.0.6, per command: an existing table echoes nothing, an existing chain echoes its
