@@ -154,8 +154,8 @@ fn listing<'m>(
 }
 
 /// The tables of `family` by handle, from one `nft -j list tables FAMILY`: names and handles
-/// only, no table's contents. JSON because nft 1.0.6 prints no handles in the text form of
-/// `list tables`, even with `-a`. `None` when the listing fails or cannot be read.
+/// only, no table's contents ([`nft::parse_tables_json`]). `None` when the listing fails or
+/// cannot be read.
 fn table_handles(
     exec: &dyn Executor,
     family: &str,
@@ -165,26 +165,13 @@ fn table_handles(
     if status != 0 {
         return None;
     }
-    let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
-    Some(parse_table_list(&doc, family))
-}
-
-/// The `{"table": {"family", "name", "handle"}}` entries of nft's JSON output for `family`;
-/// anything else (metainfo, unknown keys) is ignored.
-fn parse_table_list(doc: &serde_json::Value, family: &str) -> BTreeMap<u64, String> {
-    doc.get("nftables")
-        .and_then(|v| v.as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.get("table"))
-        .filter(|t| t.get("family").and_then(|f| f.as_str()) == Some(family))
-        .filter_map(|t| {
-            Some((
-                t.get("handle")?.as_u64()?,
-                t.get("name")?.as_str()?.to_string(),
-            ))
-        })
-        .collect()
+    Some(
+        nft::parse_tables_json(&text)?
+            .into_iter()
+            .filter(|t| t.family == family)
+            .map(|t| (t.handle, t.name))
+            .collect(),
+    )
 }
 
 fn verify_nft(
@@ -365,15 +352,5 @@ mod tests {
             .unwrap()
             .iter()
             .all(|a| !a.contains(&"foreign".to_string()) && !a.contains(&"table".to_string())));
-    }
-
-    #[test]
-    fn table_list_json_is_read_tolerantly() {
-        let doc: serde_json::Value = serde_json::from_str(
-            r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "ip", "name": "a", "handle": 4}}, {"table": {"family": "ip6", "name": "b", "handle": 5}}, {"table": {"family": "ip", "name": "c"}}, {"chain": {}}]}"#,
-        )
-        .unwrap();
-        let t = parse_table_list(&doc, "ip");
-        assert_eq!(t.into_iter().collect::<Vec<_>>(), [(4, "a".to_string())]);
     }
 }

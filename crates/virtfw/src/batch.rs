@@ -274,16 +274,13 @@ fn classify_cmds(backend: Backend, flags: TransactionFlags, actions: &[Command])
             }
             let creates = actions
                 .iter()
-                .filter(|c| auto && rollback::nft_create(&c.args).is_some_and(|k| k.verb == 0))
+                .filter(|c| auto && nft::nft_create(&c.args).is_some_and(|k| k.verb == 0))
                 .count();
             if creates == actions.len() {
                 Some(Kind::NftCreates)
             } else if creates == 0 && actions.iter().all(|c| nft_plain_verb(&c.args)) {
                 // Without auto-rollback nothing is echoed on the per-command path either.
-                let any_create = auto
-                    && actions
-                        .iter()
-                        .any(|c| rollback::nft_create(&c.args).is_some());
+                let any_create = auto && actions.iter().any(|c| nft::nft_create(&c.args).is_some());
                 (!any_create).then_some(Kind::NftPlain)
             } else {
                 None
@@ -378,17 +375,13 @@ impl Present {
             if !out.success() {
                 continue;
             }
-            let mut handles = BTreeSet::new();
-            for line in out.stdout.lines() {
-                if let Some(h) = rollback::parse_trailing_handle(line) {
-                    if line.trim_start().starts_with("table ") {
-                        present.tables.insert((family.clone(), h));
-                    } else {
-                        handles.insert(h);
-                    }
-                }
+            let listing = nft::parse_listing(&out.stdout);
+            if let Some(h) = listing.table {
+                present.tables.insert((family.clone(), h));
             }
-            present.objects.insert((family, table), handles);
+            present
+                .objects
+                .insert((family, table), listing.object_handles());
         }
         if deletes.iter().any(|d| d.object == NftObject::Table) {
             let argv: Vec<String> = ["nft", "-j", "list", "tables"]
@@ -396,8 +389,14 @@ impl Present {
                 .map(|s| s.to_string())
                 .collect();
             let out = run_listing(exec, &argv)?;
-            if out.success() {
-                present.tables.extend(json_tables(&out.stdout));
+            if let Some(tables) = out
+                .success()
+                .then(|| nft::parse_tables_json(&out.stdout))
+                .flatten()
+            {
+                present
+                    .tables
+                    .extend(tables.into_iter().map(|t| (t.family, t.handle)));
                 present.tables_complete = true;
             }
         }
@@ -426,25 +425,6 @@ fn run_listing(exec: &dyn Executor, argv: &[String]) -> Result<Output, Error> {
             cmdline: command_line(argv),
             source,
         })
-}
-
-/// (family, handle) of every table in `nft -j list tables` output (a small scan of our own
-/// query's output; other fields are ignored).
-fn json_tables(json: &str) -> Vec<(String, u64)> {
-    let field = |s: &str, name: &str| -> Option<String> {
-        let at = s.find(&format!("\"{name}\":"))? + name.len() + 3;
-        let v = s[at..].trim_start();
-        let v = v.strip_prefix('"').unwrap_or(v);
-        let end = v.find(['"', ',', '}']).unwrap_or(v.len());
-        Some(v[..end].to_string())
-    };
-    json.split("{\"table\":")
-        .skip(1)
-        .filter_map(|obj| {
-            let obj = &obj[..obj.find('}').unwrap_or(obj.len())];
-            Some((field(obj, "family")?, field(obj, "handle")?.parse().ok()?))
-        })
-        .collect()
 }
 
 /// The order a removal batch deletes in, as indices into `rule_delete`/`appended`.

@@ -338,6 +338,55 @@ pub fn parse_listing(text: &str) -> TableListing {
     out
 }
 
+/// One table of `nft -j list tables` output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedTable {
+    pub family: String,
+    pub name: String,
+    pub handle: u64,
+}
+
+/// The shape of nft's JSON output this crate reads; unknown keys and other entries (metainfo,
+/// chains, other software's objects) are ignored.
+#[derive(serde::Deserialize)]
+struct JsonDoc {
+    #[serde(default)]
+    nftables: Vec<JsonEntry>,
+}
+
+#[derive(serde::Deserialize)]
+struct JsonEntry {
+    #[serde(default)]
+    table: Option<JsonTable>,
+}
+
+#[derive(serde::Deserialize)]
+struct JsonTable {
+    family: Option<String>,
+    name: Option<String>,
+    handle: Option<u64>,
+}
+
+/// The tables in `nft -j list tables [FAMILY]` output (JSON because nft 1.0.6 prints no table
+/// handles in the text form of `list tables`, even with `-a`). `None` when the text is not
+/// nft's JSON document; entries without a family, name or handle are skipped.
+pub fn parse_tables_json(text: &str) -> Option<Vec<ListedTable>> {
+    let doc: JsonDoc = serde_json::from_str(text).ok()?;
+    Some(
+        doc.nftables
+            .into_iter()
+            .filter_map(|e| {
+                let t = e.table?;
+                Some(ListedTable {
+                    family: t.family?,
+                    name: t.name?,
+                    handle: t.handle?,
+                })
+            })
+            .collect(),
+    )
+}
+
 /// What existed before an apply, per listed table, plus what the apply itself created since:
 /// the facts that decide whether an `add table`/`add chain` made something.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -719,6 +768,20 @@ mod tests {
             map_echo(&creates, &mut e, "add table ip t # handle 8\nadd chain ip t c # handle 1\nadd rule ip t c drop # handle 2\n"),
             [Echo::Ours(8), Echo::Ours(1), Echo::Ours(2)]
         );
+    }
+
+    #[test]
+    fn table_list_json_is_read_tolerantly() {
+        let t = parse_tables_json(
+            r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "ip", "name": "a", "handle": 4, "flags": ["dormant"]}}, {"table": {"family": "ip6", "name": "b", "handle": 5}}, {"table": {"family": "ip", "name": "c"}}, {"chain": {}}]}"#,
+        )
+        .unwrap();
+        let got: Vec<(&str, &str, u64)> = t
+            .iter()
+            .map(|t| (t.family.as_str(), t.name.as_str(), t.handle))
+            .collect();
+        assert_eq!(got, [("ip", "a", 4), ("ip6", "b", 5)]);
+        assert_eq!(parse_tables_json("not json"), None);
     }
 
     #[test]

@@ -5,9 +5,6 @@
 //! The iptables family (this module) deletes by rule specification, so the inverse is the same
 //! arguments with the create option swapped for `--delete`.
 
-/// The nft half lives in [`crate::nft`]; these names stay reachable from here.
-pub use crate::nft::{nft_create, trailing_handle as parse_trailing_handle, NftCreate, NftObject};
-
 /// Does this iptables/ip6tables/ebtables command create a rule (libvirt: any argument is
 /// `--insert`, `-I`, `--append` or `-A`)?
 pub fn iptables_is_create(args: &[String]) -> bool {

@@ -196,7 +196,7 @@ fn batch_lines(argv: &[String], stdin: &[u8]) -> Option<Vec<(usize, Vec<String>)
                 .map(|(n, line)| {
                     let words = split(line);
                     let mut one = vec!["nft".to_string()];
-                    if echo && crate::rollback::nft_create(&words).is_some() {
+                    if echo && crate::nft::nft_create(&words).is_some() {
                         one.push("-ae".to_string());
                     }
                     one.extend(words);
