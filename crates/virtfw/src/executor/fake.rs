@@ -516,3 +516,113 @@ impl Executor for FakeExecutor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(fake: &FakeExecutor, cmd: &str) -> Output {
+        let argv: Vec<String> = std::iter::once("nft".to_string())
+            .chain(crate::nft::line_words(cmd))
+            .collect();
+        fake.run(Invocation {
+            argv: &argv,
+            stdin: None,
+        })
+        .unwrap()
+    }
+
+    fn batch(fake: &FakeExecutor, input: &str) -> Output {
+        let argv: Vec<String> = ["nft", "-ae", "-f", "-"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        fake.run(Invocation {
+            argv: &argv,
+            stdin: Some(input.as_bytes()),
+        })
+        .unwrap()
+    }
+
+    /// The model behaves like nft 1.0.6 for existing tables and chains.
+    #[test]
+    fn model_echoes_like_nft_1_0_6() {
+        let fake = FakeExecutor::new();
+        assert_eq!(
+            run(&fake, "-ae add table ip t").stdout.lines().next(),
+            Some("add table ip t # handle 1")
+        );
+        // Existing table: success, no echo. Existing chain: its existing handle.
+        assert_eq!(run(&fake, "-ae add table ip t"), Output::default());
+        assert!(run(&fake, "-ae add chain ip t c")
+            .stdout
+            .starts_with("add chain ip t c # handle 2\n"));
+        assert!(run(&fake, "-ae add chain ip t c")
+            .stdout
+            .starts_with("add chain ip t c # handle 2\n"));
+        // `create` of an existing one: File exists.
+        for cmd in ["-ae create table ip t", "-ae create chain ip t c"] {
+            let out = run(&fake, cmd);
+            assert_eq!(out.status, 1);
+            assert!(out.stderr.contains("File exists"), "{}", out.stderr);
+        }
+        assert!(run(&fake, "-ae add rule ip t c accept")
+            .stdout
+            .starts_with("add rule ip t c accept # handle 3\n"));
+        // The listing comes from the model; an unknown table is "No such file or directory".
+        let listing = run(&fake, "-a list table ip t");
+        assert_eq!(
+            listing.stdout,
+            "table ip t { # handle 1\n\tchain c { # handle 2\n\t\tcounter packets 0 bytes 0 # handle 3\n\t}\n}\n"
+        );
+        let parsed = crate::nft::parse_listing(&listing.stdout);
+        assert_eq!((parsed.table, parsed.chains["c"]), (Some(1), 2));
+        let absent = run(&fake, "-a list table ip6 t");
+        assert_eq!(absent.status, 1);
+        assert!(crate::nft::listing_says_absent(&absent.stderr));
+        // Deletes by handle are applied.
+        run(&fake, "delete rule ip t c handle 3");
+        assert!(!run(&fake, "-a list table ip t").stdout.contains("handle 3"));
+        run(&fake, "delete table ip handle 1");
+        assert_eq!(run(&fake, "-a list table ip t").status, 1);
+    }
+
+    /// A batch is all or nothing against the model, and echoes per line like nft.
+    #[test]
+    fn model_batches_are_atomic() {
+        let fake = FakeExecutor::new().with_batching();
+        let out = batch(&fake, "add table ip t\nadd chain ip t c\n");
+        assert_eq!(
+            out.stdout,
+            "add table ip t # handle 1\nadd chain ip t c # handle 2\n"
+        );
+        // The existing table is silent, the existing chain has its old handle.
+        let out = batch(
+            &fake,
+            "add table ip t\nadd chain ip t c\nadd rule ip t c drop\n",
+        );
+        assert_eq!(
+            out.stdout,
+            "add chain ip t c # handle 2\nadd rule ip t c drop # handle 3\n"
+        );
+        // One failing line: nothing applied.
+        let out = batch(&fake, "add chain ip t d\ncreate table ip t\n");
+        assert_eq!(out.status, 1);
+        assert!(out.stderr.starts_with("/dev/stdin:2:"), "{}", out.stderr);
+        let listing = run(&fake, "-a list table ip t").stdout;
+        assert!(!listing.contains("chain d"), "{listing}");
+    }
+
+    /// Scripted responses win over the model; fixed-handle mode is kept.
+    #[test]
+    fn script_wins_and_fixed_handles_stay() {
+        let fake = FakeExecutor::new().with_fixed_handle(5309).on(
+            FakeExecutor::args_contain(&["list"]),
+            FakeResponse::stdout("scripted"),
+        );
+        assert_eq!(run(&fake, "-a list table ip t").stdout, "scripted");
+        assert!(run(&fake, "-ae add table ip t")
+            .stdout
+            .starts_with("add table ip t # handle 5309\n"));
+    }
+}
