@@ -5,7 +5,11 @@
 //!
 //! * nft creates run with echo: the object exists iff its `N.out` holds a `# handle N` for it
 //!   (nft prints the echo only after the kernel committed, and a batch commits all or nothing).
-//!   The inverse is the exact `delete … handle N`.
+//!   The inverse is the exact `delete … handle N`. Whether a table or chain was *made* by the
+//!   create or existed before is decided as the engine decided it: from the engine's own
+//!   `nft -a list table` records in the journal, with the same function
+//!   ([`virtfw::nft::map_echo`]). A create that completed but whose echo does not account for
+//!   what it made fails the undo (the journal is kept) rather than guessing a handle.
 //! * iptables-family creates: exit status 0 in a `done` record means created; another status
 //!   means not; no `done` record means "unknown" (virtfw died while it ran): the undo then
 //!   checks with `--check` first and deletes only what exists.
@@ -632,6 +636,29 @@ mod tests {
         );
     }
 
+    /// The engine's listing of `ip t` (record `listing`, exit `status`), then the create
+    /// record `seq` (`argv`, batch when `stdin`), with no `done` record yet.
+    fn listed_then(listing: u64, status: i32, seq: u64, argv: &str, stdin: bool) -> Vec<Record> {
+        vec![
+            Record::Start {
+                seq: listing,
+                group: Some(0),
+                argv: v("nft -a list table ip t"),
+                stdin: false,
+            },
+            Record::Done {
+                seq: listing,
+                status,
+            },
+            Record::Start {
+                seq,
+                group: Some(0),
+                argv: v(argv),
+                stdin,
+            },
+        ]
+    }
+
     #[test]
     fn batch_echo_maps_trailing_handles_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -650,21 +677,7 @@ mod tests {
             "table ip t { # handle 4\n}\n",
         )
         .unwrap();
-        let records = vec![
-            Record::Start {
-                seq: 9,
-                group: Some(0),
-                argv: v("nft -a list table ip t"),
-                stdin: false,
-            },
-            Record::Done { seq: 9, status: 0 },
-            Record::Start {
-                seq: 0,
-                group: Some(0),
-                argv: v("nft -ae -f -"),
-                stdin: true,
-            },
-        ];
+        let records = listed_then(9, 0, 0, "nft -ae -f -", true);
         let undo: Vec<_> = undo_apply(&tx(), dir.path(), &records)
             .unwrap()
             .into_iter()
@@ -701,21 +714,7 @@ mod tests {
             "add chain ip t c # handle 1\ncreate chain ip t mine # handle 5\nadd rule ip t c accept comment \"# handle 2\" # handle 6\nadd rule ip t mine accept # handle 7\n# new generation 3 by process 9 (nft)\n",
         )
         .unwrap();
-        let records = vec![
-            Record::Start {
-                seq: 0,
-                group: None,
-                argv: v("nft -a list table ip t"),
-                stdin: false,
-            },
-            Record::Done { seq: 0, status: 0 },
-            Record::Start {
-                seq: 1,
-                group: Some(0),
-                argv: v("nft -ae -f -"),
-                stdin: true,
-            },
-        ];
+        let records = listed_then(0, 0, 1, "nft -ae -f -", true);
         let undo: Vec<_> = undo_apply(&tx(), dir.path(), &records)
             .unwrap()
             .into_iter()
@@ -745,22 +744,8 @@ mod tests {
         )
         .unwrap();
         std::fs::write(cmd_file(dir.path(), 1, "out"), "").unwrap();
-        let records = vec![
-            Record::Start {
-                seq: 0,
-                group: Some(0),
-                argv: v("nft -a list table ip t"),
-                stdin: false,
-            },
-            Record::Done { seq: 0, status: 1 },
-            Record::Start {
-                seq: 1,
-                group: Some(0),
-                argv: v("nft -ae create table ip t"),
-                stdin: false,
-            },
-            Record::Done { seq: 1, status: 0 },
-        ];
+        let mut records = listed_then(0, 1, 1, "nft -ae create table ip t", false);
+        records.push(Record::Done { seq: 1, status: 0 });
         let err = undo_apply(&tx(), dir.path(), &records).unwrap_err();
         assert_eq!(err.seq, 1);
         // Interrupted instead (no `done`): no echo means it made nothing.

@@ -46,7 +46,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use tracing::{debug, warn};
 
-use crate::engine::{absent_before, argv_for, learn_table, run_command, ApplyObserver};
+use crate::engine::{absent_before, argv_for, learn_table, run_argv, run_command, ApplyObserver};
 use crate::error::Error;
 use crate::executor::{Executor, Invocation, Output};
 use crate::firewall::{Firewall, Group};
@@ -371,7 +371,7 @@ impl Present {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            let out = run_listing(exec, &argv)?;
+            let out = run_argv(exec, &argv)?;
             if !out.success() {
                 continue;
             }
@@ -388,7 +388,7 @@ impl Present {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            let out = run_listing(exec, &argv)?;
+            let out = run_argv(exec, &argv)?;
             if let Some(tables) = out
                 .success()
                 .then(|| nft::parse_tables_json(&out.stdout))
@@ -416,15 +416,6 @@ impl Present {
             (None, _) => true,
         }
     }
-}
-
-/// Run a listing `argv`; the executor's own failure is an [`Error::Exec`].
-fn run_listing(exec: &dyn Executor, argv: &[String]) -> Result<Output, Error> {
-    exec.run(Invocation { argv, stdin: None })
-        .map_err(|source| Error::Exec {
-            cmdline: command_line(argv),
-            source,
-        })
 }
 
 /// The order a removal batch deletes in, as indices into `rule_delete`/`appended`.

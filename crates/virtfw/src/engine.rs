@@ -99,6 +99,15 @@ pub(crate) fn argv_for(
     (argv, nft_create, ipt_create)
 }
 
+/// Run `argv` without input; the executor's own failure is an [`Error::Exec`].
+pub(crate) fn run_argv(exec: &dyn Executor, argv: &[String]) -> Result<Output> {
+    exec.run(Invocation { argv, stdin: None })
+        .map_err(|source| Error::Exec {
+            cmdline: command_line(argv),
+            source,
+        })
+}
+
 /// Make sure `existing` knows what `create`'s table held before this apply: list the table
 /// through the executor the first time a table or chain create touches it (so the CLI
 /// journals the listing like every command and can rebuild the same facts). A listing that
@@ -114,15 +123,7 @@ pub(crate) fn learn_table(
     };
     let argv = nft::listing_argv(&family, &table);
     debug!(cmd = %command_line(&argv), "listing a table before creating in it");
-    let out = exec
-        .run(Invocation {
-            argv: &argv,
-            stdin: None,
-        })
-        .map_err(|source| Error::Exec {
-            cmdline: command_line(&argv),
-            source,
-        })?;
+    let out = run_argv(exec, &argv)?;
     existing
         .record_listing(&family, &table, out.status, &out.stdout, &out.stderr)
         .map_err(|source| Error::Listing {
@@ -167,15 +168,7 @@ pub(crate) fn run_command(
     }
     observer.will_run(group, &argv);
     debug!(cmd = %command_line(&argv), "running firewall command");
-    let out: Output = exec
-        .run(Invocation {
-            argv: &argv,
-            stdin: None,
-        })
-        .map_err(|source| Error::Exec {
-            cmdline: command_line(&argv),
-            source,
-        })?;
+    let out: Output = run_argv(exec, &argv)?;
     if !out.success() {
         let is_list = backend == Backend::Nftables
             && cmd.layer != Layer::Tc
