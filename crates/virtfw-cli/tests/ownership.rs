@@ -285,3 +285,56 @@ fn hand_made_objects_survive_apply_and_remove() {
         assert_eq!(ruleset(&env), before, "per_command={per_command}");
     }
 }
+
+/// An `nft` whose echo is lost (as when its output file cannot be written): the create
+/// committed but its handle is unknown. virtfw never guesses: `apply` exits 4 and keeps its
+/// journal, and `recover` refuses the same way instead of dropping it; nothing else is
+/// touched.
+#[test]
+fn lost_echo_keeps_the_journal_and_exits_4() {
+    for per_command in [true, false] {
+        let env = Env::new("vfw-cli-own-echo");
+        nft_script(&env, DECOYS);
+        let before = ruleset(&env);
+        let file = env.write("web.xml", &web_xml());
+        let bin = env.dir.path().join("lost-echo");
+        std::fs::create_dir_all(&bin).unwrap();
+        let script = format!(
+            "#!/bin/bash\ncase \" $* \" in *\" -ae \"*) exec {nft} \"$@\" >/dev/null ;; esac\nexec {nft} \"$@\"\n",
+            nft = real("nft")
+        );
+        let wrapper = bin.join("nft");
+        std::fs::write(&wrapper, script).unwrap();
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let mut args = vec!["apply", path_of(&file), "--name", "web"];
+        if per_command {
+            args.insert(0, "--no-batch");
+        }
+        let o = env.cmd(&args).env("PATH", &path).output().unwrap();
+        assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+        assert!(stderr(&o).contains("echo"), "{}", text(&o));
+        assert!(!plan_exists(&env, "web"));
+        let journals = || {
+            std::fs::read_dir(env.state().join("journal"))
+                .unwrap()
+                .count()
+        };
+        assert_eq!(journals(), 1, "the journal is kept");
+        let o = env.cmd(&["recover"]).env("PATH", &path).output().unwrap();
+        assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+        assert_eq!(journals(), 1, "recover keeps it too");
+        // What existed before is untouched; the object with the unknown handle is reported,
+        // not deleted by guess.
+        let now = ruleset(&env);
+        assert!(now.contains("table inet myweb"), "{now}");
+        env.ns
+            .run(&["nft", "delete", "table", "inet", "myweb"])
+            .unwrap();
+        assert_eq!(ruleset(&env), before, "per_command={per_command}");
+    }
+}
