@@ -147,7 +147,12 @@ impl Operation {
         mark: &str,
     ) -> CliResult<UndoStats> {
         let records = self.reenter(phase, mark)?;
-        Ok(self.run_undo(&undo::undo_apply(tx, self.dir(), &records)))
+        let cmds =
+            undo::undo_apply(tx, self.dir(), &records).map_err(|e| crate::CliError::State {
+                path: self.dir().to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(self.run_undo(&cmds))
     }
 
     /// Finish the removal by `plan` that phase `phase` began, after `mark`: its commands not
