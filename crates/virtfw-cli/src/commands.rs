@@ -199,7 +199,13 @@ pub(crate) fn apply(ctx: &Ctx, file: &Path, name: Option<&str>, dry: bool) -> Cl
         commands: fw.command_count(),
         removal: removal.to_xml(),
     };
-    plan.store(&state)?;
+    // Not stored (a full state directory): the rules stay until `recover` undoes them, which
+    // it does for an apply whose plan is missing.
+    plan.store(&state).map_err(|e| CliError::KeptJournal {
+        context: format!("applied {name} but could not store its removal plan"),
+        reason: e.to_string(),
+        journal: op.dir().to_path_buf(),
+    })?;
     op.finish()?;
     let undo_cmds = removal.command_count();
     ctx.emit(
