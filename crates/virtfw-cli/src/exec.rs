@@ -49,7 +49,7 @@ use virtfw::executor::{self, Invocation, Output};
 use virtfw::{ApplyObserver, Command as FwCommand, ExecError, Executor};
 
 use crate::error::{CliError, CliResult};
-use crate::journal::{Journal, Record};
+use crate::journal::{self, Journal, Record};
 
 const NO_GROUP: usize = usize::MAX;
 
@@ -74,46 +74,13 @@ pub(crate) fn child_timeout() -> Duration {
         .unwrap_or(executor::DEFAULT_CHILD_TIMEOUT)
 }
 
-/// Reserve the first `len` bytes of `file` without changing its size. A filesystem that
-/// cannot (`EOPNOTSUPP`) is used without a reservation; any other failure (`ENOSPC`) is an
-/// error: the space is not there.
-pub(crate) fn reserve(file: &File, len: u64) -> std::io::Result<()> {
-    // SAFETY: plain system call on a descriptor we own.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_KEEP_SIZE,
-            0,
-            len.min(i64::MAX as u64) as libc::off_t,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
-        _ => Err(e),
-    }
-}
-
-/// Give back what is left of a [`reserve`] past the end of `path` (best effort).
-fn release(path: &Path, reserved: u64) {
-    let Ok(file) = OpenOptions::new().write(true).open(path) else {
-        return;
-    };
-    let Ok(len) = file.metadata().map(|m| m.len()) else {
-        return;
-    };
-    if len < reserved {
-        // SAFETY: plain system call on a descriptor we own.
-        unsafe {
-            libc::fallocate(
-                file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                len as libc::off_t,
-                (reserved - len) as libc::off_t,
-            );
+/// Give back what is left of a [`journal::reserve`] past the end of `path` (best effort): a
+/// truncation to its own length frees the blocks beyond the end (ext4, xfs, tmpfs; punching a
+/// hole past the end does not, on ext4). The child has exited: nothing writes the file now.
+fn release(path: &Path) {
+    if let Ok(file) = OpenOptions::new().write(true).open(path) {
+        if let Ok(meta) = file.metadata() {
+            let _ = file.set_len(meta.len());
         }
     }
 }
@@ -123,8 +90,6 @@ struct CmdFiles {
     stdin: Stdio,
     out: File,
     err: File,
-    /// Bytes reserved in each of `N.out` and `N.err`.
-    reserved: u64,
 }
 
 /// Open `/run/netns/NAME` (or a path), the namespace commands run in; a missing one is the
@@ -212,14 +177,9 @@ impl JournalExecutor {
         };
         let out = create(&self.journal.cmd_file(seq, "out"))?;
         let err = create(&self.journal.cmd_file(seq, "err"))?;
-        reserve(&out, reserved)?;
-        reserve(&err, reserved)?;
-        Ok(CmdFiles {
-            stdin,
-            out,
-            err,
-            reserved,
-        })
+        journal::reserve(&out, reserved)?;
+        journal::reserve(&err, reserved)?;
+        Ok(CmdFiles { stdin, out, err })
     }
 
     fn spawn_and_wait(
@@ -246,8 +206,8 @@ impl JournalExecutor {
         let waited = executor::wait_child(&mut child, program, self.timeout);
         let out_path = self.journal.cmd_file(seq, "out");
         let err_path = self.journal.cmd_file(seq, "err");
-        release(&out_path, files.reserved);
-        release(&err_path, files.reserved);
+        release(&out_path);
+        release(&err_path);
         let status = waited?;
         let read = |p: &Path| {
             std::fs::read(p)
@@ -337,5 +297,81 @@ impl ApplyObserver for JournalExecutor {
     }
     fn ignored_failure(&self, group: usize, cmd: &FwCommand, missing: bool) {
         self.ignored.ignored_failure(group, cmd, missing);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{read_records, OpHeader, OpKind, JOURNAL_VERSION};
+    use crate::state::StateDir;
+
+    fn journal(dir: &Path) -> Arc<Journal> {
+        let state = StateDir::open(&dir.join("state")).unwrap();
+        let header = OpHeader {
+            version: JOURNAL_VERSION,
+            op_id: "1-1".into(),
+            kind: OpKind::Apply,
+            name: "t".into(),
+            backend: "nftables".into(),
+            netns: None,
+            netns_id: String::new(),
+            boot_id: String::new(),
+            created: 0,
+            document: String::new(),
+            status: None,
+        };
+        Arc::new(Journal::begin(&state, &header).unwrap())
+    }
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn a_killed_child_is_journalled_as_unknown_and_a_failed_spawn_as_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = journal(dir.path());
+        let mut exec = JournalExecutor::new(None, None, journal.clone()).unwrap();
+        exec.timeout = Duration::from_millis(200);
+        let sleep = argv(&["sleep", "600"]);
+        let err = exec
+            .run(Invocation {
+                argv: &sleep,
+                stdin: Some(b"input\n"),
+            })
+            .unwrap_err();
+        assert!(matches!(err, ExecError::Timeout { .. }), "{err:?}");
+        let missing = argv(&["virtfw-no-such-program"]);
+        let err = exec
+            .run(Invocation {
+                argv: &missing,
+                stdin: None,
+            })
+            .unwrap_err();
+        assert!(matches!(err, ExecError::NotFound { .. }), "{err:?}");
+        let records = read_records(journal.dir());
+        assert!(matches!(
+            &records[0],
+            Record::Start {
+                seq: 0,
+                stdin: true,
+                ..
+            }
+        ));
+        assert!(
+            matches!(&records[1], Record::Killed { seq: 0, .. }),
+            "{records:?}"
+        );
+        assert!(matches!(&records[2], Record::Start { seq: 1, .. }));
+        assert!(
+            matches!(&records[3], Record::NotRun { seq: 1, .. }),
+            "{records:?}"
+        );
+        assert_eq!(records.len(), 4, "{records:?}");
+        // The reservation beyond what was written was given back.
+        let out = std::fs::metadata(journal.cmd_file(0, "out")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((out.len(), out.blocks()), (0, 0));
     }
 }

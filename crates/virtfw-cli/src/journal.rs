@@ -27,6 +27,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -194,7 +195,7 @@ impl Journal {
             )
         };
         let now = log.metadata().map_err(io)?.len();
-        crate::exec::reserve(&log, now + len + extra).map_err(io)
+        reserve(&log, now + len + extra).map_err(io)
     }
 
     /// Append one record. `durable` records (command starts) are fdatasync'ed before we go on.
@@ -229,6 +230,29 @@ impl Journal {
     /// atomically: from here on recovery completes the operation instead of undoing it.
     pub(crate) fn commit(&self, result: &[u8]) -> CliResult<()> {
         state::write_atomic(&self.dir.join(RESULT_FILE), result)
+    }
+}
+
+/// Reserve the first `len` bytes of `file` without changing its size. A filesystem that
+/// cannot (`EOPNOTSUPP`) is used without a reservation; any other failure (`ENOSPC`) is an
+/// error: the space is not there.
+pub(crate) fn reserve(file: &File, len: u64) -> std::io::Result<()> {
+    // SAFETY: plain system call on a descriptor we own.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            len.min(i64::MAX as u64) as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+        _ => Err(e),
     }
 }
 
