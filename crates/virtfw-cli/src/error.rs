@@ -253,6 +253,65 @@ mod tests {
     }
 
     #[test]
+    fn a_timed_out_command_is_the_firewalls_an_unrecorded_one_a_state_problem() {
+        let timeout = || {
+            exec_error(ExecError::Timeout {
+                program: "nft".into(),
+                after: std::time::Duration::from_secs(2),
+            })
+        };
+        let err = CliError::from_apply(timeout());
+        assert_eq!(err.exit_code(), EXIT_REFUSED, "{err}");
+        assert!(
+            err.to_string().contains("did not finish within 2s"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("rolled back"), "{err}");
+        let err = CliError::from_apply(exec_error(ExecError::Unrecorded {
+            program: "nft".into(),
+            status: 0,
+            message: "No space left on device".into(),
+        }));
+        assert_eq!(err.exit_code(), EXIT_STATE, "{err}");
+        assert!(err.to_string().contains("state directory full"), "{err}");
+    }
+
+    #[test]
+    fn stopped_undos_and_unsettled_journals_are_state_problems_naming_recover() {
+        let stopped = CliError::UndoStopped {
+            cmdline: "nft delete table ip handle 3".into(),
+            source: ExecError::Journal("No space left on device".into()),
+        };
+        let kept = CliError::KeptJournal {
+            context: "apply of web failed (…)".into(),
+            reason: format!("undoing it stopped: {stopped}"),
+            journal: "/var/lib/virtfw/journal/1-2".into(),
+        };
+        assert!(kept.to_string().contains("run `virtfw recover`"), "{kept}");
+        assert!(kept.to_string().contains("journal/1-2 is kept"), "{kept}");
+        let pending = CliError::PendingJournal {
+            path: "/var/lib/virtfw/journal/1-2".into(),
+            id: "1-2".into(),
+        };
+        assert!(
+            pending.to_string().contains("`virtfw recover --drop 1-2`"),
+            "{pending}"
+        );
+        for err in [
+            stopped,
+            kept,
+            pending,
+            CliError::Unsettled { count: 2 },
+            CliError::NoSuchJournal {
+                id: "x".into(),
+                dir: "/d".into(),
+            },
+        ] {
+            assert_eq!(err.exit_code(), EXIT_STATE, "{err}");
+        }
+    }
+
+    #[test]
     fn other_executor_failures_are_the_firewalls() {
         let other = || {
             exec_error(ExecError::Other(
