@@ -141,6 +141,21 @@ fn hand_made(env: &Env) {
     }
 }
 
+/// Run `virtfw ARGS`, check its exit status and that its stdout says `says`.
+fn expect(env: &Env, args: &[&str], code: i32, says: &str) -> std::process::Output {
+    let o = env.run(args);
+    assert_eq!(o.status.code(), Some(code), "{args:?}: {}", text(&o));
+    assert!(stdout(&o).contains(says), "{args:?}: {says}: {}", text(&o));
+    o
+}
+
+/// Check that the stderr of `o` says each of `needles`.
+fn complains(o: &std::process::Output, what: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(stderr(o).contains(needle), "{what}: {needle}: {}", text(o));
+    }
+}
+
 fn pending_journals(env: &Env) -> Vec<String> {
     let mut ids: Vec<String> = std::fs::read_dir(env.state().join("journal"))
         .map(|d| {
@@ -207,12 +222,11 @@ fn a_hanging_child_is_killed_the_apply_undone_and_the_lock_freed() {
             args.extend(["apply", path_of(&file)]);
             let o = env.cmd(&args).env("PATH", &path).output().unwrap();
             assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
-            assert!(
-                stderr(&o).contains("did not finish within 2s and was killed"),
-                "{what}: {}",
-                text(&o)
+            complains(
+                &o,
+                &what,
+                &["did not finish within 2s and was killed", "rolled back"],
             );
-            assert!(stderr(&o).contains("rolled back"), "{what}: {}", text(&o));
             assert_eq!(env.snapshot(), before, "{what}: ruleset changed");
             assert!(pending_journals(&env).is_empty(), "{what}: journal left");
             assert!(!plan_exists(&env, "bounded"), "{what}");
@@ -228,7 +242,7 @@ fn a_hanging_child_is_killed_the_apply_undone_and_the_lock_freed() {
                     .output()
                     .unwrap();
                 assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
-                assert!(stderr(&o).contains("within 1s"), "{what}: {}", text(&o));
+                complains(&o, &what, &["within 1s"]);
                 assert_eq!(env.snapshot(), before, "{what}: ruleset changed");
             }
         }
@@ -339,12 +353,11 @@ fn a_full_state_filesystem_stops_cleanly_and_recover_waits_for_space() {
             // the undo: the journal is kept.
             let pending = pending_journals(&env);
             assert_eq!(pending.len(), 1, "{what}: {}", text(&o));
-            assert!(
-                stderr(&o).contains("is kept: run `virtfw recover`"),
-                "{what}: {}",
-                text(&o)
+            complains(
+                &o,
+                &what,
+                &["is kept: run `virtfw recover`", "No space left"],
             );
-            assert!(stderr(&o).contains("No space left"), "{what}: {}", text(&o));
             assert_ne!(env.snapshot(), before, "{what}: nothing was applied");
             // Still full: recover refuses to count its failures as "already absent".
             let o = env.run(&["--json", "recover"]);
@@ -357,7 +370,7 @@ fn a_full_state_filesystem_stops_cleanly_and_recover_waits_for_space() {
             // Writers refuse meanwhile, naming the journal.
             let o = env.run(&["apply", path_of(&file), "--name", "again"]);
             assert_eq!(o.status.code(), Some(4), "{what}: {}", text(&o));
-            assert!(stderr(&o).contains(&pending[0]), "{what}: {}", text(&o));
+            complains(&o, &what, &[&pending[0]]);
             // Room again: recover removes our rules and nothing else.
             std::fs::remove_file(&fill).unwrap();
             let o = env.run(&["recover"]);
@@ -411,13 +424,15 @@ fn recover_goes_past_unreadable_journals_and_drop_discards_them() {
     // Writers refuse, naming the journal and both ways out.
     let o = env.run(&["apply", path_of(&file), "--name", "other"]);
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
-    for needle in [
-        "0000-corrupt",
-        "run `virtfw recover` first",
-        "`virtfw recover --drop 0000-corrupt`",
-    ] {
-        assert!(stderr(&o).contains(needle), "{needle}: {}", text(&o));
-    }
+    complains(
+        &o,
+        "writer",
+        &[
+            "0000-corrupt",
+            "run `virtfw recover` first",
+            "`virtfw recover --drop 0000-corrupt`",
+        ],
+    );
 
     // recover settles the valid one behind them and reports each unreadable one.
     let o = env.run(&["--json", "recover"]);
@@ -444,50 +459,39 @@ fn recover_goes_past_unreadable_journals_and_drop_discards_them() {
         pending_journals(&env),
         ["0000-corrupt", "0001-empty", "0002-newer"]
     );
-    let o = env.run(&["recover"]);
-    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
-    assert!(
-        stdout(&o).contains("journal 0001-empty NOT settled"),
-        "{}",
-        text(&o)
-    );
+    expect(&env, &["recover"], 4, "journal 0001-empty NOT settled");
 
     // Dropping them one by one, saying what each was.
-    let o = env.run(&["recover", "--drop", "0000-corrupt"]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(
-        stdout(&o).contains("dropped unreadable journal 0000-corrupt"),
-        "{}",
-        text(&o)
+    expect(
+        &env,
+        &["recover", "--drop", "0000-corrupt"],
+        0,
+        "dropped unreadable journal 0000-corrupt",
     );
-    let o = env.run(&["recover", "--drop", "no-such-journal"]);
-    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    expect(&env, &["recover", "--drop", "no-such-journal"], 4, "");
     for id in ["0001-empty", "0002-newer"] {
-        let o = env.run(&["--json", "recover", "--drop", id]);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let o = expect(&env, &["--json", "recover", "--drop", id], 0, "");
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["dropped"], id, "{v}");
     }
     assert!(pending_journals(&env).is_empty());
-    let o = env.run(&["recover"]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(stdout(&o).contains("nothing to recover"), "{}", text(&o));
+    expect(&env, &["recover"], 0, "nothing to recover");
 
     // A readable journal dropped says what it was (and runs nothing).
     interrupted_apply(&env, &file);
     let id = pending_journals(&env).remove(0);
-    let o = env.run(&["recover", "--drop", &id]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(
-        stdout(&o).contains(&format!("dropped journal {id}: apply bounded")),
-        "{}",
-        text(&o)
-    );
+    let says = format!("dropped journal {id}: apply bounded");
+    expect(&env, &["recover", "--drop", &id], 0, &says);
     assert_ne!(env.snapshot(), before, "--drop ran something");
 
     // Writers work again.
-    let o = env.run(&["list"]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let other = env.write("other.xml", &nft_tx().replace("vfb", "vfbo"));
+    expect(
+        &env,
+        &["apply", path_of(&other), "--name", "again"],
+        0,
+        "applied again",
+    );
 }
 
 #[test]
@@ -502,13 +506,8 @@ fn forget_drops_a_corrupt_or_unreadable_plan() {
         let o = env.run(&["remove", "bounded"]);
         assert_eq!(o.status.code(), Some(4), "{}", text(&o));
         assert!(plan.exists());
-        let o = env.run(&["remove", "bounded", "--forget"]);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-        assert!(
-            stdout(&o).contains("forgot unreadable plan bounded"),
-            "{}",
-            text(&o)
-        );
+        let says = "forgot unreadable plan bounded";
+        expect(&env, &["remove", "bounded", "--forget"], 0, says);
         assert!(!plan.exists());
         let o = env.run(&["remove", "bounded", "--forget"]);
         assert_eq!(o.status.code(), Some(4), "no plan left: {}", text(&o));
