@@ -135,7 +135,7 @@ pub(crate) fn undo_start(
     if let Some(tx) = tx {
         stats += op.undo_apply(tx, RULES, mark)?;
     }
-    stats += op.run_undo(&undo::undo_bridge(&op.reenter(BRIDGE, mark)?))?;
+    stats += op.undo_phase(BRIDGE, mark, |records| Ok(undo::undo_bridge(records)))?;
     Ok(stats)
 }
 

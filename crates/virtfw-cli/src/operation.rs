@@ -145,15 +145,21 @@ impl Operation {
         Ok(stats)
     }
 
-    /// Run `cmds`, computed from phase `phase`'s records, in that phase after `mark`
-    /// ([`Operation::reenter`]). With nothing to run nothing is written, so an undo with
-    /// nothing to do succeeds on a full state filesystem too.
-    fn run_reentered(&self, phase: &str, mark: &str, cmds: &[UndoCmd]) -> CliResult<UndoStats> {
+    /// Undo or finish phase `phase`: `undo` computes the commands from the phase's records,
+    /// which then run in that phase after `mark` ([`Operation::reenter`]). With nothing to run
+    /// nothing is written, so an undo with nothing to do succeeds on a full state filesystem.
+    pub(crate) fn undo_phase(
+        &self,
+        phase: &str,
+        mark: &str,
+        undo: impl FnOnce(&[Record]) -> CliResult<Vec<UndoCmd>>,
+    ) -> CliResult<UndoStats> {
+        let cmds = undo(&self.records(phase))?;
         if cmds.is_empty() {
             return Ok(UndoStats::default());
         }
         self.reenter(phase, mark)?;
-        self.run_undo(cmds)
+        self.run_undo(&cmds)
     }
 
     /// Undo everything of `tx` that phase `phase` left in the kernel, journalled in that phase
@@ -165,9 +171,9 @@ impl Operation {
         phase: &str,
         mark: &str,
     ) -> CliResult<UndoStats> {
-        let records = self.records(phase);
-        let cmds = undo::undo_apply(tx, self.dir(), &records);
-        self.run_reentered(phase, mark, &cmds)
+        self.undo_phase(phase, mark, |records| {
+            Ok(undo::undo_apply(tx, self.dir(), records))
+        })
     }
 
     /// Finish the removal by `plan` that phase `phase` began, after `mark`: its commands not
@@ -178,8 +184,7 @@ impl Operation {
         phase: &str,
         mark: &str,
     ) -> CliResult<UndoStats> {
-        let cmds = undo::undo_remove(plan, &self.records(phase));
-        self.run_reentered(phase, mark, &cmds)
+        self.undo_phase(phase, mark, |records| Ok(undo::undo_remove(plan, records)))
     }
 
     /// Store the result in the journal: the commit point of a network operation.
