@@ -42,8 +42,10 @@ fn path_with(bin: &Path) -> String {
     )
 }
 
-/// Wrappers that exec the real program, except for a create carrying [`MARK`] (in the argv,
-/// or in the input of `nft -f -` / `*-restore`): that one sleeps forever. Returns a PATH.
+/// Wrappers that exec the real program, except for a create carrying `$VIRTFW_HANG_ON` (in
+/// the argv, or in the input of `nft -f -` / `*-restore`): that one sleeps forever — at once,
+/// or with `$VIRTFW_HANG_AFTER` set after running the real program (stuck after its commit, so
+/// only its echo file or `--check` can tell what it did). Returns a PATH.
 fn hanging_wrappers(dir: &Path) -> String {
     let bin = dir.join("hangbin");
     for &program in PROGRAMS {
@@ -53,16 +55,25 @@ fn hanging_wrappers(dir: &Path) -> String {
              creates=' (-ae|add|insert|-A|-I|--append|--insert) '\n\
              if [[ \" $* \" == *' -f '* || {program} == *-restore ]]; then\n\
              \x20 input=$(cat; echo x); input=${{input%x}}\n\
-             \x20 if [[ \"$input\" == *{MARK}* ]] && [[ \" ${{input//$'\\n'/ }} \" =~ $creates ]]; then exec sleep 100000; fi\n\
+             \x20 if [[ \"$input\" == *\"$VIRTFW_HANG_ON\"* ]] && [[ \" ${{input//$'\\n'/ }} \" =~ $creates ]]; then\n\
+             \x20   [ -n \"$VIRTFW_HANG_AFTER\" ] && {real} \"$@\" <<<\"$input\"\n\
+             \x20   exec sleep 100000\n\
+             \x20 fi\n\
              \x20 exec {real} \"$@\" <<<\"$input\"\n\
              fi\n\
-             if [[ \" $* \" == *{MARK}* && \" $* \" =~ $creates ]]; then exec sleep 100000; fi\n\
+             if [[ \" $* \" == *\"$VIRTFW_HANG_ON\"* && \" $* \" =~ $creates ]]; then\n\
+             \x20 [ -n \"$VIRTFW_HANG_AFTER\" ] && {real} \"$@\"\n\
+             \x20 exec sleep 100000\n\
+             fi\n\
              exec {real} \"$@\"\n"
         );
         install(&bin, program, &script);
     }
     path_with(&bin)
 }
+
+/// The table the nftables transaction's last group creates; its create is the one that hangs.
+const HANG_TABLE: &str = "vfbhang";
 
 fn nft_tx() -> String {
     let a = |args: &[&str]| action("ipv4", args);
@@ -81,7 +92,7 @@ fn nft_tx() -> String {
             "{ type filter hook forward priority 0; policy accept; }"
         ]),
         a(&["add", "rule", "ip", "vfb", "fw", "ip", "saddr", "10.1.1.1", "accept"]),
-        a(&["add", "rule", "ip", "vfb", "fw", "ip", "saddr", MARK, "accept"]),
+        a(&["add", "table", "ip", HANG_TABLE]),
     )
 }
 
@@ -168,8 +179,12 @@ fn pending_journals(env: &Env) -> Vec<String> {
     ids
 }
 
-fn backends() -> [(&'static str, String); 2] {
-    [("nftables", nft_tx()), ("iptables", ipt_tx())]
+/// Each backend's transaction and the text that marks its hanging create.
+fn backends() -> [(&'static str, String, &'static str); 2] {
+    [
+        ("nftables", nft_tx(), HANG_TABLE),
+        ("iptables", ipt_tx(), MARK),
+    ]
 }
 
 /// The transactions without the hanging create, plus a last group that the batch path runs
@@ -207,43 +222,64 @@ fn full_disk_backends() -> [(&'static str, String); 2] {
 
 #[test]
 fn a_hanging_child_is_killed_the_apply_undone_and_the_lock_freed() {
-    for (backend, tx) in backends() {
+    for (backend, tx, hang_on) in backends() {
         for per_command in [true, false] {
-            let what = format!("{backend}, per_command={per_command}");
-            let env = Env::new("vfbhang");
-            hand_made(&env);
-            let path = hanging_wrappers(env.dir.path());
-            let file = env.write("tx.xml", &tx);
-            let before = env.snapshot();
-            let mut args = vec!["--child-timeout", "2"];
-            if per_command {
-                args.push("--no-batch");
-            }
-            args.extend(["apply", path_of(&file)]);
-            let o = env.cmd(&args).env("PATH", &path).output().unwrap();
-            assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
-            complains(
-                &o,
-                &what,
-                &["did not finish within 2s and was killed", "rolled back"],
-            );
-            assert_eq!(env.snapshot(), before, "{what}: ruleset changed");
-            assert!(pending_journals(&env).is_empty(), "{what}: journal left");
-            assert!(!plan_exists(&env, "bounded"), "{what}");
-            // The killed child held the state lock; it is free again.
-            let o = env.run(&["--lock-timeout", "1", "list"]);
-            assert_eq!(o.status.code(), Some(0), "{what}: {}", text(&o));
-            // The variable sets the bound too.
-            if per_command {
-                let mut cmd = env.cmd(&args[2..]);
-                let o = cmd
-                    .env("PATH", &path)
-                    .env("VIRTFW_CHILD_TIMEOUT", "1")
-                    .output()
-                    .unwrap();
+            for after_commit in [false, true] {
+                let what = format!(
+                    "{backend}, per_command={per_command}, hangs after its commit={after_commit}"
+                );
+                let env = Env::new("vfbhang");
+                hand_made(&env);
+                let path = hanging_wrappers(env.dir.path());
+                let file = env.write("tx.xml", &tx);
+                let before = env.snapshot();
+                let mut args = vec!["--child-timeout", "2"];
+                if per_command {
+                    args.push("--no-batch");
+                }
+                args.extend(["apply", path_of(&file)]);
+                let mut cmd = env.cmd(&args);
+                cmd.env("PATH", &path).env("VIRTFW_HANG_ON", hang_on);
+                if after_commit {
+                    cmd.env("VIRTFW_HANG_AFTER", "1");
+                }
+                let o = cmd.output().unwrap();
                 assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
-                complains(&o, &what, &["within 1s"]);
+                // The command that timed out: the hanging create, or the batch holding it.
+                let culprit = match (per_command, backend) {
+                    (true, _) => hang_on,
+                    (false, "nftables") => "nft -ae -f -",
+                    (false, _) => "iptables-restore",
+                };
+                complains(
+                    &o,
+                    &what,
+                    &[
+                        culprit,
+                        "did not finish within 2s and was killed",
+                        "rolled back",
+                    ],
+                );
+                // Committed or not, what the killed command made is gone too (read from its
+                // echo file, or found with --check), and nothing else was touched.
                 assert_eq!(env.snapshot(), before, "{what}: ruleset changed");
+                assert!(pending_journals(&env).is_empty(), "{what}: journal left");
+                assert!(!plan_exists(&env, "bounded"), "{what}");
+                // The killed child held the state lock; it is free again.
+                expect(&env, &["--lock-timeout", "1", "list"], 0, "");
+                // The variable sets the bound too.
+                if per_command && !after_commit {
+                    let o = env
+                        .cmd(&args[2..])
+                        .env("PATH", &path)
+                        .env("VIRTFW_HANG_ON", hang_on)
+                        .env("VIRTFW_CHILD_TIMEOUT", "1")
+                        .output()
+                        .unwrap();
+                    assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
+                    complains(&o, &what, &["within 1s"]);
+                    assert_eq!(env.snapshot(), before, "{what}: ruleset changed");
+                }
             }
         }
     }
