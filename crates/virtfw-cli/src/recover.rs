@@ -14,6 +14,12 @@
 //!
 //! Recovery journals its own commands in the same journal, so a recovery that is itself
 //! killed is finished by the next one without running any command twice.
+//!
+//! A journal that cannot be read (corrupt or missing `op.json`, an empty directory, a newer
+//! format) or whose undo stops (an executor or journal error: a full state directory, a
+//! program killed at its timeout) is reported and kept, never deleted, and recovery goes on
+//! with the next: one bad journal must not keep the others from being settled. `recover
+//! --drop ID` discards one on purpose.
 
 use std::path::Path;
 
