@@ -43,9 +43,10 @@ fn path_with(bin: &Path) -> String {
 }
 
 /// Wrappers that exec the real program, except for a create carrying `$VIRTFW_HANG_ON` (in
-/// the argv, or in the input of `nft -f -` / `*-restore`): that one sleeps forever — at once,
-/// or with `$VIRTFW_HANG_AFTER` set after running the real program (stuck after its commit, so
-/// only its echo file or `--check` can tell what it did). Returns a PATH.
+/// the argv, or in the input of `nft -f -` / `*-restore`; any command with `$VIRTFW_HANG_ANY`):
+/// that one sleeps forever — at once, or with `$VIRTFW_HANG_AFTER` set after running the real
+/// program (stuck after its commit, so only its echo file or `--check` can tell what it did).
+/// Returns a PATH.
 fn hanging_wrappers(dir: &Path) -> String {
     let bin = dir.join("hangbin");
     for &program in PROGRAMS {
@@ -53,6 +54,7 @@ fn hanging_wrappers(dir: &Path) -> String {
         let script = format!(
             "#!/bin/bash\n\
              creates=' (-ae|add|insert|-A|-I|--append|--insert) '\n\
+             [ -n \"$VIRTFW_HANG_ANY\" ] && creates='.'\n\
              if [[ \" $* \" == *' -f '* || {program} == *-restore ]]; then\n\
              \x20 input=$(cat; echo x); input=${{input%x}}\n\
              \x20 if [[ \"$input\" == *\"$VIRTFW_HANG_ON\"* ]] && [[ \" ${{input//$'\\n'/ }} \" =~ $creates ]]; then\n\
@@ -430,6 +432,38 @@ fn interrupted_apply(env: &Env, file: &Path) {
     let mut child = cmd.spawn().unwrap();
     let stalled = stall.wait(&mut child);
     stall.kill(&mut child, stalled);
+}
+
+#[test]
+fn an_undo_command_that_hangs_stops_recover_and_keeps_the_journal() {
+    let env = Env::new("vfbrhang");
+    hand_made(&env);
+    let before = env.snapshot();
+    let file = env.write("tx.xml", &nft_tx());
+    interrupted_apply(&env, &file);
+    let pending = pending_journals(&env);
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let path = hanging_wrappers(env.dir.path());
+    let o = env
+        .cmd(&["--child-timeout", "1", "--json", "recover"])
+        .env("PATH", &path)
+        .env("VIRTFW_HANG_ON", "delete")
+        .env("VIRTFW_HANG_ANY", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let error = v["unsettled"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("undo stopped at `nft delete"), "{v}");
+    assert!(error.contains("did not finish within 1s"), "{v}");
+    assert!(v["recovered"].as_array().unwrap().is_empty(), "{v}");
+    // Kept, not counted as "already absent"; the killed child's lock is free again.
+    assert_eq!(pending_journals(&env), pending);
+    assert_ne!(env.snapshot(), before);
+    let o = expect(&env, &["--lock-timeout", "1", "--json", "recover"], 0, "");
+    assert!(recovered_commands(&o) > 0, "{}", text(&o));
+    assert!(pending_journals(&env).is_empty());
+    assert_eq!(env.snapshot(), before, "ruleset changed");
 }
 
 #[test]
