@@ -16,7 +16,8 @@ Exit status:
   2  bad usage or bad input (file, XML, name, namespace, missing program)
   3  verify found drift (objects of a plan missing from the ruleset)
   4  state problem (lock timeout, corrupt or missing plan, name already stored,
-     unsafe state directory, interrupted operation waiting for `virtfw recover`)";
+     unsafe state directory, interrupted operation waiting for `virtfw recover`,
+     state directory full / journal not written, a journal recover could not settle)";
 
 /// Install host firewall rules as transactions and remove them exactly later.
 #[derive(Debug, Parser)]
@@ -50,6 +51,11 @@ pub(crate) struct Cli {
     /// Seconds to wait for another virtfw holding the state lock.
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = 120)]
     pub lock_timeout: u64,
+
+    /// Seconds a firewall program may run before it is killed and its command fails
+    /// [env: VIRTFW_CHILD_TIMEOUT] [default: 60].
+    #[arg(long, global = true, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub child_timeout: Option<u64>,
 
     #[command(subcommand)]
     pub command: CliCommand,
@@ -91,7 +97,7 @@ pub(crate) enum CliCommand {
         names: Vec<String>,
     },
     /// Finish what a killed virtfw left half done.
-    Recover,
+    Recover(RecoverArgs),
     /// Show the whole job in a throwaway namespace: apply, list, verify, remove, on both backends.
     Demo,
     /// libvirt virtual networks.
@@ -120,4 +126,12 @@ pub(crate) struct RemoveArgs {
     /// Drop the plan without running it (for a stale plan whose rules are already gone).
     #[arg(long, conflicts_with = "dry_run")]
     pub forget: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RecoverArgs {
+    /// Discard the journal ID (as named by the refusal or by `recover`) without running
+    /// anything: whatever that operation changed in the kernel stays as it is.
+    #[arg(long, value_name = "ID")]
+    pub drop: Option<String>,
 }

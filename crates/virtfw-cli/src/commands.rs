@@ -7,8 +7,9 @@ use std::time::Duration;
 use serde_json::json;
 use virtfw::{ApplyOptions, Backend, Executor, FakeExecutor, Firewall, ProcessExecutor};
 
+use crate::error;
 use crate::error::{CliError, CliResult, EXIT_DRIFT, EXIT_OK, EXIT_STATE};
-use crate::exec::open_netns;
+use crate::exec::{child_timeout, open_netns};
 use crate::journal::{self, OpHeader, OpKind, JOURNAL_VERSION};
 use crate::lock::{LockKind, StateLock};
 use crate::operation::Operation;
@@ -53,7 +54,8 @@ impl Ctx {
         let lock = StateLock::acquire(&state, kind, self.lock_timeout)?;
         if kind == LockKind::Exclusive {
             if let Some(dir) = journal::pending(&state)?.into_iter().next() {
-                return Err(CliError::PendingJournal { path: dir });
+                let id = journal::journal_id(&dir);
+                return Err(CliError::PendingJournal { path: dir, id });
             }
         }
         Ok((state, lock))
@@ -161,7 +163,22 @@ pub(crate) fn apply(ctx: &Ctx, file: &Path, name: Option<&str>, dry: bool) -> Cl
         // The engine rolled back the failed group (and those it inherits from). Groups that
         // libvirt's rule leaves applied are undone too: an apply is all or nothing here.
         let tx = Firewall::from_xml(&header.document, "journal").map_err(CliError::Input)?;
-        op.undo_apply(&tx, "", "undo")?;
+        let journal = op.dir().to_path_buf();
+        let kept = |reason: String| CliError::KeptJournal {
+            context: format!("apply of {name} failed ({err})"),
+            reason,
+            journal: journal.clone(),
+        };
+        // An undo that stops (a full state directory, a program that hangs) leaves the
+        // journal for `recover`, which finishes it by the same rules.
+        if let Err(e) = op.undo_apply(&tx, "", "undo") {
+            return Err(kept(format!("undoing it stopped: {e}")));
+        }
+        if error::handles_unknown(&err) {
+            return Err(kept(
+                "an object it created has a handle nobody knows, so it was not undone".into(),
+            ));
+        }
         op.finish()?;
         return Err(CliError::from_apply(err));
     }
@@ -182,7 +199,13 @@ pub(crate) fn apply(ctx: &Ctx, file: &Path, name: Option<&str>, dry: bool) -> Cl
         commands: fw.command_count(),
         removal: removal.to_xml(),
     };
-    plan.store(&state)?;
+    // Not stored (a full state directory): the rules stay until `recover` undoes them, which
+    // it does for an apply whose plan is missing.
+    plan.store(&state).map_err(|e| CliError::KeptJournal {
+        context: format!("applied {name} but could not store its removal plan"),
+        reason: e.to_string(),
+        journal: op.dir().to_path_buf(),
+    })?;
     op.finish()?;
     let undo_cmds = removal.command_count();
     ctx.emit(
@@ -205,15 +228,10 @@ pub(crate) fn remove(ctx: &Ctx, name: &str, dry: bool, forget: bool) -> CliResul
         return dry_run(ctx, &mut fw);
     }
     let (state, lock) = ctx.lock(LockKind::Exclusive)?;
-    let plan = Plan::load_named(&state, name)?;
     if forget {
-        Plan::delete(&state, name)?;
-        ctx.emit(
-            json!({"forgotten": name}),
-            &format!("forgot plan {name} (nothing was run)"),
-        );
-        return Ok(EXIT_OK);
+        return forget_plan(ctx, &state, name);
     }
+    let plan = Plan::load_named(&state, name)?;
     if let Some(reason) = plan.stale_reason() {
         return Err(CliError::StalePlan {
             name: name.to_string(),
@@ -259,6 +277,36 @@ pub(crate) fn remove(ctx: &Ctx, name: &str, dry: bool, forget: bool) -> CliResul
             }
         ),
     );
+    Ok(EXIT_OK)
+}
+
+/// `remove --forget NAME`: drop the plan file without running it, whether it can be read or
+/// not (a corrupt plan is exactly what one wants to forget); say what it was, if readable.
+fn forget_plan(ctx: &Ctx, state: &StateDir, name: &str) -> CliResult<i32> {
+    state::check_name(name)?;
+    let path = state.plan_path(name);
+    if std::fs::symlink_metadata(&path).is_err() {
+        return Err(CliError::NoSuchPlan {
+            name: name.to_string(),
+            dir: state.plans_dir(),
+        });
+    }
+    let was = Plan::load(&path);
+    Plan::delete(state, name)?;
+    let (text, readable) = match &was {
+        Ok(p) => (
+            format!(
+                "forgot plan {name} ({} backend, {} command(s); nothing was run)",
+                p.backend, p.commands
+            ),
+            json!({"backend": p.backend, "commands": p.commands, "netns": p.netns}),
+        ),
+        Err(e) => (
+            format!("forgot unreadable plan {name} ({e}; nothing was run)"),
+            json!({"error": e.to_string()}),
+        ),
+    };
+    ctx.emit(json!({"forgotten": name, "plan": readable}), &text);
     Ok(EXIT_OK)
 }
 
@@ -366,11 +414,15 @@ pub(crate) fn verify(ctx: &Ctx, names: &[String]) -> CliResult<i32> {
         }
         let fw = p.removal_firewall(&state.plan_path(&name))?;
         let exec: Box<dyn Executor> = match &p.netns {
-            Some(n) => Box::new(ProcessExecutor::in_netns(n).map_err(|e| CliError::Netns {
-                name: n.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?),
-            None => Box::new(ProcessExecutor::new()),
+            Some(n) => Box::new(
+                ProcessExecutor::in_netns(n)
+                    .map_err(|e| CliError::Netns {
+                        name: n.clone(),
+                        source: std::io::Error::other(e.to_string()),
+                    })?
+                    .with_timeout(child_timeout()),
+            ),
+            None => Box::new(ProcessExecutor::new().with_timeout(child_timeout())),
         };
         let report = verify::verify_plan(&fw, exec.as_ref());
         missing += report.missing.len();
@@ -410,21 +462,67 @@ pub(crate) fn verify(ctx: &Ctx, names: &[String]) -> CliResult<i32> {
     Ok(if missing > 0 { EXIT_DRIFT } else { EXIT_OK })
 }
 
-/// `virtfw recover`
+/// `virtfw recover`: settle every pending journal that can be read; report each one that
+/// cannot (or whose undo stopped), keep it, and exit 4 if any is left.
 pub(crate) fn recover(ctx: &Ctx) -> CliResult<i32> {
     let state = ctx.state()?;
     let lock = StateLock::acquire(&state, LockKind::Exclusive, ctx.lock_timeout)?;
-    let settled = recover::recover_all(&state, lock.raw_fd())?;
+    let outcome = recover::recover_all(&state, lock.raw_fd())?;
     let mut text = String::new();
-    if settled.is_empty() {
+    if outcome.settled.is_empty() && outcome.unsettled.is_empty() {
         text.push_str("nothing to recover\n");
     }
-    for s in &settled {
+    for s in &outcome.settled {
         text.push_str(&format!(
             "{} {} ({}): {}; {} command(s) run, {} object(s) already absent\n",
             s.kind, s.name, s.op_id, s.action, s.commands, s.missing
         ));
     }
-    ctx.emit(json!({"recovered": settled}), &text);
+    for u in &outcome.unsettled {
+        eprintln!("virtfw: journal {}: {}", u.op_id, u.error);
+        text.push_str(&format!(
+            "journal {} NOT settled, kept: {} (`virtfw recover --drop {}` discards it)\n",
+            u.op_id, u.error, u.op_id
+        ));
+    }
+    ctx.emit(
+        json!({"recovered": outcome.settled, "unsettled": outcome.unsettled}),
+        &text,
+    );
+    if !outcome.unsettled.is_empty() {
+        let err = CliError::Unsettled {
+            count: outcome.unsettled.len(),
+        };
+        eprintln!("virtfw: error: {err}");
+        return Ok(err.exit_code());
+    }
+    Ok(EXIT_OK)
+}
+
+/// `virtfw recover --drop ID`: discard one journal deliberately, without running anything.
+pub(crate) fn recover_drop(ctx: &Ctx, id: &str) -> CliResult<i32> {
+    let state = ctx.state()?;
+    let _lock = StateLock::acquire(&state, LockKind::Exclusive, ctx.lock_timeout)?;
+    let dir = journal::find_pending(&state, id)?;
+    let what = journal::read_header(&dir);
+    journal::remove_journal(&dir)?;
+    let (text, header) = match &what {
+        Ok(h) => (
+            format!(
+                "dropped journal {id}: {} {} ({} backend, netns {}); nothing was run, whatever it changed in the kernel stays",
+                h.kind.as_str(),
+                h.name,
+                h.backend,
+                h.netns.as_deref().unwrap_or("-")
+            ),
+            json!({"kind": h.kind.as_str(), "name": h.name, "backend": h.backend,
+                   "netns": h.netns, "created": h.created}),
+        ),
+        Err(e) => (
+            format!("dropped unreadable journal {id} ({e}); nothing was run"),
+            json!({"error": e.to_string()}),
+        ),
+    };
+    ctx.emit(json!({"dropped": id, "journal": header}), &text);
     Ok(EXIT_OK)
 }

@@ -14,7 +14,8 @@ pub const EXIT_USAGE: i32 = 2;
 /// Exit status: `verify` found objects of a plan missing from the live ruleset.
 pub const EXIT_DRIFT: i32 = 3;
 /// Exit status: a state problem (lock timeout, corrupt or missing plan, unsafe state dir,
-/// name already stored, interrupted operation waiting for `recover`).
+/// name already stored, interrupted operation waiting for `recover`, a journal that could
+/// not be written or settled).
 pub const EXIT_STATE: i32 = 4;
 
 /// Everything the `virtfw` command can fail with.
@@ -50,9 +51,10 @@ pub enum CliError {
     #[error("{0} (removal stopped part-way; the plan is kept: run `virtfw remove` or `virtfw network stop` again)")]
     RemoveFailed(virtfw::Error),
 
-    /// The operation journal could not be written, so the operation was stopped: without its
-    /// journal a crash could not be recovered.
-    #[error("{0} (the operation journal could not be written; see `virtfw recover`)")]
+    /// The operation journal could not be written (the state directory is full, say), so the
+    /// operation was stopped before the command it could not record: without its journal a
+    /// crash could not be recovered.
+    #[error("{0} (state directory full or the operation journal could not be written: the operation stopped before this command)")]
     Journal(virtfw::Error),
 
     #[error("state directory {path} is unsafe: {reason}")]
@@ -76,8 +78,34 @@ pub enum CliError {
     #[error("plan '{name}' is stale ({reason}); its rules are gone with the old boot or namespace. Use `virtfw remove --forget {name}` to drop it")]
     StalePlan { name: String, reason: String },
 
-    #[error("an interrupted operation is pending in {path}; run `virtfw recover` first")]
-    PendingJournal { path: PathBuf },
+    #[error("an interrupted operation is pending in {}; run `virtfw recover` first (or `virtfw recover --drop {id}` to discard it)", path.display())]
+    PendingJournal { path: PathBuf, id: String },
+
+    /// An undo (of a failed apply or start, or by `recover`) could not run one of its
+    /// commands: an executor or journal error. It stopped there; never counted as "already
+    /// absent".
+    #[error("undo stopped at `{cmdline}`: {source}")]
+    UndoStopped {
+        cmdline: String,
+        #[source]
+        source: virtfw::ExecError,
+    },
+
+    /// An operation could not be settled (its undo stopped, or what it created cannot be
+    /// known from its records): the journal stays for `virtfw recover`.
+    #[error("{context}: {reason}; the journal {} is kept: run `virtfw recover` once the cause is fixed (e.g. space freed in the state directory)", journal.display())]
+    KeptJournal {
+        context: String,
+        reason: String,
+        journal: PathBuf,
+    },
+
+    /// `recover` left journals it could not settle (reported one by one).
+    #[error("{count} journal(s) could not be settled and are kept (see above); fix the cause and run `virtfw recover` again, or discard one with `virtfw recover --drop ID`")]
+    Unsettled { count: usize },
+
+    #[error("no pending journal '{id}' in {dir}")]
+    NoSuchJournal { id: String, dir: PathBuf },
 
     #[error("{context}: {source}")]
     Io {
@@ -107,6 +135,10 @@ impl CliError {
             | CliError::CorruptPlan { .. }
             | CliError::StalePlan { .. }
             | CliError::PendingJournal { .. }
+            | CliError::UndoStopped { .. }
+            | CliError::KeptJournal { .. }
+            | CliError::Unsettled { .. }
+            | CliError::NoSuchJournal { .. }
             | CliError::Journal(_)
             | CliError::Io { .. } => EXIT_STATE,
         }
@@ -151,12 +183,19 @@ impl CliError {
             // executor failures (`Other`: a libnftables worker that stopped, say) are the
             // firewall's.
             Error::Exec {
-                source: ExecError::Journal(_),
+                source: ExecError::Journal(_) | ExecError::Unrecorded { .. },
                 ..
             } => Ok(CliError::Journal(err)),
             other => Err(other),
         }
     }
+}
+
+/// Whether the engine says that objects a create committed have handles nobody knows (an
+/// echo without one): the undo cannot take them away, so the journal is kept for `recover`.
+/// (The engine reports this as [`virtfw::Error::EchoIncomplete`].)
+pub fn handles_unknown(err: &virtfw::Error) -> bool {
+    matches!(err, virtfw::Error::EchoIncomplete { .. })
 }
 
 /// Result of a CLI operation.
@@ -210,6 +249,65 @@ mod tests {
                 err.to_string().contains("journal could not be written"),
                 "{err}"
             );
+        }
+    }
+
+    #[test]
+    fn a_timed_out_command_is_the_firewalls_an_unrecorded_one_a_state_problem() {
+        let timeout = || {
+            exec_error(ExecError::Timeout {
+                program: "nft".into(),
+                after: std::time::Duration::from_secs(2),
+            })
+        };
+        let err = CliError::from_apply(timeout());
+        assert_eq!(err.exit_code(), EXIT_REFUSED, "{err}");
+        assert!(
+            err.to_string().contains("did not finish within 2s"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("rolled back"), "{err}");
+        let err = CliError::from_apply(exec_error(ExecError::Unrecorded {
+            program: "nft".into(),
+            status: 0,
+            message: "No space left on device".into(),
+        }));
+        assert_eq!(err.exit_code(), EXIT_STATE, "{err}");
+        assert!(err.to_string().contains("state directory full"), "{err}");
+    }
+
+    #[test]
+    fn stopped_undos_and_unsettled_journals_are_state_problems_naming_recover() {
+        let stopped = CliError::UndoStopped {
+            cmdline: "nft delete table ip handle 3".into(),
+            source: ExecError::Journal("No space left on device".into()),
+        };
+        let kept = CliError::KeptJournal {
+            context: "apply of web failed (…)".into(),
+            reason: format!("undoing it stopped: {stopped}"),
+            journal: "/var/lib/virtfw/journal/1-2".into(),
+        };
+        assert!(kept.to_string().contains("run `virtfw recover`"), "{kept}");
+        assert!(kept.to_string().contains("journal/1-2 is kept"), "{kept}");
+        let pending = CliError::PendingJournal {
+            path: "/var/lib/virtfw/journal/1-2".into(),
+            id: "1-2".into(),
+        };
+        assert!(
+            pending.to_string().contains("`virtfw recover --drop 1-2`"),
+            "{pending}"
+        );
+        for err in [
+            stopped,
+            kept,
+            pending,
+            CliError::Unsettled { count: 2 },
+            CliError::NoSuchJournal {
+                id: "x".into(),
+                dir: "/d".into(),
+            },
+        ] {
+            assert_eq!(err.exit_code(), EXIT_STATE, "{err}");
         }
     }
 

@@ -13,7 +13,25 @@
 //!   stays referenced), so the lock is only free again once every such child has exited and
 //!   its output file is complete.
 //!
-//! It still enters `--netns` with `setns` between fork and exec, like `ProcessExecutor`.
+//! It still enters `--netns` with `setns` between fork and exec, like `ProcessExecutor`, and
+//! bounds every child with the same timeout (`--child-timeout`, `executor::wait_child`).
+//!
+//! # A full state filesystem
+//!
+//! Nothing may run that the journal cannot account for. Before a command is spawned, the
+//! space its records and output files will need is reserved (`fallocate` with
+//! `FALLOC_FL_KEEP_SIZE`: the files keep their size, the blocks are theirs): the log gets room
+//! for the `start` and `done` records, `N.out` and `N.err` twice the input plus 64 KiB each
+//! (an echo repeats every input line with its handle; an error quotes the failing lines).
+//! When that, or the durable `start` record, fails, the command is not run
+//! ([`ExecError::Journal`]): the state directory is full, and the operation stops cleanly.
+//! What is left of a reservation after the child exited is given back. A filesystem without
+//! `fallocate` is used without reservations.
+//!
+//! A `done` record that still cannot be written (a filesystem that does not honour the
+//! reservation) leaves the command's outcome unknown to the journal, exactly as if virtfw had
+//! been killed while it ran; the command then fails with [`ExecError::Unrecorded`], and
+//! recovery treats it as unknown (docs/cli.md, "What recovery assumes").
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
@@ -23,16 +41,56 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use virtfw::batch::IgnoredCounter;
 use virtfw::executor::{self, Invocation, Output};
 use virtfw::{ApplyObserver, Command as FwCommand, ExecError, Executor};
 
 use crate::error::{CliError, CliResult};
-use crate::journal::{Journal, Record};
+use crate::journal::{self, Journal, Record};
 
 const NO_GROUP: usize = usize::MAX;
+
+/// Room reserved in each output file beyond twice the input.
+const OUTPUT_RESERVE: u64 = 64 * 1024;
+/// Room reserved in the log beyond the `start` record: its `done` record and a few marks.
+const LOG_RESERVE: u64 = 4 * 1024;
+
+static CHILD_TIMEOUT: OnceLock<Duration> = OnceLock::new();
+
+/// Set the bound of every firewall child this process starts (`--child-timeout`); once, at
+/// start-up, before any executor exists.
+pub(crate) fn set_child_timeout(timeout: Duration) {
+    let _ = CHILD_TIMEOUT.set(timeout);
+}
+
+/// How long a firewall child may run before it is killed.
+pub(crate) fn child_timeout() -> Duration {
+    CHILD_TIMEOUT
+        .get()
+        .copied()
+        .unwrap_or(executor::DEFAULT_CHILD_TIMEOUT)
+}
+
+/// Give back what is left of a [`journal::reserve`] past the end of `path` (best effort): a
+/// truncation to its own length frees the blocks beyond the end (ext4, xfs, tmpfs; punching a
+/// hole past the end does not, on ext4). The child has exited: nothing writes the file now.
+fn release(path: &Path) {
+    if let Ok(file) = OpenOptions::new().write(true).open(path) {
+        if let Ok(meta) = file.metadata() {
+            let _ = file.set_len(meta.len());
+        }
+    }
+}
+
+/// The files of one command, created and reserved before it is spawned.
+struct CmdFiles {
+    stdin: Stdio,
+    out: File,
+    err: File,
+}
 
 /// Open `/run/netns/NAME` (or a path), the namespace commands run in; a missing one is the
 /// CLI's usage error.
@@ -56,6 +114,7 @@ pub(crate) struct JournalExecutor {
     journal: Arc<Journal>,
     group: AtomicUsize,
     ignored: IgnoredCounter,
+    timeout: Duration,
 }
 
 impl JournalExecutor {
@@ -71,6 +130,7 @@ impl JournalExecutor {
             journal,
             group: AtomicUsize::new(NO_GROUP),
             ignored: IgnoredCounter::default(),
+            timeout: child_timeout(),
         })
     }
 
@@ -91,15 +151,10 @@ impl JournalExecutor {
         )
     }
 
-    fn spawn_and_wait(&self, seq: u64, inv: &Invocation<'_>) -> Result<Output, ExecError> {
-        let (program, args) = inv
-            .argv
-            .split_first()
-            .ok_or_else(|| ExecError::Other("empty argv".into()))?;
-        let other = |e: std::io::Error| ExecError::Spawn {
-            program: program.clone(),
-            source: e,
-        };
+    /// Create command `seq`'s files (`N.in` written, `N.out`/`N.err` empty) and reserve the
+    /// space its output will take. Nothing has run yet; a failure means the state directory
+    /// cannot hold the command's record.
+    fn prepare(&self, seq: u64, inv: &Invocation<'_>) -> std::io::Result<CmdFiles> {
         let create = |p: &Path| {
             OpenOptions::new()
                 .write(true)
@@ -108,30 +163,52 @@ impl JournalExecutor {
                 .mode(0o600)
                 .open(p)
         };
+        let input = inv.stdin.map_or(0, |i| i.len() as u64);
+        let reserved = 2 * input + OUTPUT_RESERVE;
         let stdin = match inv.stdin {
-            Some(input) => {
+            Some(bytes) => {
                 let path = self.journal.cmd_file(seq, "in");
-                let mut f = create(&path).map_err(other)?;
-                f.write_all(input).map_err(other)?;
+                let mut f = create(&path)?;
+                f.write_all(bytes)?;
                 drop(f);
-                Stdio::from(File::open(&path).map_err(other)?)
+                Stdio::from(File::open(&path)?)
             }
             None => Stdio::null(),
         };
-        let out_path = self.journal.cmd_file(seq, "out");
-        let err_path = self.journal.cmd_file(seq, "err");
-        let out = create(&out_path).map_err(other)?;
-        let err = create(&err_path).map_err(other)?;
+        let out = create(&self.journal.cmd_file(seq, "out"))?;
+        let err = create(&self.journal.cmd_file(seq, "err"))?;
+        journal::reserve(&out, reserved)?;
+        journal::reserve(&err, reserved)?;
+        Ok(CmdFiles { stdin, out, err })
+    }
+
+    fn spawn_and_wait(
+        &self,
+        seq: u64,
+        inv: &Invocation<'_>,
+        files: CmdFiles,
+    ) -> Result<Output, ExecError> {
+        let (program, args) = inv
+            .argv
+            .split_first()
+            .ok_or_else(|| ExecError::Other("empty argv".into()))?;
         let mut cmd = Command::new(OsStr::new(program));
-        cmd.args(args).stdin(stdin).stdout(out).stderr(err);
+        cmd.args(args)
+            .stdin(files.stdin)
+            .stdout(files.out)
+            .stderr(files.err);
         let netns_fd = self.netns.as_ref().map(|fd| fd.as_raw_fd());
         let inherit: &[RawFd] = self.lock_fd.as_slice();
         executor::enter_netns_and_inherit(&mut cmd, netns_fd, inherit);
-        let status = cmd
-            .spawn()
-            .map_err(|source| executor::spawn_error(program, source))?
-            .wait()
-            .map_err(other)?;
+        let mut child = executor::spawn_child(&mut cmd, program)?;
+        // The parent's copies of the descriptors go with `cmd`: only the child writes them.
+        drop(cmd);
+        let waited = executor::wait_child(&mut child, program, self.timeout);
+        let out_path = self.journal.cmd_file(seq, "out");
+        let err_path = self.journal.cmd_file(seq, "err");
+        release(&out_path);
+        release(&err_path);
+        let status = waited?;
         let read = |p: &Path| {
             std::fs::read(p)
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -149,38 +226,58 @@ impl Executor for JournalExecutor {
     fn run(&self, inv: Invocation<'_>) -> Result<Output, ExecError> {
         let seq = self.journal.next_seq();
         let group = self.group.load(Ordering::SeqCst);
-        self.journal
-            .append(
-                &Record::Start {
-                    seq,
-                    group: (group != NO_GROUP).then_some(group),
-                    argv: inv.argv.to_vec(),
-                    stdin: inv.stdin.is_some(),
-                },
-                true,
-            )
+        let start = Record::Start {
+            seq,
+            group: (group != NO_GROUP).then_some(group),
+            argv: inv.argv.to_vec(),
+            stdin: inv.stdin.is_some(),
+        };
+        // Room first (the log's records, the output files), then the durable start record:
+        // a command is spawned only when the journal can account for all of it.
+        let files = self
+            .journal
+            .reserve(&start, LOG_RESERVE)
+            .and_then(|()| {
+                self.prepare(seq, &inv).map_err(|e| {
+                    CliError::io(format!("cannot prepare the files of command {seq}"), e)
+                })
+            })
+            .and_then(|files| self.journal.append(&start, true).map(|()| files))
             .map_err(|e| ExecError::Journal(e.to_string()))?;
-        match self.spawn_and_wait(seq, &inv) {
+        match self.spawn_and_wait(seq, &inv, files) {
             Ok(out) => {
-                // Not fsync'ed: see docs/cli.md (recovery derives outcomes from N.out and
-                // from the ruleset when a `done` record is missing).
-                let _ = self.journal.append(
-                    &Record::Done {
-                        seq,
+                // Not fsync'ed: a kill of virtfw loses no written data, and a power loss takes
+                // the ruleset too (docs/cli.md). Not written at all: the outcome is unknown to
+                // the journal, so the command cannot count as a success.
+                let done = Record::Done {
+                    seq,
+                    status: out.status,
+                };
+                match self.journal.append(&done, false) {
+                    Ok(()) => Ok(out),
+                    Err(e) => Err(ExecError::Unrecorded {
+                        program: inv.argv[0].clone(),
                         status: out.status,
-                    },
-                    false,
-                );
-                Ok(out)
+                        message: e.to_string(),
+                    }),
+                }
             }
             Err(e) => {
-                let _ = self.journal.append(
-                    &Record::NotRun {
+                // A child that was started and then killed (timeout) did run: its outcome is
+                // unknown, which recovery reads from the absence of a `done` record. Only a
+                // spawn that failed is recorded as never run.
+                let rec = if e.outcome_unknown() {
+                    Record::Killed {
                         seq,
                         error: e.to_string(),
-                    },
-                    false,
-                );
+                    }
+                } else {
+                    Record::NotRun {
+                        seq,
+                        error: e.to_string(),
+                    }
+                };
+                let _ = self.journal.append(&rec, false);
                 Err(e)
             }
         }
@@ -200,5 +297,81 @@ impl ApplyObserver for JournalExecutor {
     }
     fn ignored_failure(&self, group: usize, cmd: &FwCommand, missing: bool) {
         self.ignored.ignored_failure(group, cmd, missing);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{read_records, OpHeader, OpKind, JOURNAL_VERSION};
+    use crate::state::StateDir;
+
+    fn journal(dir: &Path) -> Arc<Journal> {
+        let state = StateDir::open(&dir.join("state")).unwrap();
+        let header = OpHeader {
+            version: JOURNAL_VERSION,
+            op_id: "1-1".into(),
+            kind: OpKind::Apply,
+            name: "t".into(),
+            backend: "nftables".into(),
+            netns: None,
+            netns_id: String::new(),
+            boot_id: String::new(),
+            created: 0,
+            document: String::new(),
+            status: None,
+        };
+        Arc::new(Journal::begin(&state, &header).unwrap())
+    }
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn a_killed_child_is_journalled_as_unknown_and_a_failed_spawn_as_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = journal(dir.path());
+        let mut exec = JournalExecutor::new(None, None, journal.clone()).unwrap();
+        exec.timeout = Duration::from_millis(200);
+        let sleep = argv(&["sleep", "600"]);
+        let err = exec
+            .run(Invocation {
+                argv: &sleep,
+                stdin: Some(b"input\n"),
+            })
+            .unwrap_err();
+        assert!(matches!(err, ExecError::Timeout { .. }), "{err:?}");
+        let missing = argv(&["virtfw-no-such-program"]);
+        let err = exec
+            .run(Invocation {
+                argv: &missing,
+                stdin: None,
+            })
+            .unwrap_err();
+        assert!(matches!(err, ExecError::NotFound { .. }), "{err:?}");
+        let records = read_records(journal.dir());
+        assert!(matches!(
+            &records[0],
+            Record::Start {
+                seq: 0,
+                stdin: true,
+                ..
+            }
+        ));
+        assert!(
+            matches!(&records[1], Record::Killed { seq: 0, .. }),
+            "{records:?}"
+        );
+        assert!(matches!(&records[2], Record::Start { seq: 1, .. }));
+        assert!(
+            matches!(&records[3], Record::NotRun { seq: 1, .. }),
+            "{records:?}"
+        );
+        assert_eq!(records.len(), 4, "{records:?}");
+        // The reservation beyond what was written was given back.
+        let out = std::fs::metadata(journal.cmd_file(0, "out")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((out.len(), out.blocks()), (0, 0));
     }
 }

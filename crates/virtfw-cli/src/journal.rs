@@ -27,6 +27,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,6 +100,9 @@ pub(crate) enum Record {
     Done { seq: u64, status: i32 },
     /// Command `seq` could not be spawned at all: it never ran.
     NotRun { seq: u64, error: String },
+    /// Command `seq` ran and was killed (it outlived `--child-timeout`): like a missing `done`
+    /// record, its outcome is unknown (nft: read from its `N.out`; iptables: `--check`).
+    Killed { seq: u64, error: String },
     /// A phase boundary, for the reader and for recovery (`rollback`, `undo`, `recover`,
     /// `plan_stored`).
     Mark { mark: String },
@@ -179,17 +183,36 @@ impl Journal {
         self.next_seq.fetch_add(1, Ordering::SeqCst)
     }
 
+    /// Reserve room in the log for `rec` and `extra` more bytes (the records that follow it),
+    /// so that they can be written even when the filesystem fills up meanwhile.
+    pub(crate) fn reserve(&self, rec: &Record, extra: u64) -> CliResult<()> {
+        let len = encode(rec)?.len() as u64;
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let io = |e| {
+            CliError::io(
+                format!("cannot reserve room in journal {}", self.dir.display()),
+                e,
+            )
+        };
+        let now = log.metadata().map_err(io)?.len();
+        reserve(&log, now + len + extra).map_err(io)
+    }
+
     /// Append one record. `durable` records (command starts) are fdatasync'ed before we go on.
     pub(crate) fn append(&self, rec: &Record, durable: bool) -> CliResult<()> {
-        let mut line = serde_json::to_vec(rec)
-            .map_err(|e| CliError::Failed(format!("cannot encode journal record: {e}")))?;
-        line.push(b'\n');
+        let line = encode(rec)?;
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let io = |what: &str, e| {
+            CliError::io(format!("cannot {what} journal {}", self.dir.display()), e)
+        };
+        let before = log.metadata().map_err(|e| io("stat", e))?.len();
         // One write() per record: a record is in the file whole or (killed mid-call) not at all
-        // for all practical sizes; the reader also tolerates a torn last line.
-        (&*log)
-            .write_all(&line)
-            .map_err(|e| CliError::io(format!("cannot write journal {}", self.dir.display()), e))?;
+        // for all practical sizes; the reader also tolerates a torn last line. A write that
+        // fails part-way (a full disk) is cut off again, so the next record starts a line.
+        if let Err(e) = (&*log).write_all(&line) {
+            let _ = log.set_len(before);
+            return Err(io("write", e));
+        }
         if durable {
             log.sync_data().map_err(|e| {
                 CliError::io(format!("cannot fsync journal {}", self.dir.display()), e)
@@ -208,6 +231,37 @@ impl Journal {
     pub(crate) fn commit(&self, result: &[u8]) -> CliResult<()> {
         state::write_atomic(&self.dir.join(RESULT_FILE), result)
     }
+}
+
+/// Reserve the first `len` bytes of `file` without changing its size. A filesystem that
+/// cannot (`EOPNOTSUPP`) is used without a reservation; any other failure (`ENOSPC`) is an
+/// error: the space is not there.
+pub(crate) fn reserve(file: &File, len: u64) -> std::io::Result<()> {
+    // SAFETY: plain system call on a descriptor we own.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            len.min(i64::MAX as u64) as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+        _ => Err(e),
+    }
+}
+
+/// A record as one line of `log`.
+fn encode(rec: &Record) -> CliResult<Vec<u8>> {
+    let mut line = serde_json::to_vec(rec)
+        .map_err(|e| CliError::Failed(format!("cannot encode journal record: {e}")))?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 const RESULT_FILE: &str = "result";
@@ -302,6 +356,24 @@ pub(crate) fn pending(state: &StateDir) -> CliResult<Vec<PathBuf>> {
         .collect();
     out.sort();
     Ok(out)
+}
+
+/// The id of the journal in `dir` (its directory name, the operation id when it is whole).
+pub(crate) fn journal_id(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The pending journal called `id` (as [`journal_id`] names it).
+pub(crate) fn find_pending(state: &StateDir, id: &str) -> CliResult<PathBuf> {
+    pending(state)?
+        .into_iter()
+        .find(|dir| journal_id(dir) == id)
+        .ok_or_else(|| CliError::NoSuchJournal {
+            id: id.to_string(),
+            dir: state.journal_dir(),
+        })
 }
 
 /// Delete leftovers of journals that were never completed (only under the exclusive lock).

@@ -49,7 +49,10 @@ fn dispatch(ctx: &Ctx, command: &CliCommand) -> CliResult<i32> {
         CliCommand::List => commands::list(ctx),
         CliCommand::Show { name } => commands::show(ctx, name),
         CliCommand::Verify { names } => commands::verify(ctx, names),
-        CliCommand::Recover => commands::recover(ctx),
+        CliCommand::Recover(r) => match &r.drop {
+            Some(id) => commands::recover_drop(ctx, id),
+            None => commands::recover(ctx),
+        },
         CliCommand::Demo => demo::run(ctx),
         CliCommand::Network(args) => network::run(ctx, args),
     }
@@ -65,6 +68,10 @@ fn main() {
         }
     };
     init_logging(cli.verbose, cli.quiet);
+    match child_timeout(cli.child_timeout) {
+        Ok(timeout) => exec::set_child_timeout(timeout),
+        Err(e) => std::process::exit(report_plain(cli.json, &e)),
+    }
     let ctx = Ctx {
         state_dir: cli.state_dir.clone(),
         netns: cli.netns.clone(),
@@ -79,10 +86,39 @@ fn main() {
     std::process::exit(code);
 }
 
+/// The bound of every firewall child: `--child-timeout`, else `VIRTFW_CHILD_TIMEOUT`, else
+/// the library's default.
+fn child_timeout(flag: Option<u64>) -> CliResult<Duration> {
+    let seconds = match flag {
+        Some(s) => s,
+        None => match std::env::var(CHILD_TIMEOUT_ENV) {
+            Err(_) => return Ok(virtfw::executor::DEFAULT_CHILD_TIMEOUT),
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&s| s > 0)
+                .ok_or_else(|| {
+                    CliError::Usage(format!(
+                    "{CHILD_TIMEOUT_ENV}='{text}': expected a whole number of seconds, at least 1"
+                ))
+                })?,
+        },
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+/// Environment variable for `--child-timeout`.
+const CHILD_TIMEOUT_ENV: &str = "VIRTFW_CHILD_TIMEOUT";
+
 fn report(ctx: &Ctx, err: &CliError) -> i32 {
+    report_plain(ctx.json, err)
+}
+
+fn report_plain(json: bool, err: &CliError) -> i32 {
     let code = err.exit_code();
     eprintln!("virtfw: error: {err}");
-    if ctx.json {
+    if json {
         println!(
             "{}",
             serde_json::json!({"error": err.to_string(), "exit_code": code})

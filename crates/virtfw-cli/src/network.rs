@@ -257,6 +257,10 @@ fn load(ctx: &Ctx, state: &StateDir, name: &str) -> CliResult<Running> {
 
 /// A read-only executor for checking a network's rules, in its namespace.
 fn executor(netns: Option<&str>) -> CliResult<ProcessExecutor> {
+    executor_unbounded(netns).map(|e| e.with_timeout(crate::exec::child_timeout()))
+}
+
+fn executor_unbounded(netns: Option<&str>) -> CliResult<ProcessExecutor> {
     match netns {
         Some(ns) => ProcessExecutor::in_netns(ns).map_err(|e| match e {
             ExecError::Netns { netns, source } => CliError::Netns {

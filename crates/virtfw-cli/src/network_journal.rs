@@ -145,7 +145,7 @@ pub(crate) fn undo_start(
     if let Some(tx) = tx {
         stats += op.undo_apply(tx, RULES, mark)?;
     }
-    stats += op.run_undo(&undo::undo_bridge(&op.reenter(BRIDGE, mark)?));
+    stats += op.undo_phase(BRIDGE, mark, |records| Ok(undo::undo_bridge(records)))?;
     Ok(stats)
 }
 
@@ -222,7 +222,7 @@ pub(crate) fn recover(
             }
             if status.created_bridge {
                 op.reenter(DELETE_BRIDGE, "recover")?;
-                stats += op.run_undo(&[undo::delete_bridge(&status.def.bridge)]);
+                stats += op.run_undo(&[undo::delete_bridge(&status.def.bridge)])?;
             }
             Ok(("finished the interrupted stop".into(), stats))
         }

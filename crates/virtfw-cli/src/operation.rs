@@ -19,9 +19,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use virtfw::executor::Invocation;
+use virtfw::transcript::command_line;
 use virtfw::{ApplyOptions, Executor, Firewall};
 
-use crate::error::CliResult;
+use crate::error::{CliError, CliResult};
 use crate::exec::JournalExecutor;
 use crate::journal::{self, Journal, OpHeader, Record};
 use crate::state::StateDir;
@@ -113,28 +114,52 @@ impl Operation {
     }
 
     /// Run undo commands in order: a `--check` first where there is one, then the delete.
-    /// Failures are counted, never fatal: the aim is to remove whatever is still there.
-    pub(crate) fn run_undo(&self, cmds: &[UndoCmd]) -> UndoStats {
+    /// A command that ran and failed is counted (already gone, or its delete failed: the aim
+    /// is to remove whatever is still there). A command that could not run or be journalled,
+    /// or whose outcome is unknown (killed at its timeout), stops the undo with
+    /// [`CliError::UndoStopped`]: that is never "already absent", and the caller keeps the
+    /// journal for `recover`.
+    pub(crate) fn run_undo(&self, cmds: &[UndoCmd]) -> CliResult<UndoStats> {
         let mut stats = UndoStats::default();
         let ok = |argv: &[String]| {
             self.exec
                 .run(Invocation { argv, stdin: None })
                 .map(|o| o.success())
-                .unwrap_or(false)
+                .map_err(|source| CliError::UndoStopped {
+                    cmdline: command_line(argv),
+                    source,
+                })
         };
         for cmd in cmds {
             if let Some(check) = &cmd.check {
-                if !ok(check) {
+                if !ok(check)? {
                     stats.missing += 1;
                     continue;
                 }
             }
             stats.run += 1;
-            if !ok(&cmd.argv) {
+            if !ok(&cmd.argv)? {
                 stats.missing += 1;
             }
         }
-        stats
+        Ok(stats)
+    }
+
+    /// Undo or finish phase `phase`: `undo` computes the commands from the phase's records,
+    /// which then run in that phase after `mark` ([`Operation::reenter`]). With nothing to run
+    /// nothing is written, so an undo with nothing to do succeeds on a full state filesystem.
+    pub(crate) fn undo_phase(
+        &self,
+        phase: &str,
+        mark: &str,
+        undo: impl FnOnce(&[Record]) -> CliResult<Vec<UndoCmd>>,
+    ) -> CliResult<UndoStats> {
+        let cmds = undo(&self.records(phase))?;
+        if cmds.is_empty() {
+            return Ok(UndoStats::default());
+        }
+        self.reenter(phase, mark)?;
+        self.run_undo(&cmds)
     }
 
     /// Undo everything of `tx` that phase `phase` left in the kernel, journalled in that phase
@@ -146,13 +171,12 @@ impl Operation {
         phase: &str,
         mark: &str,
     ) -> CliResult<UndoStats> {
-        let records = self.reenter(phase, mark)?;
-        let cmds =
-            undo::undo_apply(tx, self.dir(), &records).map_err(|e| crate::CliError::State {
+        self.undo_phase(phase, mark, |records| {
+            undo::undo_apply(tx, self.dir(), records).map_err(|e| crate::CliError::State {
                 path: self.dir().to_path_buf(),
                 message: e.to_string(),
-            })?;
-        Ok(self.run_undo(&cmds))
+            })
+        })
     }
 
     /// Finish the removal by `plan` that phase `phase` began, after `mark`: its commands not
@@ -163,8 +187,7 @@ impl Operation {
         phase: &str,
         mark: &str,
     ) -> CliResult<UndoStats> {
-        let records = self.reenter(phase, mark)?;
-        Ok(self.run_undo(&undo::undo_remove(plan, &records)))
+        self.undo_phase(phase, mark, |records| Ok(undo::undo_remove(plan, records)))
     }
 
     /// Store the result in the journal: the commit point of a network operation.

@@ -14,6 +14,12 @@
 //!
 //! Recovery journals its own commands in the same journal, so a recovery that is itself
 //! killed is finished by the next one without running any command twice.
+//!
+//! A journal that cannot be read (corrupt or missing `op.json`, an empty directory, a newer
+//! format) or whose undo stops (an executor or journal error: a full state directory, a
+//! program killed at its timeout) is reported and kept, never deleted, and recovery goes on
+//! with the next: one bad journal must not keep the others from being settled. `recover
+//! --drop ID` discards one on purpose.
 
 use std::path::Path;
 
@@ -39,12 +45,38 @@ pub(crate) struct Settled {
     pub missing: usize,
 }
 
-/// Settle every pending journal.
-pub(crate) fn recover_all(state: &StateDir, lock_fd: i32) -> CliResult<Vec<Settled>> {
+/// A journal recovery could not settle: it is kept.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Unsettled {
+    pub op_id: String,
+    pub path: String,
+    pub error: String,
+}
+
+/// What `recover` did: the journals it settled and those it kept.
+#[derive(Debug, Default)]
+pub(crate) struct Recovery {
+    pub settled: Vec<Settled>,
+    pub unsettled: Vec<Unsettled>,
+}
+
+/// Settle every pending journal. One that cannot be read, or whose undo stops, is reported
+/// and kept, and the others are settled all the same: each journal is a separate operation.
+pub(crate) fn recover_all(state: &StateDir, lock_fd: i32) -> CliResult<Recovery> {
     journal::clean_temporaries(state);
-    let mut out = Vec::new();
+    let mut out = Recovery::default();
     for dir in journal::pending(state)? {
-        out.push(recover_one(state, lock_fd, &dir)?);
+        match recover_one(state, lock_fd, &dir) {
+            Ok(settled) => out.settled.push(settled),
+            Err(e) => {
+                warn!(journal = %dir.display(), error = %e, "journal not settled; kept");
+                out.unsettled.push(Unsettled {
+                    op_id: journal::journal_id(&dir),
+                    path: dir.display().to_string(),
+                    error: e.to_string(),
+                });
+            }
+        }
     }
     Ok(out)
 }

@@ -502,6 +502,72 @@ fn rules_are(
     })
 }
 
+/// The executor of one batch step, remembering the first command whose outcome is unknown
+/// (a batch killed at its timeout may have committed): the step must then fail, never fall
+/// back to running the same commands one by one, which could apply them twice.
+struct UnknownOutcome<'a> {
+    exec: &'a dyn Executor,
+    first: std::sync::Mutex<Option<Error>>,
+}
+
+impl<'a> UnknownOutcome<'a> {
+    fn new(exec: &'a dyn Executor) -> Self {
+        UnknownOutcome {
+            exec,
+            first: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// `step`, unless a command's outcome was unknown: then the batch starting at group
+    /// `start` failed with that error (the caller rolls back; the CLI's undo reads the journal).
+    fn overrule(self, step: Step, start: usize) -> Step {
+        match self.first.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(error) if !matches!(step, Step::Failed { .. }) => Step::Failed {
+                group: start,
+                error,
+            },
+            _ => step,
+        }
+    }
+}
+
+impl Executor for UnknownOutcome<'_> {
+    fn run(&self, invocation: Invocation<'_>) -> Result<Output, crate::ExecError> {
+        let result = self.exec.run(invocation);
+        use crate::ExecError::{Timeout, Unrecorded};
+        let unknown = match &result {
+            Err(Timeout { program, after }) => Some(Timeout {
+                program: program.clone(),
+                after: *after,
+            }),
+            Err(Unrecorded {
+                program,
+                status,
+                message,
+            }) => Some(Unrecorded {
+                program: program.clone(),
+                status: *status,
+                message: message.clone(),
+            }),
+            _ => None,
+        };
+        if let Some(source) = unknown {
+            let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+            first.get_or_insert_with(|| Error::Exec {
+                cmdline: command_line(invocation.argv),
+                source,
+            });
+        }
+        result
+    }
+    fn check_program(&self, program: &str) -> Result<(), crate::ExecError> {
+        self.exec.check_program(program)
+    }
+    fn supports_batch(&self) -> bool {
+        self.exec.supports_batch()
+    }
+}
+
 /// A (program, table) section of an iptables-family batch: one `*table … COMMIT`, the unit the
 /// kernel commits atomically.
 struct Section<'a> {
@@ -846,6 +912,8 @@ impl Firewall {
         let recorded: Vec<usize> = (start..end)
             .map(|g| self.groups[g].rollbacks.len())
             .collect();
+        let watch = UnknownOutcome::new(exec);
+        let exec: &dyn Executor = &watch;
         let step = match kind {
             Kind::NftCreates => self.nft_creates(start, end, exec),
             Kind::NftPlain => self.nft_plain(start, end, exec),
@@ -853,6 +921,7 @@ impl Firewall {
             Kind::IptApply { undoable } => self.ipt_apply(start, end, undoable, exec),
             Kind::IptRemoval => self.ipt_removal(start, end, exec, observer),
         };
+        let step = watch.overrule(step, start);
         for (g, from) in (start..end).zip(recorded) {
             for inverse in &self.groups[g].rollbacks[from..] {
                 observer.inverse_recorded(g, inverse);

@@ -36,8 +36,39 @@ pub enum ExecError {
     /// CLI journals every command before it runs); nothing was started.
     #[error("not started, its journal record could not be written: {0}")]
     Journal(String),
+    /// The program did not finish within the executor's timeout: its process group was
+    /// killed and the child reaped. What it did before is unknown (see
+    /// [`ExecError::outcome_unknown`]).
+    #[error("{program} did not finish within {after:?} and was killed (its effect is unknown)")]
+    Timeout {
+        program: String,
+        after: std::time::Duration,
+    },
+    /// The program ran to its end (exit status `status`) but the executor could not record
+    /// its outcome (the CLI's journal could not be written): to whoever reads the record, its
+    /// effect is unknown.
+    #[error(
+        "{program} ran (exit status {status}) but its outcome could not be recorded: {message}"
+    )]
+    Unrecorded {
+        program: String,
+        status: i32,
+        message: String,
+    },
     #[error("{0}")]
     Other(String),
+}
+
+impl ExecError {
+    /// Whether the command may have run, with an effect nobody saw ([`ExecError::Timeout`],
+    /// [`ExecError::Unrecorded`]). Such a failure must not be retried in another form (a
+    /// batch re-run command by command could apply twice): it fails the command.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            ExecError::Timeout { .. } | ExecError::Unrecorded { .. }
+        )
+    }
 }
 
 /// Everything that can go wrong in virtfw's engine.

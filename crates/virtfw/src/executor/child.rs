@@ -5,13 +5,29 @@
 //! the in-process [`LibnftExecutor`](super::LibnftExecutor)'s fallback, the `virtfw` command's
 //! journalling one) goes through these, so a namespace is named, entered and refused the same
 //! way everywhere, and the one `unsafe` `pre_exec` lives here.
+//!
+//! # Bounded waiting
+//!
+//! A firewall program that hangs (an `nft` stuck on a netlink socket, say) must not hang the
+//! caller with it, nor — since children inherit the `virtfw` command's state lock — every
+//! later `virtfw`. So every child is started by [`spawn_child`] in a process group of its own
+//! and waited for by [`wait_child`] with a timeout ([`DEFAULT_CHILD_TIMEOUT`] unless the
+//! executor is told otherwise). On expiry the whole group (the program and anything it started
+//! without leaving the group, such as a wrapper script's children) is killed with `SIGKILL`,
+//! the child is reaped, and [`ExecError::Timeout`] says so. The wait itself is a `poll` on a
+//! pidfd (`pidfd_open`, Linux 5.3+): it returns the moment the child exits, and since the
+//! child is reaped only after the signal was sent, no signal can reach a reused pid.
+//!
+//! Its own process group also means a terminal's Ctrl-C reaches only the caller: a child keeps
+//! running to its end, as it does when the caller is killed (which crash recovery relies on).
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 use crate::error::ExecError;
 
@@ -183,6 +199,107 @@ pub fn spawn_error(program: &str, source: std::io::Error) -> ExecError {
     }
 }
 
+/// How long a firewall program may run before it is killed, unless the executor is given
+/// another bound (`with_timeout`). Generous: a batch of tens of thousands of rules takes
+/// seconds; a minute means the program is stuck.
+pub const DEFAULT_CHILD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Spawn `cmd` (running `program`) in a process group of its own, so that [`wait_child`] can
+/// kill everything it started; a failure is reported by [`spawn_error`].
+pub fn spawn_child(cmd: &mut Command, program: &str) -> Result<Child, ExecError> {
+    cmd.process_group(0);
+    cmd.spawn().map_err(|source| spawn_error(program, source))
+}
+
+/// Wait for `child` (started by [`spawn_child`]) to exit, for at most `timeout`.
+///
+/// On expiry the child's process group is killed (`SIGKILL`), the child reaped, and
+/// [`ExecError::Timeout`] returned: whatever the program did before is unknown to the caller.
+/// A `timeout` too large to add to the clock waits forever.
+pub fn wait_child(
+    child: &mut Child,
+    program: &str,
+    timeout: Duration,
+) -> Result<ExitStatus, ExecError> {
+    let wait_error = |source| ExecError::Spawn {
+        program: program.to_string(),
+        source,
+    };
+    let Some(deadline) = Instant::now().checked_add(timeout) else {
+        return child.wait().map_err(wait_error);
+    };
+    let exited = match pidfd_open(child.id()) {
+        Ok(pidfd) => exits_before(&pidfd, deadline).map_err(wait_error)?,
+        // No pidfds (a kernel before 5.3): look at the child every few milliseconds. Only we
+        // reap it, so it cannot vanish between a look and the kill.
+        Err(_) => loop {
+            if child.try_wait().map_err(wait_error)?.is_some() {
+                break true;
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        },
+    };
+    if !exited {
+        kill_group(child);
+        child.wait().map_err(wait_error)?;
+        return Err(ExecError::Timeout {
+            program: program.to_string(),
+            after: timeout,
+        });
+    }
+    child.wait().map_err(wait_error)
+}
+
+/// A pidfd for our own (not yet reaped) child `pid`.
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain system call; on success it returns a new descriptor that we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by pidfd_open and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Whether the process of `pidfd` exits before `deadline` (a pidfd polls readable on exit).
+fn exits_before(pidfd: &OwnedFd, deadline: Instant) -> std::io::Result<bool> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Round up, so that a wait never ends a little early and turns into a spin.
+        let ms = left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        match unsafe { libc::poll(&mut pfd, 1, ms) } {
+            n if n > 0 => return Ok(true),
+            0 if Instant::now() >= deadline => return Ok(false),
+            0 => continue,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// SIGKILL the process group of `child`, and the child itself should it have left the group.
+/// The child is not reaped yet, so its pid (the group's id) cannot have been reused.
+fn kill_group(child: &mut Child) {
+    // SAFETY: plain kill(2) of the group our unreaped child leads.
+    unsafe {
+        libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
+    }
+    let _ = child.kill();
+}
+
 /// A finished child's exit status; a death by signal is 128 + the signal number, as shells say.
 pub fn exit_code(status: ExitStatus) -> i32 {
     status
@@ -260,6 +377,69 @@ mod tests {
             spawn_error("nft", denied),
             ExecError::Spawn { program, .. } if program == "nft"
         ));
+    }
+
+    fn sleeper(seconds: &str) -> (Command, &'static str) {
+        let mut cmd = Command::new("sleep");
+        cmd.arg(seconds);
+        (cmd, "sleep")
+    }
+
+    #[test]
+    fn a_child_that_outlives_its_timeout_is_killed_and_reaped() {
+        let (mut cmd, program) = sleeper("600");
+        let mut child = spawn_child(&mut cmd, program).unwrap();
+        let pid = child.id();
+        match wait_child(&mut child, program, Duration::from_millis(200)) {
+            Err(ExecError::Timeout { program, after }) => {
+                assert_eq!(program, "sleep");
+                assert_eq!(after, Duration::from_millis(200));
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        // Reaped: the child is gone, killed by SIGKILL.
+        let status = child.try_wait().unwrap().expect("reaped");
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "pid {pid}");
+    }
+
+    #[test]
+    fn the_whole_process_group_is_killed() {
+        // A shell that starts a sleeper and waits for it, as a wrapper script would.
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("sleep 600 & echo $! > {}; wait", pidfile.display()));
+        let mut child = spawn_child(&mut cmd, "sh").unwrap();
+        let err = wait_child(&mut child, "sh", Duration::from_millis(500)).unwrap_err();
+        assert!(matches!(err, ExecError::Timeout { .. }), "{err:?}");
+        let grandchild = std::fs::read_to_string(&pidfile).unwrap();
+        let status = format!("/proc/{}/status", grandchild.trim());
+        // The grandchild was killed too. SIGKILL is delivered asynchronously and the orphan is
+        // reaped by init: give it time (a safety net, not a measurement).
+        let alive = || {
+            std::fs::read_to_string(&status)
+                .map(|s| !s.contains("State:\tZ"))
+                .unwrap_or(false)
+        };
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while alive() && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive(), "the wrapper's child survived: {status}");
+    }
+
+    #[test]
+    fn a_child_that_finishes_in_time_gives_its_status() {
+        let (mut cmd, program) = sleeper("0");
+        let mut child = spawn_child(&mut cmd, program).unwrap();
+        let status = wait_child(&mut child, program, DEFAULT_CHILD_TIMEOUT).unwrap();
+        assert_eq!(exit_code(status), 0);
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("exit 3");
+        let mut child = spawn_child(&mut cmd, "sh").unwrap();
+        let status = wait_child(&mut child, "sh", Duration::MAX).unwrap();
+        assert_eq!(exit_code(status), 3);
     }
 
     #[test]

@@ -364,6 +364,14 @@ impl LibnftExecutor {
         }
     }
 
+    /// Kill a program of the process fallback (everything not run in-process) that runs
+    /// longer than `timeout`, like [`ProcessExecutor::with_timeout`]. A call into libnftables
+    /// runs on this process's worker thread and cannot be interrupted: it is not bounded.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.fallback = self.fallback.with_timeout(timeout);
+        self
+    }
+
     /// Whether `nft` commands run in this process (false: every command is a process).
     pub fn is_in_process(&self) -> bool {
         self.worker.is_some()
@@ -665,6 +673,21 @@ mod tests {
             "/dev/stdin:2:45-49: Error: Service out of range\n\
              add rule ip T C tcp dport 70000 /proc/self/fd/7:\n    ^^^^^\n"
         );
+    }
+
+    #[test]
+    fn the_process_fallback_is_bounded_by_the_timeout() {
+        let exec = LibnftExecutor::with_library("libvirtfw-no-such-library.so.0", None)
+            .unwrap()
+            .with_timeout(std::time::Duration::from_millis(300));
+        let argv = argv("sleep 600");
+        let err = exec
+            .run(Invocation {
+                argv: &argv,
+                stdin: None,
+            })
+            .unwrap_err();
+        assert!(matches!(err, ExecError::Timeout { .. }), "{err:?}");
     }
 
     #[test]

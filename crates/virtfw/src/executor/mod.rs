@@ -10,7 +10,10 @@ mod fake;
 pub mod libnft;
 mod process;
 
-pub use child::{enter_netns_and_inherit, exit_code, netns_path, open_netns, spawn_error};
+pub use child::{
+    enter_netns_and_inherit, exit_code, netns_path, open_netns, spawn_child, spawn_error,
+    wait_child, DEFAULT_CHILD_TIMEOUT,
+};
 pub use fake::{FakeExecutor, FakeResponse};
 pub use libnft::LibnftExecutor;
 pub use process::{find_program, require_program, ProcessExecutor};
