@@ -167,11 +167,7 @@ fn check_nft(args: &[String]) -> Result<(), Unsafe> {
                 '#' => return refuse(i, UnsafeReason::Comment),
                 '\\' if chars.peek() != Some(&'*') => return refuse(i, UnsafeReason::Backslash),
                 '{' => open.push(i),
-                '}' => {
-                    if open.pop().is_none() {
-                        return refuse(i, UnsafeReason::UnopenedBrace);
-                    }
-                }
+                '}' if open.pop().is_none() => return refuse(i, UnsafeReason::UnopenedBrace),
                 _ => {}
             }
         }
