@@ -233,12 +233,14 @@ fn a_network_at_the_definition_depth_limit_can_be_stopped() {
             "<network>\n<name>lim</name><bridge name='vfinbr3'/>\n<forward mode='nat'/>\n<ip address='192.168.133.1' prefix='24'/>\n<description>{}</description>\n</network>\n",
             nested(limit - 2)
         );
-        let f = env.write("lim.xml", &net);
-        let o = run_on(
-            &env,
-            false,
-            &["network", "start", path_of(&f), "--backend", backend],
-        );
+        let start = |f: &std::path::Path| {
+            run_on(
+                &env,
+                false,
+                &["network", "start", path_of(f), "--backend", backend],
+            )
+        };
+        let o = start(&env.write("lim.xml", &net));
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let o = run_on(&env, false, &["network", "stop", "lim"]);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -253,12 +255,7 @@ fn a_network_at_the_definition_depth_limit_can_be_stopped() {
         let net = net
             .replace("<description>", "<description><x>")
             .replace("</description>", "</x></description>");
-        let f = env.write("over.xml", &net);
-        let o = run_on(
-            &env,
-            false,
-            &["network", "start", path_of(&f), "--backend", backend],
-        );
+        let o = start(&env.write("over.xml", &net));
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         assert!(stderr(&o).contains("nest more than"), "{}", text(&o));
     }

@@ -308,61 +308,37 @@ mod tests {
 
     #[test]
     fn nft_boundaries_are_refused() {
-        assert_eq!(
-            reason(nft(&["add", "rule", "ip", "t", "c", "comment", "\"a"])),
-            (6, UnsafeReason::UnbalancedQuote)
-        );
-        assert_eq!(
-            reason(nft(&[
-                "add",
-                "rule",
-                "ip",
-                "t",
-                "c",
-                "b\" ; add table ip extra"
-            ])),
-            (5, UnsafeReason::UnbalancedQuote)
-        );
-        assert_eq!(
-            reason(nft(&["add", "table", "ip", "t", ";", "flush", "ruleset"])),
-            (4, UnsafeReason::Semicolon)
-        );
-        assert_eq!(
-            reason(nft(&[
-                "add", "rule", "ip", "t", "c", "counter", "#", "accept"
-            ])),
-            (6, UnsafeReason::Comment)
-        );
-        assert_eq!(
-            reason(nft(&["add", "rule", "ip", "t", "c", "counter", "\\"])),
-            (6, UnsafeReason::Backslash)
-        );
-        assert_eq!(
-            reason(nft(&[
-                "add", "chain", "ip", "t", "c", "{", "type", "filter", ";"
-            ])),
-            (5, UnsafeReason::UnclosedBrace)
-        );
-        assert_eq!(
-            reason(nft(&["add", "chain", "ip", "t", "c", "}", "{"])),
-            (5, UnsafeReason::UnopenedBrace)
-        );
-        assert_eq!(
-            reason(nft(&[
-                "add",
-                "chain",
-                "ip",
-                "t",
-                "c",
-                "{ policy accept ; }",
-                ";"
-            ])),
-            (6, UnsafeReason::Semicolon)
-        );
-        assert_eq!(
-            reason(nft(&["add", "", "table", "ip", "t"])),
-            (1, UnsafeReason::Empty)
-        );
+        let rule = |tail: &[&'static str]| {
+            let mut v = vec!["add", "rule", "ip", "t", "c"];
+            v.extend(tail);
+            v
+        };
+        let cases: Vec<(Vec<&str>, usize, UnsafeReason)> = vec![
+            (rule(&["comment", "\"a"]), 6, UnsafeReason::UnbalancedQuote),
+            (
+                rule(&["b\" ; add table ip extra"]),
+                5,
+                UnsafeReason::UnbalancedQuote,
+            ),
+            (rule(&["counter", "#", "accept"]), 6, UnsafeReason::Comment),
+            (rule(&["counter", "\\"]), 6, UnsafeReason::Backslash),
+            (rule(&[";", "flush", "ruleset"]), 5, UnsafeReason::Semicolon),
+            (
+                rule(&["{", "type", "filter", ";"]),
+                5,
+                UnsafeReason::UnclosedBrace,
+            ),
+            (rule(&["}", "{"]), 5, UnsafeReason::UnopenedBrace),
+            (
+                rule(&["{ policy accept ; }", ";"]),
+                6,
+                UnsafeReason::Semicolon,
+            ),
+            (vec!["add", "", "table", "ip", "t"], 1, UnsafeReason::Empty),
+        ];
+        for (args, item, why) in cases {
+            assert_eq!(reason(nft(&args)), (item, why), "{args:?}");
+        }
         for bad in ["a\nb", "a\rb", "a\0b"] {
             assert!(matches!(
                 reason(nft(&["add", "table", "ip", bad])).1,
