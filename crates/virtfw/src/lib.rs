@@ -126,6 +126,7 @@ pub mod netns;
 pub mod nft;
 pub mod rollback;
 pub mod transcript;
+pub mod validate;
 pub mod xml;
 
 pub use engine::{ApplyObserver, ApplyOptions};
