@@ -602,12 +602,11 @@ fn nft_hostile_items_get_the_same_verdict_state_and_plan_on_both_paths() {
     both_paths_agree(nft_transaction(), Backend::Nftables, false);
 }
 
-/// The same cases, also requiring that every removal restores the ruleset. Fails today: an
-/// item holding several nft words (`add rule ip other keep counter` as ONE item, or `ip other`)
-/// gets no inverse on either path, so the rule stays in someone else's chain after `remove`
-/// (issue 8, item 9, inverse part). Run it with `--ignored` once that fix is in.
+/// The same cases, also requiring that every removal restores the ruleset: an item holding
+/// several nft words (`add rule ip other keep counter` as ONE item, or `ip other`) gets the
+/// inverse of its words, so the rule never stays in someone else's chain after `remove`
+/// (issue 8, item 9).
 #[test]
-#[ignore = "issue 8 item 9 (inverse of several words in one item) is fixed elsewhere"]
 fn nft_hostile_items_are_removed_exactly() {
     both_paths_agree(nft_transaction(), Backend::Nftables, true);
 }
