@@ -44,12 +44,10 @@ pub struct StatusIdentity {
     pub netns_id: String,
 }
 
+/// An attribute value, escaped as the engine escapes its documents (what an XML parser would
+/// normalise, such as a TAB or LF in a namespace path, is written as a character reference).
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('\'', "&apos;")
-        .replace('"', "&quot;")
+    virtfw::xml::escape(s, true)
 }
 
 /// Indent the lines of an element's source text by two spaces relative to its closing line,

@@ -387,6 +387,14 @@ impl Firewall {
                 let auto = flags.contains(TransactionFlags::AUTO_ROLLBACK);
                 let cmdline = command_line(&argv_for(backend, auto, cmd).0);
                 self.groups[gi].actions[i].query = Some(callback);
+                // What a callback adds is checked like the commands given up front (preflight),
+                // before any of it runs, on both paths.
+                let base = self.groups[gi].actions.len();
+                for (k, cmd) in added.iter().enumerate() {
+                    crate::validate::check_command(backend, cmd.layer, &cmd.args).map_err(|u| {
+                        crate::validate::unsafe_error(u, &cmd.args, gi, base + k, false, None)
+                    })?;
+                }
                 self.groups[gi].actions.extend(added);
                 if let Err(message) = result {
                     return Err(Error::Query { cmdline, message });

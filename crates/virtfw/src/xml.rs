@@ -23,8 +23,9 @@ use crate::validate;
 /// written as a character reference, so that what is read back is what was written: a raw CR
 /// in text is read as LF (line-end normalisation), and TAB, LF and CR in an attribute value
 /// are read as spaces (attribute-value normalisation). libvirt's own documents contain none of
-/// them, so its golden files stay byte-identical.
-fn escape(s: &str, attribute: bool) -> String {
+/// them, so its golden files stay byte-identical. Public so that every document virtfw writes
+/// (plans, status files) escapes the same way.
+pub fn escape(s: &str, attribute: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -615,3 +615,53 @@ fn nft_hostile_items_are_removed_exactly() {
 fn iptables_hostile_items_get_the_same_verdict_state_and_plan_on_both_paths() {
     both_paths_agree(ipt_transaction(), Backend::Iptables, true);
 }
+
+/// Commands a query callback adds are refused like the ones given up front: before any of
+/// them runs, with the same error, on both paths (a callback builds its commands from the
+/// output of a listing, which is other software's text).
+#[test]
+fn commands_added_by_a_callback_are_checked_before_they_run() {
+    for per_command in [true, false] {
+        let mut fw = Firewall::new(Backend::Nftables);
+        fw.start_transaction(TransactionFlags::empty());
+        let query: virtfw::QueryCallback = Box::new(|ctx: &mut virtfw::QueryContext<'_>| {
+            ctx.add_cmd(Layer::Ipv4, ["add", "table", "ip", "fine"]);
+            ctx.add_cmd(
+                Layer::Ipv4,
+                ["add", "rule", "ip", "t", "c", "counter", "#", "drop"],
+            );
+            Ok(())
+        });
+        fw.add_cmd_full(
+            Layer::Ipv4,
+            false,
+            Some(query),
+            ["list", "table", "ip", "t"],
+        );
+        let fake = FakeExecutor::new().with_batching();
+        let err = fw
+            .apply_with(
+                &fake,
+                ApplyOptions {
+                    observer: None,
+                    per_command,
+                },
+            )
+            .expect_err("an unsafe added command fails the apply");
+        match &err {
+            Error::UnsafeArgument {
+                group: 0,
+                command: 2,
+                reason: UnsafeReason::Comment,
+                ..
+            } => {}
+            other => panic!("per_command={per_command}: unexpected {other:?}"),
+        }
+        let ran = fake.commands();
+        assert_eq!(
+            ran,
+            vec![vec!["nft", "list", "table", "ip", "t"]],
+            "per_command={per_command}: only the query ran"
+        );
+    }
+}
