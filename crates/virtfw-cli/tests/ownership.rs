@@ -203,6 +203,34 @@ fn verify_without_nft_is_an_error_not_drift() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
+/// The iptables half of item 10: a plan whose `--check`s cannot run (iptables missing from
+/// PATH) is an error (exit 4), never drift; with iptables back it verifies.
+#[test]
+fn verify_without_iptables_is_an_error_not_drift() {
+    let env = Env::new("vfw-cli-own-verify-ipt");
+    let file = env.write("ipt.xml", &ipt_tx("ipt", 7));
+    let o = env.run(&["apply", path_of(&file), "--name", "ipt"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let bin = env.dir.path().join("no-iptables-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(real("ip"), bin.join("ip")).unwrap();
+    std::os::unix::fs::symlink(real("nft"), bin.join("nft")).unwrap();
+    let o = env
+        .cmd(&["verify", "ipt"])
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(all.contains("cannot run"), "{}", text(&o));
+    assert!(!all.contains("missing:"), "{}", text(&o));
+    assert!(!all.contains("DRIFT"), "{}", text(&o));
+    let o = env.run(&["verify", "ipt"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = env.run(&["remove", "ipt"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
 /// A hand-made table and chain holding a set, elements and rules.
 const HAND_MADE: &str = "add table ip hm\n\
     add set ip hm s { type ipv4_addr; elements = { 10.9.9.9, 10.8.8.8 }; }\n\
