@@ -48,7 +48,7 @@ use virtfw::batch::IgnoredCounter;
 use virtfw::executor::{self, Invocation, Output};
 use virtfw::{ApplyObserver, Command as FwCommand, ExecError, Executor};
 
-use crate::error::{CliError, CliResult};
+use crate::error::{Result, StoreError};
 use crate::journal::{self, Journal, Record};
 
 const NO_GROUP: usize = usize::MAX;
@@ -94,13 +94,13 @@ struct CmdFiles {
 
 /// Open `/run/netns/NAME` (or a path), the namespace commands run in; a missing one is the
 /// CLI's usage error.
-pub(crate) fn open_netns(name: &str) -> CliResult<OwnedFd> {
+pub(crate) fn open_netns(name: &str) -> Result<OwnedFd> {
     executor::open_netns(name).map_err(|err| match err {
-        ExecError::Netns { netns, source } => CliError::Netns {
+        ExecError::Netns { netns, source } => StoreError::Netns {
             name: netns,
             source,
         },
-        other => CliError::Netns {
+        other => StoreError::Netns {
             name: name.to_string(),
             source: std::io::Error::other(other),
         },
@@ -122,7 +122,7 @@ impl JournalExecutor {
         netns: Option<&str>,
         lock_fd: Option<RawFd>,
         journal: Arc<Journal>,
-    ) -> CliResult<Self> {
+    ) -> Result<Self> {
         let netns = netns.map(open_netns).transpose()?;
         Ok(JournalExecutor {
             netns,
@@ -142,7 +142,7 @@ impl JournalExecutor {
     }
 
     /// Append a phase mark to the journal.
-    pub(crate) fn mark(&self, mark: &str) -> CliResult<()> {
+    pub(crate) fn mark(&self, mark: &str) -> Result<()> {
         self.journal.append(
             &Record::Mark {
                 mark: mark.to_string(),
@@ -239,7 +239,7 @@ impl Executor for JournalExecutor {
             .reserve(&start, LOG_RESERVE)
             .and_then(|()| {
                 self.prepare(seq, &inv).map_err(|e| {
-                    CliError::io(format!("cannot prepare the files of command {seq}"), e)
+                    StoreError::io(format!("cannot prepare the files of command {seq}"), e)
                 })
             })
             .and_then(|files| self.journal.append(&start, true).map(|()| files))

@@ -16,141 +16,73 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
 use virtfw::{Backend, ExecError, Firewall, ProcessExecutor};
 use virtfw_network::status::StatusIdentity;
 use virtfw_network::{backend, lifecycle, NetworkDef, NetworkError, NetworkStatus};
 
-use crate::commands::Ctx;
-use crate::error::{CliError, CliResult, EXIT_DRIFT, EXIT_OK, EXIT_STATE};
+use crate::error::{Result, StoreError};
 use crate::exec::open_netns;
 use crate::journal::OpKind;
 use crate::lock::{LockKind, StateLock};
 use crate::network_journal::{self, Phases};
 use crate::operation::Operation;
 use crate::plan::staleness;
+use crate::report::*;
 use crate::state::{self, StateDir};
-
-/// Arguments of `virtfw network`.
-#[derive(Debug, clap::Args)]
-pub(crate) struct NetworkArgs {
-    #[command(subcommand)]
-    pub command: NetworkCommand,
-}
-
-/// The `network` subcommands.
-#[derive(Debug, clap::Subcommand)]
-pub(crate) enum NetworkCommand {
-    /// Create the bridge if missing, apply the network's firewall, store its status.
-    Start {
-        /// libvirt network definition (`<network>`).
-        file: PathBuf,
-        /// Firewall backend (default: firewall_backend of /etc/libvirt/network.conf, else
-        /// nftables when `nft` is installed, else iptables).
-        #[arg(long, value_parser = ["nftables", "iptables"])]
-        backend: Option<String>,
-    },
-    /// Remove the network's rules with the stored plan (and the bridge, if virtfw made it).
-    Stop {
-        /// Network name.
-        name: String,
-        /// Drop the status file without running anything (for a stale network whose rules
-        /// went with an old boot or namespace).
-        #[arg(long)]
-        forget: bool,
-    },
-    /// Remove with the stored plan and add the rules again (all running networks by default).
-    Reload {
-        /// Network names.
-        names: Vec<String>,
-        /// Re-create the rules with this backend (default: the configured one, else the
-        /// backend the network runs with).
-        #[arg(long, value_parser = ["nftables", "iptables"])]
-        backend: Option<String>,
-    },
-    /// Running networks: name, bridge, backend, whether all their rules are present.
-    List,
-    /// One network, and whether all its rules are present (exit 3 when some are missing).
-    Status {
-        /// Network name.
-        name: String,
-    },
-    /// The commands libvirt would run for this definition, in libvirt's transcript format.
-    Plan {
-        /// libvirt network definition (`<network>`).
-        file: PathBuf,
-        #[arg(long, value_parser = ["nftables", "iptables"])]
-        backend: String,
-        /// Include the one-time global chain setup a fresh host would run first.
-        #[arg(long)]
-        with_global: bool,
-    },
-}
-
-/// Run `virtfw network …`.
-pub(crate) fn run(ctx: &Ctx, args: &NetworkArgs) -> CliResult<i32> {
-    match &args.command {
-        NetworkCommand::Start { file, backend } => start(ctx, file, backend.as_deref()),
-        NetworkCommand::Stop { name, forget } => stop(ctx, name, *forget),
-        NetworkCommand::Reload { names, backend } => reload(ctx, names, backend.as_deref()),
-        NetworkCommand::List => list(ctx),
-        NetworkCommand::Status { name } => status(ctx, name),
-        NetworkCommand::Plan {
-            file,
-            backend,
-            with_global,
-        } => plan(ctx, file, backend, *with_global),
-    }
-}
+use crate::store::Store;
 
 /// Sort a network error into the CLI's exit codes: bad definitions are input errors (2), a
 /// refused command is 1, a missing backend program 2.
-fn cli_error(err: NetworkError) -> CliError {
+fn cli_error(err: NetworkError) -> StoreError {
     match err {
-        NetworkError::Firewall(e) => CliError::from_apply(e),
+        NetworkError::Firewall(e) => StoreError::from_apply(e),
         e => cli_error_common(e),
     }
 }
 
 /// The same for `network stop`: a removal is never rolled back, so its failure must not say so
 /// (the status, and with it the removal plan, is kept for another try).
-fn stop_error(err: NetworkError) -> CliError {
+fn stop_error(err: NetworkError) -> StoreError {
     match err {
-        NetworkError::Firewall(e) => CliError::from_remove(e),
+        NetworkError::Firewall(e) => StoreError::from_remove(e),
         e => cli_error_common(e),
     }
 }
 
-fn cli_error_common(err: NetworkError) -> CliError {
+fn cli_error_common(err: NetworkError) -> StoreError {
     match err {
-        NetworkError::Backend(m) => CliError::Usage(m),
-        e if e.is_input_error() => CliError::Usage(e.to_string()),
-        e => CliError::Failed(e.to_string()),
+        NetworkError::Backend(m) => StoreError::Usage(m),
+        e if e.is_input_error() => StoreError::Usage(e.to_string()),
+        e => StoreError::Failed(e.to_string()),
     }
 }
 
-fn parse_backend(s: &str) -> CliResult<Backend> {
+/// A backend named on a command line (`nftables`, `iptables`); anything else is bad usage.
+pub fn parse_backend(s: &str) -> Result<Backend> {
     s.parse::<Backend>()
-        .map_err(|e| CliError::Usage(e.to_string()))
+        .map_err(|e| StoreError::Usage(e.to_string()))
 }
 
-/// The configured backend: `--backend`, else libvirt's `network.conf` setting (file named by
-/// `VIRTFW_NETWORK_CONF`, default /etc/libvirt/network.conf), else none.
-fn configured_backend(flag: Option<&str>) -> CliResult<Option<Backend>> {
+/// The configured backend: `flag` (a `--backend`), else the `firewall_backend` setting of
+/// libvirt's `network.conf` at `conf` (a missing file sets nothing), else none. The caller
+/// picks the file ([`default_network_conf`] is libvirt's).
+pub fn configured_backend(flag: Option<&str>, conf: &Path) -> Result<Option<Backend>> {
     if let Some(b) = flag {
         return parse_backend(b).map(Some);
     }
-    let conf = std::env::var_os("VIRTFW_NETWORK_CONF")
-        .map(PathBuf::from)
-        .unwrap_or_else(backend::default_network_conf);
-    backend::read_network_conf(&conf).map_err(cli_error)
+    backend::read_network_conf(conf).map_err(cli_error)
 }
 
-fn read_status(path: &Path) -> CliResult<(String, NetworkStatus, Option<StatusIdentity>)> {
+/// libvirt's `network.conf`: /etc/libvirt/network.conf.
+pub fn default_network_conf() -> PathBuf {
+    backend::default_network_conf()
+}
+
+fn read_status(path: &Path) -> Result<(String, NetworkStatus, Option<StatusIdentity>)> {
     let text = fs::read_to_string(path)
-        .map_err(|e| CliError::io(format!("cannot read {}", path.display()), e))?;
+        .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), e))?;
     let (status, identity) = NetworkStatus::from_xml_stamped(&text, &path.display().to_string())
-        .map_err(|e| CliError::State {
+        .map_err(|e| StoreError::State {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -177,7 +109,7 @@ impl Running {
     }
 
     /// Refuse a stale network: nothing of its plan may run.
-    fn check_live(&self, name: &str) -> CliResult<()> {
+    fn check_live(&self, name: &str) -> Result<()> {
         match self.stale_reason() {
             Some(reason) => Err(stale_error(&self.path, name, &reason)),
             None => Ok(()),
@@ -185,8 +117,8 @@ impl Running {
     }
 }
 
-fn stale_error(path: &Path, name: &str, reason: &str) -> CliError {
-    CliError::State {
+fn stale_error(path: &Path, name: &str, reason: &str) -> StoreError {
+    StoreError::State {
         path: path.to_path_buf(),
         message: format!(
             "network '{name}' is stale ({reason}); its rules went with the old boot or namespace \
@@ -206,7 +138,7 @@ fn same_netns(a: &str, b: &str) -> bool {
 /// `Err` says why a `--netns` given contradicts the record: virtfw does not guess which one
 /// was meant.
 fn resolve_netns(
-    ctx: &Ctx,
+    ctx: &Store,
     name: &str,
     status: &NetworkStatus,
     identity: Option<&StatusIdentity>,
@@ -216,9 +148,9 @@ fn resolve_netns(
         // Stamped in virtfw's own namespace.
         (None, Some(_)) => None,
         // libvirt's file: whatever the caller says.
-        (None, None) => return Ok(ctx.netns.clone()),
+        (None, None) => return Ok(ctx.netns().clone()),
     };
-    match (&ctx.netns, recorded) {
+    match (&ctx.netns(), recorded) {
         (Some(asked), Some(rec)) if !same_netns(asked, rec) => Err(format!(
             "network '{name}' runs in namespace '{rec}', not in --netns '{asked}'"
         )),
@@ -230,11 +162,11 @@ fn resolve_netns(
 }
 
 /// The status file of the running network `name`; none is a state problem.
-fn status_path(state: &StateDir, name: &str) -> CliResult<PathBuf> {
+fn status_path(state: &StateDir, name: &str) -> Result<PathBuf> {
     state::check_name(name)?;
     let path = state.network_status_path(name);
     if !path.exists() {
-        return Err(CliError::State {
+        return Err(StoreError::State {
             path,
             message: format!("no running network named '{name}'"),
         });
@@ -242,10 +174,10 @@ fn status_path(state: &StateDir, name: &str) -> CliResult<PathBuf> {
     Ok(path)
 }
 
-fn load(ctx: &Ctx, state: &StateDir, name: &str) -> CliResult<Running> {
+fn load(ctx: &Store, state: &StateDir, name: &str) -> Result<Running> {
     let path = status_path(state, name)?;
     let (text, status, identity) = read_status(&path)?;
-    let netns = resolve_netns(ctx, name, &status, identity.as_ref()).map_err(CliError::Usage)?;
+    let netns = resolve_netns(ctx, name, &status, identity.as_ref()).map_err(StoreError::Usage)?;
     Ok(Running {
         path,
         text,
@@ -256,25 +188,26 @@ fn load(ctx: &Ctx, state: &StateDir, name: &str) -> CliResult<Running> {
 }
 
 /// A read-only executor for checking a network's rules, in its namespace.
-fn executor(netns: Option<&str>) -> CliResult<ProcessExecutor> {
+fn executor(netns: Option<&str>) -> Result<ProcessExecutor> {
     executor_unbounded(netns).map(|e| e.with_timeout(crate::exec::child_timeout()))
 }
 
-fn executor_unbounded(netns: Option<&str>) -> CliResult<ProcessExecutor> {
+fn executor_unbounded(netns: Option<&str>) -> Result<ProcessExecutor> {
     match netns {
         Some(ns) => ProcessExecutor::in_netns(ns).map_err(|e| match e {
-            ExecError::Netns { netns, source } => CliError::Netns {
+            ExecError::Netns { netns, source } => StoreError::Netns {
                 name: netns,
                 source,
             },
-            other => CliError::Failed(other.to_string()),
+            other => StoreError::Failed(other.to_string()),
         }),
         None => Ok(ProcessExecutor::new()),
     }
 }
 
-fn read_def(file: &Path) -> CliResult<NetworkDef> {
-    let text = fs::read_to_string(file).map_err(|source| CliError::ReadInput {
+/// Read a libvirt network definition (`<network>`); an error names the file.
+pub fn read_network_def(file: &Path) -> Result<NetworkDef> {
+    let text = fs::read_to_string(file).map_err(|source| StoreError::ReadInput {
         path: file.display().to_string(),
         source,
     })?;
@@ -288,7 +221,7 @@ fn store_status(
     path: &Path,
     status: &NetworkStatus,
     identity: &StatusIdentity,
-) -> CliResult<()> {
+) -> Result<()> {
     let xml = status.to_xml_stamped(identity);
     op.commit(xml.as_bytes())?;
     state::write_atomic(path, xml.as_bytes())?;
@@ -296,17 +229,20 @@ fn store_status(
 }
 
 /// `network start`: journalled like `apply` (docs/cli.md, "Network operations").
-fn start(ctx: &Ctx, file: &Path, backend_flag: Option<&str>) -> CliResult<i32> {
+pub(crate) fn start(
+    ctx: &Store,
+    def: NetworkDef,
+    configured: Option<Backend>,
+) -> Result<NetworkStartReport> {
     // Everything about the input is checked before the lock is even taken.
-    let def = read_def(file)?;
     state::check_name(&def.name)?;
-    let backend = backend::select(configured_backend(backend_flag)?).map_err(cli_error)?;
+    let backend = backend::select(configured).map_err(cli_error)?;
     let tx = if def.forward.has_rules() {
         Some(lifecycle::network_firewall(&def, backend).map_err(cli_error)?)
     } else {
         None
     };
-    if let Some(ns) = &ctx.netns {
+    if let Some(ns) = &ctx.netns() {
         open_netns(ns)?;
     }
     let (state, lock) = ctx.lock(LockKind::Exclusive)?;
@@ -328,7 +264,7 @@ fn start(ctx: &Ctx, file: &Path, backend_flag: Option<&str>) -> CliResult<i32> {
             });
         return Err(match stale {
             Some(reason) => stale_error(&path, &def.name, &reason),
-            None => CliError::State {
+            None => StoreError::State {
                 path,
                 message: format!("network '{}' is already running; stop it first", def.name),
             },
@@ -338,17 +274,20 @@ fn start(ctx: &Ctx, file: &Path, backend_flag: Option<&str>) -> CliResult<i32> {
         OpKind::NetworkStart,
         &def.name,
         backend.as_str(),
-        ctx.netns.as_deref(),
+        ctx.netns().as_deref(),
         tx.as_ref().map(Firewall::to_xml).unwrap_or_default(),
         def.xml.clone(),
     )?;
-    let op = Operation::begin(&state, &header, ctx.netns.as_deref(), lock.raw_fd())?;
+    let op = Operation::begin(&state, &header, ctx.netns().as_deref(), lock.raw_fd())?;
     let name = def.name.clone();
     let phases = Phases::new(&op);
-    let started =
-        lifecycle::start_in_steps(def, backend, op.exec(), op.options(ctx.per_command), &|s| {
-            phases.step(s)
-        });
+    let started = lifecycle::start_in_steps(
+        def,
+        backend,
+        op.exec(),
+        op.options(ctx.per_command()),
+        &|s| phases.step(s),
+    );
     phases.check()?;
     let mut status = match started {
         Ok(status) => status,
@@ -360,32 +299,22 @@ fn start(ctx: &Ctx, file: &Path, backend_flag: Option<&str>) -> CliResult<i32> {
             return Err(cli_error(e));
         }
     };
-    status.netns = ctx.netns.clone();
+    status.netns = ctx.netns().clone();
     store_status(op, &path, &status, &network_journal::identity(&header))?;
-    let rules = status.removal.as_ref().map_or(0, |r| r.command_count());
-    ctx.emit(
-        json!({"network": name, "started": true, "backend": backend.as_str(),
-               "bridge": status.def.bridge, "created_bridge": status.created_bridge,
-               "rules": rules, "status_file": path}),
-        &format!(
-            "network {name} started ({backend}, bridge {}{}, {rules} rules)",
-            status.def.bridge,
-            if status.created_bridge {
-                " created"
-            } else {
-                ""
-            }
-        ),
-    );
-    Ok(EXIT_OK)
+    Ok(NetworkStartReport {
+        network: name,
+        started: true,
+        backend: backend.as_str().to_string(),
+        rules: status.removal.as_ref().map_or(0, |r| r.command_count()),
+        bridge: status.def.bridge,
+        created_bridge: status.created_bridge,
+        status_file: path,
+    })
 }
 
 /// `network stop`: journalled like `remove`.
-fn stop(ctx: &Ctx, name: &str, forget: bool) -> CliResult<i32> {
+pub(crate) fn stop(ctx: &Store, name: &str) -> Result<NetworkStopReport> {
     let (state, lock) = ctx.lock(LockKind::Exclusive)?;
-    if forget {
-        return forget_network(ctx, &state, name);
-    }
     let running = load(ctx, &state, name)?;
     running.check_live(name)?;
     let Running {
@@ -412,35 +341,37 @@ fn stop(ctx: &Ctx, name: &str, forget: bool) -> CliResult<i32> {
     // `recover` from the journal, which holds the status.)
     state::remove_durably(&path)?;
     let phases = Phases::new(&op);
-    let stopped = lifecycle::stop_in_steps(&status, op.exec(), op.options(ctx.per_command), &|s| {
-        phases.step(s)
-    });
+    let stopped =
+        lifecycle::stop_in_steps(&status, op.exec(), op.options(ctx.per_command()), &|s| {
+            phases.step(s)
+        });
     phases.check()?;
     let (missing, failed) = op.exec().ignored();
     op.finish()?;
     stopped.map_err(stop_error)?;
-    ctx.emit(
-        json!({"network": name, "stopped": true, "backend": status.backend().as_str(),
-               "deleted_bridge": status.created_bridge, "missing": missing,
-               "failed": failed}),
-        &format!("network {name} stopped ({missing} rule(s) were already gone)"),
-    );
-    Ok(EXIT_OK)
+    Ok(NetworkStopReport {
+        network: name.to_string(),
+        stopped: true,
+        backend: status.backend().as_str().to_string(),
+        deleted_bridge: status.created_bridge,
+        missing,
+        failed,
+    })
 }
 
 /// `network stop --forget NAME`: drop the status file, run nothing (like `remove --forget`).
 /// The file is not even parsed, so a corrupt one can be dropped too.
-fn forget_network(ctx: &Ctx, state: &StateDir, name: &str) -> CliResult<i32> {
-    let path = status_path(state, name)?;
+pub(crate) fn forget(ctx: &Store, name: &str) -> Result<NetworkForgetReport> {
+    let (state, _lock) = ctx.lock(LockKind::Exclusive)?;
+    let path = status_path(&state, name)?;
     state::remove_durably(&path)?;
-    ctx.emit(
-        json!({"network": name, "forgotten": true}),
-        &format!("forgot network {name} (nothing was run)"),
-    );
-    Ok(EXIT_OK)
+    Ok(NetworkForgetReport {
+        network: name.to_string(),
+        forgotten: true,
+    })
 }
 
-fn running(state: &StateDir) -> CliResult<Vec<String>> {
+fn running(state: &StateDir) -> Result<Vec<String>> {
     let mut names: Vec<String> = state::dir_entries(&state.networks_dir())?
         .into_iter()
         .filter_map(|(file, _)| {
@@ -454,13 +385,13 @@ fn running(state: &StateDir) -> CliResult<Vec<String>> {
 
 /// Reload one network, journalled: remove with the old plan, add again, store the status.
 fn reload_one(
-    ctx: &Ctx,
+    ctx: &Store,
     state: &StateDir,
     lock: &StateLock,
     name: &str,
     running: Running,
     configured: Option<Backend>,
-) -> CliResult<(Backend, Option<NetworkError>)> {
+) -> Result<(Backend, Option<NetworkError>)> {
     let Running {
         path,
         text,
@@ -499,7 +430,7 @@ fn reload_one(
         status,
         backend,
         op.exec(),
-        op.options(ctx.per_command),
+        op.options(ctx.per_command()),
         &|s| phases.step(s),
     );
     phases.check()?;
@@ -527,8 +458,11 @@ fn reload_one(
 }
 
 /// `network reload [NAME…]`: each network is its own journalled operation.
-fn reload(ctx: &Ctx, names: &[String], backend_flag: Option<&str>) -> CliResult<i32> {
-    let configured = configured_backend(backend_flag)?;
+pub(crate) fn reload(
+    ctx: &Store,
+    names: &[String],
+    configured: Option<Backend>,
+) -> Result<NetworkReloadReport> {
     let (state, lock) = ctx.lock(LockKind::Exclusive)?;
     // Every network is loaded and checked before any is touched: a stale one or one in
     // another namespace refuses the whole reload.
@@ -537,7 +471,7 @@ fn reload(ctx: &Ctx, names: &[String], backend_flag: Option<&str>) -> CliResult<
         let mut all = Vec::new();
         for name in running(&state)? {
             match load(ctx, &state, &name) {
-                Err(CliError::Usage(_)) if ctx.netns.is_some() => continue,
+                Err(StoreError::Usage(_)) if ctx.netns().is_some() => continue,
                 r => all.push((name, r?)),
             }
         }
@@ -546,41 +480,27 @@ fn reload(ctx: &Ctx, names: &[String], backend_flag: Option<&str>) -> CliResult<
         names
             .iter()
             .map(|n| load(ctx, &state, n).map(|r| (n.clone(), r)))
-            .collect::<CliResult<_>>()?
+            .collect::<Result<_>>()?
     };
     for (name, running) in &loaded {
         running.check_live(name)?;
     }
-    let mut results = Vec::new();
-    let mut failed = None;
+    let mut report = NetworkReloadReport {
+        reloaded: Vec::new(),
+        failed: None,
+    };
     for (name, running) in loaded {
-        let name = &name;
-        let (backend, error) = reload_one(ctx, &state, &lock, name, running, configured)?;
-        results.push(json!({"network": name, "backend": backend.as_str(),
-                            "error": error.as_ref().map(|e| e.to_string())}));
+        let (backend, error) = reload_one(ctx, &state, &lock, &name, running, configured)?;
+        report.reloaded.push(NetworkReloaded {
+            network: name,
+            backend: backend.as_str().to_string(),
+            error: error.as_ref().map(|e| e.to_string()),
+        });
         if let Some(e) = error {
-            failed.get_or_insert(cli_error(e));
+            report.failed.get_or_insert(cli_error(e));
         }
     }
-    let text: String = results
-        .iter()
-        .map(|r| {
-            format!(
-                "network {} reloaded ({}){}\n",
-                r["network"].as_str().unwrap_or(""),
-                r["backend"].as_str().unwrap_or(""),
-                r["error"]
-                    .as_str()
-                    .map(|e| format!(": FAILED: {e}"))
-                    .unwrap_or_default()
-            )
-        })
-        .collect();
-    ctx.emit(json!({"reloaded": results}), &text);
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(EXIT_OK),
-    }
+    Ok(report)
 }
 
 /// What a look at a network's rules found: their check, or why they were not looked at.
@@ -603,33 +523,51 @@ fn look(running: &Running) -> Looked {
     }
 }
 
-fn describe(running: &Running, looked: &Looked) -> serde_json::Value {
+fn describe(running: &Running, looked: &Looked) -> NetworkInfo {
     let status = &running.status;
-    let (present, total, missing, stale) = match looked {
+    let (present, total, missing, stale, health) = match looked {
         Looked::Checked(Ok(c)) => (
-            json!(c.total - c.missing.len()),
-            json!(c.total),
-            json!(c.missing),
-            json!(null),
+            Some(c.total - c.missing.len()),
+            Some(c.total),
+            c.missing.clone(),
+            None,
+            if c.all_present() {
+                NetworkHealth::AllPresent
+            } else {
+                NetworkHealth::Drift
+            },
         ),
-        Looked::Checked(Err(e)) => (json!(null), json!(null), json!([e]), json!(null)),
-        Looked::Stale(reason) => (json!(null), json!(null), json!([]), json!(reason)),
+        Looked::Checked(Err(e)) => (
+            None,
+            None,
+            vec![e.clone()],
+            None,
+            NetworkHealth::Unchecked(e.clone()),
+        ),
+        Looked::Stale(reason) => (
+            None,
+            None,
+            Vec::new(),
+            Some(reason.clone()),
+            NetworkHealth::Stale,
+        ),
     };
-    json!({
-        "network": status.def.name,
-        "bridge": status.def.bridge,
-        "forward": status.def.forward.as_str(),
-        "backend": status.backend().as_str(),
-        "stored_plan": status.removal.is_some(),
-        "netns": running.netns,
-        "created_bridge": status.created_bridge,
-        "stamped": running.identity.is_some(),
-        "stale": stale,
-        "rules_present": present,
-        "rules_total": total,
-        "missing": missing,
-        "all_present": looked.all_present(),
-    })
+    NetworkInfo {
+        network: status.def.name.clone(),
+        bridge: status.def.bridge.clone(),
+        forward: status.def.forward.as_str().to_string(),
+        backend: status.backend().as_str().to_string(),
+        stored_plan: status.removal.is_some(),
+        netns: running.netns.clone(),
+        created_bridge: status.created_bridge,
+        stamped: running.identity.is_some(),
+        stale,
+        rules_present: present,
+        rules_total: total,
+        missing,
+        all_present: looked.all_present(),
+        health,
+    }
 }
 
 fn check_one(status: &NetworkStatus, netns: Option<&str>) -> Result<lifecycle::RuleCheck, String> {
@@ -637,77 +575,38 @@ fn check_one(status: &NetworkStatus, netns: Option<&str>) -> Result<lifecycle::R
     lifecycle::check(status, &exec).map_err(|e| e.to_string())
 }
 
-fn line(v: &serde_json::Value) -> String {
-    format!(
-        "{:<16} {:<10} {:<8} {:<9} {}",
-        v["network"].as_str().unwrap_or(""),
-        v["bridge"].as_str().unwrap_or(""),
-        v["forward"].as_str().unwrap_or(""),
-        v["backend"].as_str().unwrap_or(""),
-        match (v["rules_present"].as_u64(), v["rules_total"].as_u64()) {
-            _ if v["stale"].is_string() => format!(
-                "STALE ({}): not checked; `virtfw network stop --forget {}` drops it",
-                v["stale"].as_str().unwrap_or(""),
-                v["network"].as_str().unwrap_or("")
-            ),
-            (Some(p), Some(t)) if p == t => format!("all {t} rules present"),
-            (Some(p), Some(t)) => format!("{p}/{t} rules present (DRIFT)"),
-            _ => format!("cannot check: {}", v["missing"][0].as_str().unwrap_or("")),
-        }
-    )
-}
-
-fn list(ctx: &Ctx) -> CliResult<i32> {
+pub(crate) fn list(ctx: &Store) -> Result<NetworkListReport> {
     let (state, _lock) = ctx.lock(LockKind::Shared)?;
-    let mut rows = Vec::new();
+    let mut networks = Vec::new();
     for name in running(&state)? {
         // With --netns: the networks that run there (libvirt's files are taken to).
         let running = match load(ctx, &state, &name) {
-            Err(CliError::Usage(_)) if ctx.netns.is_some() => continue,
+            Err(StoreError::Usage(_)) if ctx.netns().is_some() => continue,
             r => r?,
         };
-        rows.push(describe(&running, &look(&running)));
+        networks.push(describe(&running, &look(&running)));
     }
-    let mut text = format!(
-        "{:<16} {:<10} {:<8} {:<9} {}\n",
-        "NAME", "BRIDGE", "FORWARD", "BACKEND", "RULES"
-    );
-    for r in &rows {
-        text.push_str(&line(r));
-        text.push('\n');
-    }
-    ctx.emit(json!({"networks": rows}), &text);
-    Ok(EXIT_OK)
+    Ok(NetworkListReport { networks })
 }
 
-fn status(ctx: &Ctx, name: &str) -> CliResult<i32> {
+pub(crate) fn status(ctx: &Store, name: &str) -> Result<NetworkStatusReport> {
     let (state, _lock) = ctx.lock(LockKind::Shared)?;
     let running = load(ctx, &state, name)?;
-    let looked = look(&running);
-    let v = describe(&running, &looked);
-    let mut text = line(&v);
-    if let Looked::Checked(Ok(c)) = &looked {
-        for m in &c.missing {
-            text.push_str(&format!("\n  missing: {m}"));
-        }
-    }
-    ctx.emit(v, &text);
-    match looked {
-        // A state problem: the status describes no live rules.
-        Looked::Stale(_) => Ok(EXIT_STATE),
-        Looked::Checked(Ok(c)) if c.all_present() => Ok(EXIT_OK),
-        Looked::Checked(Ok(_)) => Ok(EXIT_DRIFT),
-        Looked::Checked(Err(e)) => Err(CliError::Failed(e)),
-    }
+    Ok(NetworkStatusReport(describe(&running, &look(&running))))
 }
 
-fn plan(ctx: &Ctx, file: &Path, backend: &str, with_global: bool) -> CliResult<i32> {
-    let def = read_def(file)?;
-    let backend = parse_backend(backend)?;
-    let transcript = lifecycle::plan(&def, backend, with_global).map_err(cli_error)?;
-    ctx.emit(
-        json!({"network": def.name, "backend": backend.as_str(), "transcript": transcript}),
-        &transcript,
-    );
-    Ok(EXIT_OK)
+/// The commands libvirt would run for the network `def` on `backend` (with the one-time
+/// global chain setup a fresh host runs first, if `with_global`), in libvirt's transcript
+/// format; nothing runs.
+pub fn network_plan(
+    def: &NetworkDef,
+    backend: Backend,
+    with_global: bool,
+) -> Result<NetworkPlanReport> {
+    let transcript = lifecycle::plan(def, backend, with_global).map_err(cli_error)?;
+    Ok(NetworkPlanReport {
+        network: def.name.clone(),
+        backend: backend.as_str().to_string(),
+        transcript,
+    })
 }

@@ -1,528 +1,571 @@
-//! The commands: read, decide, do — each a function over a [`Ctx`].
+//! The store: a state directory and the operations on it — apply, remove, list, show,
+//! verify, recover — each a method of [`Store`].
+//!
+//! Every operation that changes the kernel holds the state directory's exclusive lock and is a
+//! journalled [`Operation`]: each command is written to the journal before it runs and
+//! inherits the lock, so that a process killed at any point leaves a journal from which
+//! [`Store::recover`] finishes or undoes exactly what it did (docs/cli.md, "Crash safety").
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::json;
 use virtfw::{ApplyOptions, Backend, Executor, FakeExecutor, Firewall, ProcessExecutor};
+use virtfw_network::NetworkDef;
 
-use crate::error;
-use crate::error::{CliError, CliResult, EXIT_DRIFT, EXIT_OK, EXIT_STATE};
+use crate::error::{self, Result, StoreError};
 use crate::exec::{child_timeout, open_netns};
 use crate::journal::{self, OpHeader, OpKind, JOURNAL_VERSION};
 use crate::lock::{LockKind, StateLock};
+use crate::network;
 use crate::operation::Operation;
 use crate::plan::{self, Plan, PLAN_VERSION};
 use crate::recover;
+use crate::report::*;
 use crate::state::{self, StateDir};
 use crate::verify;
 
-/// What every command gets from the global options.
+/// Where virtfw keeps its state unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = state::DEFAULT_STATE_DIR;
+
+/// How a [`Store`] runs its operations. Built with [`StoreOptions::new`] and its setters; the
+/// store reads no environment variable (the caller decides, e.g. the CLI from its flags).
 #[derive(Debug, Clone)]
-pub(crate) struct Ctx {
-    pub state_dir: PathBuf,
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// The network namespace commands run in (a name under /run/netns or a path); `None`: the
+    /// caller's own. Remembered by every plan applied.
     pub netns: Option<String>,
-    pub json: bool,
+    /// One process per command, exactly like libvirt (no batching).
     pub per_command: bool,
+    /// How long to wait for another process holding the state lock.
     pub lock_timeout: Duration,
+    /// How long a firewall program may run before it is killed and its command fails.
+    pub child_timeout: Duration,
 }
 
-impl Ctx {
-    /// Print a result: the JSON document with `--json`, the text otherwise.
-    pub(crate) fn emit(&self, value: serde_json::Value, text: &str) {
-        if self.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&value).unwrap_or_default()
-            );
-        } else if !text.is_empty() {
-            print!("{text}");
-            if !text.ends_with('\n') {
-                println!();
-            }
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            netns: None,
+            per_command: false,
+            lock_timeout: Duration::from_secs(120),
+            child_timeout: virtfw::executor::DEFAULT_CHILD_TIMEOUT,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// The defaults: the caller's namespace, batched, a 120 s lock wait, the engine's child
+    /// timeout.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Run in the namespace `netns` (a name under /run/netns, or a path).
+    pub fn netns(mut self, netns: Option<String>) -> Self {
+        self.netns = netns;
+        self
+    }
+
+    /// One process per command (libvirt's way) instead of batches.
+    pub fn per_command(mut self, per_command: bool) -> Self {
+        self.per_command = per_command;
+        self
+    }
+
+    /// Wait this long for the state lock.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// Kill a firewall program after this long.
+    pub fn child_timeout(mut self, timeout: Duration) -> Self {
+        self.child_timeout = timeout;
+        self
+    }
+}
+
+/// A state directory and the crash-safe operations on it.
+///
+/// Opening a store checks nothing yet: each operation checks its input first and the state
+/// directory (its ownership and mode, the lock, pending journals) only then, so bad input is
+/// reported as bad input whatever the state directory is like. Run [`Store::recover`] at
+/// start-up: writers refuse to run over a journal left by a killed process.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+    opts: StoreOptions,
+}
+
+impl Store {
+    /// A store in `dir` (created 0700 on first use) run with `opts`.
+    ///
+    /// The child timeout is process-wide (the first store opened sets it): the journalling
+    /// executor and recovery read it where they spawn children.
+    pub fn open(dir: impl Into<PathBuf>, opts: StoreOptions) -> Store {
+        crate::exec::set_child_timeout(opts.child_timeout);
+        Store {
+            dir: dir.into(),
+            opts,
         }
     }
 
-    pub(crate) fn state(&self) -> CliResult<StateDir> {
-        StateDir::open(&self.state_dir)
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.opts
+    }
+
+    pub(crate) fn netns(&self) -> &Option<String> {
+        &self.opts.netns
+    }
+
+    pub(crate) fn per_command(&self) -> bool {
+        self.opts.per_command
+    }
+
+    pub(crate) fn state(&self) -> Result<StateDir> {
+        StateDir::open(&self.dir)
     }
 
     /// Open the state dir and take its lock; a writer also refuses to run over a pending journal.
-    pub(crate) fn lock(&self, kind: LockKind) -> CliResult<(StateDir, StateLock)> {
+    pub(crate) fn lock(&self, kind: LockKind) -> Result<(StateDir, StateLock)> {
         let state = self.state()?;
-        let lock = StateLock::acquire(&state, kind, self.lock_timeout)?;
+        let lock = StateLock::acquire(&state, kind, self.opts.lock_timeout)?;
         if kind == LockKind::Exclusive {
             if let Some(dir) = journal::pending(&state)?.into_iter().next() {
                 let id = journal::journal_id(&dir);
-                return Err(CliError::PendingJournal { path: dir, id });
+                return Err(StoreError::PendingJournal { path: dir, id });
             }
         }
         Ok((state, lock))
     }
 
-    fn options<'a>(&self, observer: Option<&'a dyn virtfw::ApplyObserver>) -> ApplyOptions<'a> {
+    fn engine_options<'a>(
+        &self,
+        observer: Option<&'a dyn virtfw::ApplyObserver>,
+    ) -> ApplyOptions<'a> {
         ApplyOptions {
             observer,
-            per_command: self.per_command,
+            per_command: self.opts.per_command,
         }
+    }
+
+    /// The commands applying `fw` as `name` would run (libvirt's transcript); nothing runs and
+    /// nothing is stored. Refuses what [`Store::apply`] refuses before it runs anything.
+    pub fn apply_dry_run(&self, fw: &mut Firewall, name: &str) -> Result<DryRunReport> {
+        check_transaction(fw, name)?;
+        self.dry_run(fw)
+    }
+
+    fn dry_run(&self, fw: &mut Firewall) -> Result<DryRunReport> {
+        let fake = FakeExecutor::new();
+        fw.apply_with(&fake, self.engine_options(None))
+            .map_err(StoreError::from_apply)?;
+        Ok(DryRunReport {
+            dry_run: true,
+            commands: fake.commands(),
+            transcript: fake.transcript(),
+        })
+    }
+
+    /// Apply the transaction `fw` and store its removal plan as `name`: all or nothing.
+    ///
+    /// A group the firewall refuses is rolled back by the engine, and every group applied
+    /// before it too (libvirt would leave those): on error nothing of `fw` is left. Every
+    /// command is journalled before it runs, so a process killed half-way leaves a journal
+    /// from which [`Store::recover`] undoes exactly what ran; the plan stored on success
+    /// removes exactly what was created ([`Store::remove`]).
+    pub fn apply(&self, fw: &mut Firewall, name: &str) -> Result<ApplyReport> {
+        check_transaction(fw, name)?;
+        let netns = self.netns().clone();
+        let netns_id = match &netns {
+            Some(n) => {
+                open_netns(n)?;
+                state::netns_identity(Some(n)).map_err(|source| StoreError::Netns {
+                    name: n.clone(),
+                    source,
+                })?
+            }
+            None => state::netns_identity(None)
+                .map_err(|e| StoreError::io("cannot stat own netns", e))?,
+        };
+        let name = name.to_string();
+        let (state, lock) = self.lock(LockKind::Exclusive)?;
+        if state.plan_path(&name).exists() {
+            return Err(StoreError::PlanExists { name });
+        }
+        let header = OpHeader {
+            version: JOURNAL_VERSION,
+            op_id: journal::new_op_id(),
+            kind: OpKind::Apply,
+            name: name.clone(),
+            backend: fw.backend().to_string(),
+            netns: netns.clone(),
+            netns_id: netns_id.clone(),
+            boot_id: state::boot_id(),
+            created: state::now(),
+            document: fw.to_xml(),
+            status: None,
+        };
+        let op = Operation::begin(&state, &header, netns.as_deref(), lock.raw_fd())?;
+        if let Err(err) = fw.apply_with(op.exec(), op.options(self.per_command())) {
+            // The engine rolled back the failed group (and those it inherits from). Groups that
+            // libvirt's rule leaves applied are undone too: an apply is all or nothing here.
+            let tx = Firewall::from_xml(&header.document, "journal").map_err(StoreError::Input)?;
+            let journal = op.dir().to_path_buf();
+            let kept = |reason: String| StoreError::KeptJournal {
+                context: format!("apply of {name} failed ({err})"),
+                reason,
+                journal: journal.clone(),
+            };
+            // An undo that stops (a full state directory, a program that hangs) leaves the
+            // journal for `recover`, which finishes it by the same rules.
+            if let Err(e) = op.undo_apply(&tx, "", "undo") {
+                return Err(kept(format!("undoing it stopped: {e}")));
+            }
+            if error::handles_unknown(&err) {
+                return Err(kept(
+                    "an object it created has a handle nobody knows, so it was not undone".into(),
+                ));
+            }
+            op.finish()?;
+            return Err(StoreError::from_apply(err));
+        }
+        let mut removal = fw
+            .new_from_rollback()
+            .map_err(|e| StoreError::Failed(e.to_string()))?;
+        removal.set_name(Some(&name));
+        let plan = Plan {
+            version: PLAN_VERSION,
+            name: name.clone(),
+            backend: fw.backend().to_string(),
+            netns,
+            netns_id,
+            boot_id: header.boot_id.clone(),
+            created: header.created,
+            op_id: header.op_id.clone(),
+            groups: fw.groups().len(),
+            commands: fw.command_count(),
+            removal: removal.to_xml(),
+        };
+        // Not stored (a full state directory): the rules stay until `recover` undoes them, which
+        // it does for an apply whose plan is missing.
+        plan.store(&state).map_err(|e| StoreError::KeptJournal {
+            context: format!("applied {name} but could not store its removal plan"),
+            reason: e.to_string(),
+            journal: op.dir().to_path_buf(),
+        })?;
+        op.finish()?;
+        Ok(ApplyReport {
+            applied: name,
+            backend: plan.backend,
+            groups: plan.groups,
+            commands: plan.commands,
+            removal_commands: removal.command_count(),
+            netns: plan.netns,
+        })
+    }
+
+    /// The commands removing the stored plan `name` would run; nothing runs.
+    pub fn remove_dry_run(&self, name: &str) -> Result<DryRunReport> {
+        let state = self.state()?;
+        let plan = Plan::load_named(&state, name)?;
+        let mut fw = plan.removal_firewall(&state.plan_path(name))?;
+        self.dry_run(&mut fw)
+    }
+
+    /// Run the stored removal plan `name`, then forget it.
+    ///
+    /// Deletes of objects already gone are counted, not failures (libvirt's removal ignores
+    /// errors). A removal that stops part-way (a program that cannot run) keeps the plan, so
+    /// running it again deletes what is left. A stale plan (another boot or namespace) is
+    /// refused: its handles may name someone else's objects now; [`Store::forget`] drops it.
+    pub fn remove(&self, name: &str) -> Result<RemoveReport> {
+        let (state, lock) = self.lock(LockKind::Exclusive)?;
+        let plan = Plan::load_named(&state, name)?;
+        if let Some(reason) = plan.stale_reason() {
+            return Err(StoreError::StalePlan {
+                name: name.to_string(),
+                reason,
+            });
+        }
+        let mut fw = plan.removal_firewall(&state.plan_path(name))?;
+        let header = OpHeader {
+            version: JOURNAL_VERSION,
+            op_id: journal::new_op_id(),
+            kind: OpKind::Remove,
+            name: name.to_string(),
+            backend: plan.backend.clone(),
+            netns: plan.netns.clone(),
+            netns_id: plan.netns_id.clone(),
+            boot_id: plan.boot_id.clone(),
+            created: state::now(),
+            document: plan.removal.clone(),
+            status: None,
+        };
+        let op = Operation::begin(&state, &header, plan.netns.as_deref(), lock.raw_fd())?;
+        if let Err(err) = fw.apply_with(op.exec(), op.options(self.per_command())) {
+            // Removal groups ignore errors, so only refusals before anything ran and executor
+            // failures (a program that cannot be started, a journal that cannot be written) get
+            // here: keep the plan (running `remove` again deletes what is left), drop the journal.
+            op.finish()?;
+            return Err(StoreError::from_remove(err));
+        }
+        // Exact on both paths: the engine reports every delete it gave up on, per command or
+        // from its batch's retries, with whether the object was already gone.
+        let (missing, failed) = op.exec().ignored();
+        Plan::delete(&state, name)?;
+        op.finish()?;
+        Ok(RemoveReport {
+            removed: name.to_string(),
+            commands: fw.command_count(),
+            missing,
+            failed,
+        })
+    }
+
+    /// Drop the plan `name` without running it, whether it can be read or not (a corrupt
+    /// plan is exactly what one wants to forget); the report says what it was, if readable.
+    pub fn forget(&self, name: &str) -> Result<ForgetReport> {
+        let (state, _lock) = self.lock(LockKind::Exclusive)?;
+        state::check_name(name)?;
+        let path = state.plan_path(name);
+        if std::fs::symlink_metadata(&path).is_err() {
+            return Err(StoreError::NoSuchPlan {
+                name: name.to_string(),
+                dir: state.plans_dir(),
+            });
+        }
+        let was = Plan::load(&path);
+        Plan::delete(&state, name)?;
+        let plan = match was {
+            Ok(p) => ForgottenPlan::Readable {
+                backend: p.backend,
+                commands: p.commands,
+                netns: p.netns,
+            },
+            Err(e) => ForgottenPlan::Unreadable {
+                error: e.to_string(),
+            },
+        };
+        Ok(ForgetReport {
+            forgotten: name.to_string(),
+            plan,
+        })
+    }
+
+    /// The stored plans, with whether each is stale, and the pending journals' count.
+    pub fn list(&self) -> Result<ListReport> {
+        let (state, _lock) = self.lock(LockKind::Shared)?;
+        let mut plans = Vec::new();
+        for (name, loaded) in plan::all_plans(&state)? {
+            plans.push(match loaded {
+                Ok(p) => PlanRow::Stored(PlanSummary {
+                    stale: p.stale_reason(),
+                    age_seconds: state::now().saturating_sub(p.created),
+                    name,
+                    backend: p.backend,
+                    groups: p.groups,
+                    commands: p.commands,
+                    netns: p.netns,
+                    created: p.created,
+                }),
+                Err(e) => PlanRow::Corrupt {
+                    name,
+                    error: e.to_string(),
+                },
+            });
+        }
+        let pending_journals = journal::pending(&state)?.len();
+        Ok(ListReport {
+            plans,
+            pending_journals,
+        })
+    }
+
+    /// The stored plan `name`.
+    pub fn show(&self, name: &str) -> Result<ShowReport> {
+        let state = self.state()?;
+        let plan = Plan::load_named(&state, name)?;
+        Ok(ShowReport {
+            name: name.to_string(),
+            stale: plan.stale_reason(),
+            backend: plan.backend,
+            netns: plan.netns,
+            created: plan.created,
+            removal: plan.removal,
+        })
+    }
+
+    /// Check that every object the plans `names` (all plans when empty) would remove still
+    /// exists in the live ruleset. Drift is the report's outcome ([`VerifyReport::drift`]); a
+    /// plan that cannot be read or checked is its [`VerifyReport::problem`].
+    pub fn verify(&self, names: &[String]) -> Result<VerifyReport> {
+        let (state, _lock) = self.lock(LockKind::Shared)?;
+        let plans: Vec<(String, Result<Plan>)> = if names.is_empty() {
+            plan::all_plans(&state)?
+        } else {
+            names
+                .iter()
+                .map(|n| (n.clone(), Plan::load_named(&state, n)))
+                .collect()
+        };
+        let mut out = VerifyReport {
+            plans: Vec::new(),
+            missing: 0,
+            problem: None,
+        };
+        for (name, loaded) in plans {
+            let p = match loaded {
+                Ok(p) => p,
+                Err(e) => {
+                    out.plans.push(PlanVerification::Unreadable {
+                        name,
+                        error: e.to_string(),
+                    });
+                    out.problem.get_or_insert(e);
+                    continue;
+                }
+            };
+            if let Some(stale) = p.stale_reason() {
+                out.plans.push(PlanVerification::Stale { name, stale });
+                continue;
+            }
+            let fw = p.removal_firewall(&state.plan_path(&name))?;
+            let exec: Box<dyn Executor> = match &p.netns {
+                Some(n) => Box::new(
+                    ProcessExecutor::in_netns(n)
+                        .map_err(|e| StoreError::Netns {
+                            name: n.clone(),
+                            source: std::io::Error::other(e.to_string()),
+                        })?
+                        .with_timeout(child_timeout()),
+                ),
+                None => Box::new(ProcessExecutor::new().with_timeout(child_timeout())),
+            };
+            let report = verify::verify_plan(&fw, exec.as_ref());
+            out.missing += report.missing.len();
+            if let Some(e) = &report.error {
+                // Could not look (nft missing from PATH, say): not drift, a problem (exit 4).
+                out.problem.get_or_insert(StoreError::State {
+                    path: state.plan_path(&name),
+                    message: e.clone(),
+                });
+            }
+            out.plans.push(PlanVerification::Checked { name, report });
+        }
+        Ok(out)
+    }
+
+    /// Settle every pending journal that can be read: finish or undo what a killed process
+    /// left half done. Each one that cannot be settled is kept and listed
+    /// ([`RecoverReport::error`]); the others are settled all the same.
+    ///
+    /// Call it at start-up, before any other operation: writers refuse to run over a pending
+    /// journal. It waits for the lock like any writer, and because every firewall command a
+    /// store starts inherits the lock, holding it means no command of a dead process still
+    /// runs.
+    pub fn recover(&self) -> Result<RecoverReport> {
+        let state = self.state()?;
+        let lock = StateLock::acquire(&state, LockKind::Exclusive, self.opts.lock_timeout)?;
+        let outcome = recover::recover_all(&state, lock.raw_fd())?;
+        Ok(RecoverReport {
+            recovered: outcome.settled,
+            unsettled: outcome.unsettled,
+        })
+    }
+
+    /// Discard the journal `id` without running anything: whatever that operation changed in
+    /// the kernel stays as it is (for a journal [`Store::recover`] cannot settle).
+    pub fn recover_drop(&self, id: &str) -> Result<DropReport> {
+        let state = self.state()?;
+        let _lock = StateLock::acquire(&state, LockKind::Exclusive, self.opts.lock_timeout)?;
+        let dir = journal::find_pending(&state, id)?;
+        let what = journal::read_header(&dir);
+        journal::remove_journal(&dir)?;
+        let journal = match what {
+            Ok(h) => DroppedJournal::Readable {
+                kind: h.kind.as_str(),
+                name: h.name,
+                backend: h.backend,
+                netns: h.netns,
+                created: h.created,
+            },
+            Err(e) => DroppedJournal::Unreadable {
+                error: e.to_string(),
+            },
+        };
+        Ok(DropReport {
+            dropped: id.to_string(),
+            journal,
+        })
+    }
+
+    /// Start the libvirt network `def`: create its bridge if missing, apply its firewall
+    /// (with `configured`, else nftables when `nft` is installed, else iptables), store its
+    /// status. Journalled like [`Store::apply`], and all or nothing like it.
+    pub fn network_start(
+        &self,
+        def: NetworkDef,
+        configured: Option<Backend>,
+    ) -> Result<NetworkStartReport> {
+        network::start(self, def, configured)
+    }
+
+    /// Stop the running network `name`: remove its rules with the stored plan (and the bridge,
+    /// if the store made it). Journalled like [`Store::remove`].
+    pub fn network_stop(&self, name: &str) -> Result<NetworkStopReport> {
+        network::stop(self, name)
+    }
+
+    /// Drop the status of the network `name` without running anything (for a stale network
+    /// whose rules went with an old boot or namespace). The file is not even parsed.
+    pub fn network_forget(&self, name: &str) -> Result<NetworkForgetReport> {
+        network::forget(self, name)
+    }
+
+    /// Reload the networks `names` (all running ones when empty): remove with the stored plan
+    /// and add the rules again, with `configured` or the backend each runs with. Each network
+    /// is its own journalled operation; all are checked before any is touched.
+    pub fn network_reload(
+        &self,
+        names: &[String],
+        configured: Option<Backend>,
+    ) -> Result<NetworkReloadReport> {
+        network::reload(self, names, configured)
+    }
+
+    /// The running networks, and whether all their rules are present.
+    pub fn network_list(&self) -> Result<NetworkListReport> {
+        network::list(self)
+    }
+
+    /// One running network, and whether all its rules are present
+    /// ([`NetworkInfo::health`]).
+    pub fn network_status(&self, name: &str) -> Result<NetworkStatusReport> {
+        network::status(self, name)
     }
 }
 
-fn read_input(file: &Path) -> CliResult<(String, String)> {
-    if file == Path::new("-") {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|source| CliError::ReadInput {
-                path: "-".into(),
-                source,
-            })?;
-        return Ok((text, "-".into()));
-    }
-    let text = std::fs::read_to_string(file).map_err(|source| CliError::ReadInput {
-        path: file.display().to_string(),
-        source,
-    })?;
-    Ok((text, file.display().to_string()))
-}
-
-fn dry_run(ctx: &Ctx, fw: &mut Firewall) -> CliResult<i32> {
-    let fake = FakeExecutor::new();
-    fw.apply_with(&fake, ctx.options(None))
-        .map_err(CliError::from_apply)?;
-    let transcript = fake.transcript();
-    ctx.emit(
-        json!({"dry_run": true, "commands": fake.commands(), "transcript": transcript}),
-        &transcript,
-    );
-    Ok(EXIT_OK)
-}
-
-/// `virtfw apply FILE [--name NAME] [--dry-run]`
-pub(crate) fn apply(ctx: &Ctx, file: &Path, name: Option<&str>, dry: bool) -> CliResult<i32> {
-    let (text, source) = read_input(file)?;
-    let mut fw = Firewall::from_xml(&text, &source).map_err(CliError::Input)?;
-    let name = match name.or(fw.name()) {
-        Some(n) => n.to_string(),
-        None if source == "-" => {
-            return Err(CliError::Usage(
-                "a transaction read from stdin needs --name or a name attribute".into(),
-            ))
-        }
-        None => file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-    };
-    state::check_name(&name)?;
+/// What apply refuses before it runs anything: a bad name, an empty transaction, backend
+/// `none`.
+fn check_transaction(fw: &Firewall, name: &str) -> Result<()> {
+    state::check_name(name)?;
     if fw.is_empty() {
-        return Err(CliError::Usage(format!(
-            "{source}: the transaction has no commands"
+        return Err(StoreError::Usage(format!(
+            "{name}: the transaction has no commands"
         )));
     }
     if fw.backend() == Backend::None {
-        return Err(CliError::Usage(format!(
-            "{source}: backend 'none' cannot apply anything"
+        return Err(StoreError::Usage(format!(
+            "{name}: backend 'none' cannot apply anything"
         )));
     }
-    if dry {
-        return dry_run(ctx, &mut fw);
-    }
-    let netns_id = match &ctx.netns {
-        Some(n) => {
-            open_netns(n)?;
-            state::netns_identity(Some(n)).map_err(|source| CliError::Netns {
-                name: n.clone(),
-                source,
-            })?
-        }
-        None => {
-            state::netns_identity(None).map_err(|e| CliError::io("cannot stat own netns", e))?
-        }
-    };
-    let (state, lock) = ctx.lock(LockKind::Exclusive)?;
-    if state.plan_path(&name).exists() {
-        return Err(CliError::PlanExists { name });
-    }
-    let header = OpHeader {
-        version: JOURNAL_VERSION,
-        op_id: journal::new_op_id(),
-        kind: OpKind::Apply,
-        name: name.clone(),
-        backend: fw.backend().to_string(),
-        netns: ctx.netns.clone(),
-        netns_id: netns_id.clone(),
-        boot_id: state::boot_id(),
-        created: state::now(),
-        document: fw.to_xml(),
-        status: None,
-    };
-    let op = Operation::begin(&state, &header, ctx.netns.as_deref(), lock.raw_fd())?;
-    if let Err(err) = fw.apply_with(op.exec(), op.options(ctx.per_command)) {
-        // The engine rolled back the failed group (and those it inherits from). Groups that
-        // libvirt's rule leaves applied are undone too: an apply is all or nothing here.
-        let tx = Firewall::from_xml(&header.document, "journal").map_err(CliError::Input)?;
-        let journal = op.dir().to_path_buf();
-        let kept = |reason: String| CliError::KeptJournal {
-            context: format!("apply of {name} failed ({err})"),
-            reason,
-            journal: journal.clone(),
-        };
-        // An undo that stops (a full state directory, a program that hangs) leaves the
-        // journal for `recover`, which finishes it by the same rules.
-        if let Err(e) = op.undo_apply(&tx, "", "undo") {
-            return Err(kept(format!("undoing it stopped: {e}")));
-        }
-        if error::handles_unknown(&err) {
-            return Err(kept(
-                "an object it created has a handle nobody knows, so it was not undone".into(),
-            ));
-        }
-        op.finish()?;
-        return Err(CliError::from_apply(err));
-    }
-    let mut removal = fw
-        .new_from_rollback()
-        .map_err(|e| CliError::Failed(e.to_string()))?;
-    removal.set_name(Some(&name));
-    let plan = Plan {
-        version: PLAN_VERSION,
-        name: name.clone(),
-        backend: fw.backend().to_string(),
-        netns: ctx.netns.clone(),
-        netns_id,
-        boot_id: header.boot_id.clone(),
-        created: header.created,
-        op_id: header.op_id.clone(),
-        groups: fw.groups().len(),
-        commands: fw.command_count(),
-        removal: removal.to_xml(),
-    };
-    // Not stored (a full state directory): the rules stay until `recover` undoes them, which
-    // it does for an apply whose plan is missing.
-    plan.store(&state).map_err(|e| CliError::KeptJournal {
-        context: format!("applied {name} but could not store its removal plan"),
-        reason: e.to_string(),
-        journal: op.dir().to_path_buf(),
-    })?;
-    op.finish()?;
-    let undo_cmds = removal.command_count();
-    ctx.emit(
-        json!({"applied": name, "backend": plan.backend, "groups": plan.groups,
-               "commands": plan.commands, "removal_commands": undo_cmds, "netns": plan.netns}),
-        &format!(
-            "applied {name}: {} group(s), {} command(s); removal plan stored ({undo_cmds} command(s))",
-            plan.groups, plan.commands
-        ),
-    );
-    Ok(EXIT_OK)
-}
-
-/// `virtfw remove NAME [--dry-run] [--forget]`
-pub(crate) fn remove(ctx: &Ctx, name: &str, dry: bool, forget: bool) -> CliResult<i32> {
-    if dry {
-        let state = ctx.state()?;
-        let plan = Plan::load_named(&state, name)?;
-        let mut fw = plan.removal_firewall(&state.plan_path(name))?;
-        return dry_run(ctx, &mut fw);
-    }
-    let (state, lock) = ctx.lock(LockKind::Exclusive)?;
-    if forget {
-        return forget_plan(ctx, &state, name);
-    }
-    let plan = Plan::load_named(&state, name)?;
-    if let Some(reason) = plan.stale_reason() {
-        return Err(CliError::StalePlan {
-            name: name.to_string(),
-            reason,
-        });
-    }
-    let mut fw = plan.removal_firewall(&state.plan_path(name))?;
-    let header = OpHeader {
-        version: JOURNAL_VERSION,
-        op_id: journal::new_op_id(),
-        kind: OpKind::Remove,
-        name: name.to_string(),
-        backend: plan.backend.clone(),
-        netns: plan.netns.clone(),
-        netns_id: plan.netns_id.clone(),
-        boot_id: plan.boot_id.clone(),
-        created: state::now(),
-        document: plan.removal.clone(),
-        status: None,
-    };
-    let op = Operation::begin(&state, &header, plan.netns.as_deref(), lock.raw_fd())?;
-    if let Err(err) = fw.apply_with(op.exec(), op.options(ctx.per_command)) {
-        // Removal groups ignore errors, so only refusals before anything ran and executor
-        // failures (a program that cannot be started, a journal that cannot be written) get
-        // here: keep the plan (running `remove` again deletes what is left), drop the journal.
-        op.finish()?;
-        return Err(CliError::from_remove(err));
-    }
-    // Exact on both paths: the engine reports every delete it gave up on, per command or
-    // from its batch's retries, with whether the object was already gone.
-    let (missing, failed) = op.exec().ignored();
-    let commands = fw.command_count();
-    Plan::delete(&state, name)?;
-    op.finish()?;
-    ctx.emit(
-        json!({"removed": name, "commands": commands, "missing": missing, "failed": failed}),
-        &format!(
-            "removed {name}: {commands} command(s), {missing} object(s) were already gone{}",
-            if failed > 0 {
-                format!(", {failed} delete(s) failed for another reason (ignored)")
-            } else {
-                String::new()
-            }
-        ),
-    );
-    Ok(EXIT_OK)
-}
-
-/// `remove --forget NAME`: drop the plan file without running it, whether it can be read or
-/// not (a corrupt plan is exactly what one wants to forget); say what it was, if readable.
-fn forget_plan(ctx: &Ctx, state: &StateDir, name: &str) -> CliResult<i32> {
-    state::check_name(name)?;
-    let path = state.plan_path(name);
-    if std::fs::symlink_metadata(&path).is_err() {
-        return Err(CliError::NoSuchPlan {
-            name: name.to_string(),
-            dir: state.plans_dir(),
-        });
-    }
-    let was = Plan::load(&path);
-    Plan::delete(state, name)?;
-    let (text, readable) = match &was {
-        Ok(p) => (
-            format!(
-                "forgot plan {name} ({} backend, {} command(s); nothing was run)",
-                p.backend, p.commands
-            ),
-            json!({"backend": p.backend, "commands": p.commands, "netns": p.netns}),
-        ),
-        Err(e) => (
-            format!("forgot unreadable plan {name} ({e}; nothing was run)"),
-            json!({"error": e.to_string()}),
-        ),
-    };
-    ctx.emit(json!({"forgotten": name, "plan": readable}), &text);
-    Ok(EXIT_OK)
-}
-
-fn age(created: u64) -> String {
-    let s = state::now().saturating_sub(created);
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        7200..=172_799 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86400),
-    }
-}
-
-/// `virtfw list`
-pub(crate) fn list(ctx: &Ctx) -> CliResult<i32> {
-    let (state, _lock) = ctx.lock(LockKind::Shared)?;
-    let mut rows = Vec::new();
-    let mut text = format!(
-        "{:<24} {:<9} {:>6} {:>8} {:<20} {:>6}  {}\n",
-        "NAME", "BACKEND", "GROUPS", "COMMANDS", "NETNS", "AGE", "STATUS"
-    );
-    let mut corrupt = 0;
-    for (name, loaded) in plan::all_plans(&state)? {
-        match loaded {
-            Ok(p) => {
-                let status = p
-                    .stale_reason()
-                    .map_or("ok".to_string(), |r| format!("stale: {r}"));
-                text.push_str(&format!(
-                    "{:<24} {:<9} {:>6} {:>8} {:<20} {:>6}  {}\n",
-                    name,
-                    p.backend,
-                    p.groups,
-                    p.commands,
-                    p.netns.as_deref().unwrap_or("-"),
-                    age(p.created),
-                    status
-                ));
-                rows.push(
-                    json!({"name": name, "backend": p.backend, "groups": p.groups,
-                    "commands": p.commands, "netns": p.netns, "created": p.created,
-                    "age_seconds": state::now().saturating_sub(p.created),
-                    "stale": p.stale_reason()}),
-                );
-            }
-            Err(e) => {
-                corrupt += 1;
-                eprintln!("virtfw: {e}");
-                text.push_str(&format!("{name:<24} CORRUPT ({e})\n"));
-                rows.push(json!({"name": name, "error": e.to_string()}));
-            }
-        }
-    }
-    let pending = journal::pending(&state)?.len();
-    if pending > 0 {
-        text.push_str(&format!(
-            "{pending} interrupted operation(s) pending: run `virtfw recover`\n"
-        ));
-    }
-    ctx.emit(json!({"plans": rows, "pending_journals": pending}), &text);
-    Ok(if corrupt > 0 { EXIT_STATE } else { EXIT_OK })
-}
-
-/// `virtfw show NAME`
-pub(crate) fn show(ctx: &Ctx, name: &str) -> CliResult<i32> {
-    let state = ctx.state()?;
-    let plan = Plan::load_named(&state, name)?;
-    ctx.emit(
-        json!({"name": name, "backend": plan.backend, "netns": plan.netns,
-               "created": plan.created, "stale": plan.stale_reason(), "removal": plan.removal}),
-        &plan.removal,
-    );
-    Ok(EXIT_OK)
-}
-
-/// `virtfw verify [NAME…]`
-pub(crate) fn verify(ctx: &Ctx, names: &[String]) -> CliResult<i32> {
-    let (state, _lock) = ctx.lock(LockKind::Shared)?;
-    let plans: Vec<(String, CliResult<Plan>)> = if names.is_empty() {
-        plan::all_plans(&state)?
-    } else {
-        names
-            .iter()
-            .map(|n| (n.clone(), Plan::load_named(&state, n)))
-            .collect()
-    };
-    let mut out = Vec::new();
-    let mut text = String::new();
-    let mut missing = 0;
-    let mut state_err = None;
-    for (name, loaded) in plans {
-        let p = match loaded {
-            Ok(p) => p,
-            Err(e) => {
-                text.push_str(&format!("{name}: ERROR {e}\n"));
-                out.push(json!({"name": name, "error": e.to_string()}));
-                state_err.get_or_insert(e);
-                continue;
-            }
-        };
-        if let Some(reason) = p.stale_reason() {
-            text.push_str(&format!("{name}: STALE ({reason}); not checked\n"));
-            out.push(json!({"name": name, "stale": reason}));
-            continue;
-        }
-        let fw = p.removal_firewall(&state.plan_path(&name))?;
-        let exec: Box<dyn Executor> = match &p.netns {
-            Some(n) => Box::new(
-                ProcessExecutor::in_netns(n)
-                    .map_err(|e| CliError::Netns {
-                        name: n.clone(),
-                        source: std::io::Error::other(e.to_string()),
-                    })?
-                    .with_timeout(child_timeout()),
-            ),
-            None => Box::new(ProcessExecutor::new().with_timeout(child_timeout())),
-        };
-        let report = verify::verify_plan(&fw, exec.as_ref());
-        missing += report.missing.len();
-        if let Some(e) = &report.error {
-            // Could not look (nft missing from PATH, say): not drift, a problem (exit 4).
-            text.push_str(&format!("{name}: ERROR {e}\n"));
-            state_err.get_or_insert(CliError::State {
-                path: state.plan_path(&name),
-                message: e.clone(),
-            });
-        } else if report.missing.is_empty() {
-            text.push_str(&format!(
-                "{name}: ok ({} object(s) present{})\n",
-                report.checked,
-                if report.unchecked > 0 {
-                    format!(", {} command(s) not checkable", report.unchecked)
-                } else {
-                    String::new()
-                }
-            ));
-        } else {
-            text.push_str(&format!(
-                "{name}: DRIFT, {} of {} object(s) missing\n",
-                report.missing.len(),
-                report.checked
-            ));
-            for m in &report.missing {
-                text.push_str(&format!("  missing: {} ({})\n", m.command, m.reason));
-            }
-        }
-        out.push(json!({"name": name, "report": report}));
-    }
-    ctx.emit(json!({"plans": out, "missing": missing}), &text);
-    if let Some(e) = state_err {
-        return Err(e);
-    }
-    Ok(if missing > 0 { EXIT_DRIFT } else { EXIT_OK })
-}
-
-/// `virtfw recover`: settle every pending journal that can be read; report each one that
-/// cannot (or whose undo stopped), keep it, and exit 4 if any is left.
-pub(crate) fn recover(ctx: &Ctx) -> CliResult<i32> {
-    let state = ctx.state()?;
-    let lock = StateLock::acquire(&state, LockKind::Exclusive, ctx.lock_timeout)?;
-    let outcome = recover::recover_all(&state, lock.raw_fd())?;
-    let mut text = String::new();
-    if outcome.settled.is_empty() && outcome.unsettled.is_empty() {
-        text.push_str("nothing to recover\n");
-    }
-    for s in &outcome.settled {
-        text.push_str(&format!(
-            "{} {} ({}): {}; {} command(s) run, {} object(s) already absent\n",
-            s.kind, s.name, s.op_id, s.action, s.commands, s.missing
-        ));
-    }
-    for u in &outcome.unsettled {
-        eprintln!("virtfw: journal {}: {}", u.op_id, u.error);
-        text.push_str(&format!(
-            "journal {} NOT settled, kept: {} (`virtfw recover --drop {}` discards it)\n",
-            u.op_id, u.error, u.op_id
-        ));
-    }
-    ctx.emit(
-        json!({"recovered": outcome.settled, "unsettled": outcome.unsettled}),
-        &text,
-    );
-    if !outcome.unsettled.is_empty() {
-        let err = CliError::Unsettled {
-            count: outcome.unsettled.len(),
-        };
-        eprintln!("virtfw: error: {err}");
-        return Ok(err.exit_code());
-    }
-    Ok(EXIT_OK)
-}
-
-/// `virtfw recover --drop ID`: discard one journal deliberately, without running anything.
-pub(crate) fn recover_drop(ctx: &Ctx, id: &str) -> CliResult<i32> {
-    let state = ctx.state()?;
-    let _lock = StateLock::acquire(&state, LockKind::Exclusive, ctx.lock_timeout)?;
-    let dir = journal::find_pending(&state, id)?;
-    let what = journal::read_header(&dir);
-    journal::remove_journal(&dir)?;
-    let (text, header) = match &what {
-        Ok(h) => (
-            format!(
-                "dropped journal {id}: {} {} ({} backend, netns {}); nothing was run, whatever it changed in the kernel stays",
-                h.kind.as_str(),
-                h.name,
-                h.backend,
-                h.netns.as_deref().unwrap_or("-")
-            ),
-            json!({"kind": h.kind.as_str(), "name": h.name, "backend": h.backend,
-                   "netns": h.netns, "created": h.created}),
-        ),
-        Err(e) => (
-            format!("dropped unreadable journal {id} ({e}); nothing was run"),
-            json!({"error": e.to_string()}),
-        ),
-    };
-    ctx.emit(json!({"dropped": id, "journal": header}), &text);
-    Ok(EXIT_OK)
+    Ok(())
 }
