@@ -37,7 +37,10 @@ pub struct ExitStatus {
     pub code: i32,
     /// The error kind it reports; `None` for success.
     pub kind: Option<ErrorKind>,
-    /// What it means.
+    /// Its name in a few words: every table of exit statuses (docs/cli.md, README.md) starts
+    /// its meaning with these words.
+    pub summary: &'static str,
+    /// What it means, the summary with its details (`--help`'s text).
     pub meaning: &'static str,
 }
 
@@ -47,26 +50,31 @@ pub struct ExitStatus {
 pub const EXIT_STATUSES: [ExitStatus; 5] = [
     ExitStatus {
         code: 0,
+        summary: "success",
         kind: None,
         meaning: "success",
     },
     ExitStatus {
         code: 1,
+        summary: "the firewall refused a command",
         kind: Some(ErrorKind::Refused),
         meaning: "the firewall refused a command (everything applied was rolled back)",
     },
     ExitStatus {
         code: 2,
+        summary: "bad usage or bad input",
         kind: Some(ErrorKind::Usage),
         meaning: "bad usage or bad input (file, XML, name, namespace, missing program)",
     },
     ExitStatus {
         code: 3,
+        summary: "verify found drift",
         kind: Some(ErrorKind::Drift),
         meaning: "verify found drift (objects of a plan missing from the ruleset)",
     },
     ExitStatus {
         code: 4,
+        summary: "state problem",
         kind: Some(ErrorKind::State),
         meaning: "state problem (lock timeout, corrupt or missing plan, name already stored, \
                   unsafe state directory, interrupted operation waiting for `virtfw recover`, \
