@@ -14,7 +14,7 @@
 //!   its output file is complete.
 //!
 //! It still enters `--netns` with `setns` between fork and exec, like `ProcessExecutor`, and
-//! bounds every child with the same timeout (`--child-timeout`, `executor::wait_child`).
+//! bounds every child with the same timeout (`StoreOptions::child_timeout`, the CLI's `--child-timeout`; `executor::wait_child`).
 //!
 //! # A full state filesystem
 //!
@@ -41,7 +41,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use virtfw::batch::IgnoredCounter;
@@ -58,20 +58,12 @@ const OUTPUT_RESERVE: u64 = 64 * 1024;
 /// Room reserved in the log beyond the `start` record: its `done` record and a few marks.
 const LOG_RESERVE: u64 = 4 * 1024;
 
-static CHILD_TIMEOUT: OnceLock<Duration> = OnceLock::new();
-
-/// Set the bound of every firewall child this process starts (`--child-timeout`); once, at
-/// start-up, before any executor exists.
-pub(crate) fn set_child_timeout(timeout: Duration) {
-    let _ = CHILD_TIMEOUT.set(timeout);
-}
-
-/// How long a firewall child may run before it is killed.
-pub(crate) fn child_timeout() -> Duration {
-    CHILD_TIMEOUT
-        .get()
-        .copied()
-        .unwrap_or(executor::DEFAULT_CHILD_TIMEOUT)
+/// What every child of an operation gets: the state lock's descriptor to inherit, and how long
+/// it may run before it is killed (`StoreOptions::child_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Children {
+    pub lock_fd: RawFd,
+    pub timeout: Duration,
 }
 
 /// Give back what is left of a [`journal::reserve`] past the end of `path` (best effort): a
@@ -121,6 +113,7 @@ impl JournalExecutor {
     pub(crate) fn new(
         netns: Option<&str>,
         lock_fd: Option<RawFd>,
+        timeout: Duration,
         journal: Arc<Journal>,
     ) -> Result<Self> {
         let netns = netns.map(open_netns).transpose()?;
@@ -130,7 +123,7 @@ impl JournalExecutor {
             journal,
             group: AtomicUsize::new(NO_GROUP),
             ignored: IgnoredCounter::default(),
-            timeout: child_timeout(),
+            timeout,
         })
     }
 
@@ -332,7 +325,9 @@ mod tests {
     fn a_killed_child_is_journalled_as_unknown_and_a_failed_spawn_as_not_run() {
         let dir = tempfile::tempdir().unwrap();
         let journal = journal(dir.path());
-        let mut exec = JournalExecutor::new(None, None, journal.clone()).unwrap();
+        let mut exec =
+            JournalExecutor::new(None, None, executor::DEFAULT_CHILD_TIMEOUT, journal.clone())
+                .unwrap();
         exec.timeout = Duration::from_millis(200);
         let sleep = argv(&["sleep", "600"]);
         let err = exec

@@ -15,6 +15,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use virtfw::{Backend, ExecError, Firewall, ProcessExecutor};
 use virtfw_network::status::StatusIdentity;
@@ -188,8 +189,8 @@ fn load(ctx: &Store, state: &StateDir, name: &str) -> Result<Running> {
 }
 
 /// A read-only executor for checking a network's rules, in its namespace.
-fn executor(netns: Option<&str>) -> Result<ProcessExecutor> {
-    executor_unbounded(netns).map(|e| e.with_timeout(crate::exec::child_timeout()))
+fn executor(netns: Option<&str>, timeout: Duration) -> Result<ProcessExecutor> {
+    executor_unbounded(netns).map(|e| e.with_timeout(timeout))
 }
 
 fn executor_unbounded(netns: Option<&str>) -> Result<ProcessExecutor> {
@@ -278,7 +279,7 @@ pub(crate) fn start(
         tx.as_ref().map(Firewall::to_xml).unwrap_or_default(),
         def.xml.clone(),
     )?;
-    let op = Operation::begin(&state, &header, ctx.netns().as_deref(), lock.raw_fd())?;
+    let op = Operation::begin(&state, &header, ctx.netns().as_deref(), ctx.children(&lock))?;
     let name = def.name.clone();
     let phases = Phases::new(&op);
     let started = lifecycle::start_in_steps(
@@ -335,7 +336,7 @@ pub(crate) fn stop(ctx: &Store, name: &str) -> Result<NetworkStopReport> {
         String::new(),
         text,
     )?;
-    let op = Operation::begin(&state, &header, netns.as_deref(), lock.raw_fd())?;
+    let op = Operation::begin(&state, &header, netns.as_deref(), ctx.children(&lock))?;
     // libvirt deletes the status first: a stop that fails half way must not be retried with
     // a plan whose handles may since have been reused. (A killed stop is finished by
     // `recover` from the journal, which holds the status.)
@@ -424,7 +425,7 @@ fn reload_one(
         tx.as_ref().map(Firewall::to_xml).unwrap_or_default(),
         text,
     )?;
-    let op = Operation::begin(state, &header, netns.as_deref(), lock.raw_fd())?;
+    let op = Operation::begin(state, &header, netns.as_deref(), ctx.children(lock))?;
     let phases = Phases::new(&op);
     let reloaded = lifecycle::reload_in_steps(
         status,
@@ -516,10 +517,14 @@ impl Looked {
     }
 }
 
-fn look(running: &Running) -> Looked {
+fn look(running: &Running, timeout: Duration) -> Looked {
     match running.stale_reason() {
         Some(reason) => Looked::Stale(reason),
-        None => Looked::Checked(check_one(&running.status, running.netns.as_deref())),
+        None => Looked::Checked(check_one(
+            &running.status,
+            running.netns.as_deref(),
+            timeout,
+        )),
     }
 }
 
@@ -570,8 +575,12 @@ fn describe(running: &Running, looked: &Looked) -> NetworkInfo {
     }
 }
 
-fn check_one(status: &NetworkStatus, netns: Option<&str>) -> Result<lifecycle::RuleCheck, String> {
-    let exec = executor(netns).map_err(|e| e.to_string())?;
+fn check_one(
+    status: &NetworkStatus,
+    netns: Option<&str>,
+    timeout: Duration,
+) -> Result<lifecycle::RuleCheck, String> {
+    let exec = executor(netns, timeout).map_err(|e| e.to_string())?;
     lifecycle::check(status, &exec).map_err(|e| e.to_string())
 }
 
@@ -584,7 +593,7 @@ pub(crate) fn list(ctx: &Store) -> Result<NetworkListReport> {
             Err(StoreError::Usage(_)) if ctx.netns().is_some() => continue,
             r => r?,
         };
-        networks.push(describe(&running, &look(&running)));
+        networks.push(describe(&running, &look(&running, ctx.child_timeout())));
     }
     Ok(NetworkListReport { networks })
 }
@@ -592,7 +601,10 @@ pub(crate) fn list(ctx: &Store) -> Result<NetworkListReport> {
 pub(crate) fn status(ctx: &Store, name: &str) -> Result<NetworkStatusReport> {
     let (state, _lock) = ctx.lock(LockKind::Shared)?;
     let running = load(ctx, &state, name)?;
-    Ok(NetworkStatusReport(describe(&running, &look(&running))))
+    Ok(NetworkStatusReport(describe(
+        &running,
+        &look(&running, ctx.child_timeout()),
+    )))
 }
 
 /// The commands libvirt would run for the network `def` on `backend` (with the one-time

@@ -41,6 +41,7 @@ use virtfw_network::status::StatusIdentity;
 use virtfw_network::NetworkStatus;
 
 use crate::error::{Result, StoreError};
+use crate::exec::Children;
 use crate::journal::{self, OpHeader, OpKind, JOURNAL_VERSION};
 use crate::operation::{Operation, UndoStats};
 use crate::state::{self, StateDir};
@@ -190,7 +191,7 @@ fn install(path: &Path, xml: &str) -> Result<()> {
 /// Settle one network journal (see the module docs). Returns what was done.
 pub(crate) fn recover(
     state: &StateDir,
-    lock_fd: i32,
+    children: Children,
     dir: &Path,
     header: &OpHeader,
 ) -> Result<(String, UndoStats)> {
@@ -202,7 +203,7 @@ pub(crate) fn recover(
             UndoStats::default(),
         ));
     }
-    let op = Operation::resume(dir, header.netns.as_deref(), lock_fd)?;
+    let op = Operation::resume(dir, header.netns.as_deref(), children)?;
     match header.kind {
         OpKind::NetworkStart => {
             let stats = undo_start(&op, journal_tx(dir, header)?.as_ref(), "recover")?;

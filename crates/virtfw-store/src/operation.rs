@@ -13,7 +13,6 @@
 //!   is finished by [`Operation::undo_remove`];
 //! * the journal is deleted only once the operation's result is stored ([`Operation::finish`]).
 
-use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -23,7 +22,7 @@ use virtfw::transcript::command_line;
 use virtfw::{ApplyOptions, Executor, Firewall};
 
 use crate::error::{Result, StoreError};
-use crate::exec::JournalExecutor;
+use crate::exec::{Children, JournalExecutor};
 use crate::journal::{self, Journal, OpHeader, Record};
 use crate::state::StateDir;
 use crate::undo::{self, UndoCmd};
@@ -52,26 +51,31 @@ pub(crate) struct Operation {
 
 impl Operation {
     /// Start a new operation: its journal is durable before this returns. Commands run in
-    /// `netns` and inherit the state lock `lock_fd`.
+    /// `netns` and inherit the state lock `children`.
     pub(crate) fn begin(
         state: &StateDir,
         header: &OpHeader,
         netns: Option<&str>,
-        lock_fd: RawFd,
+        children: Children,
     ) -> Result<Operation> {
         let journal = Arc::new(Journal::begin(state, header)?);
-        Operation::with(journal, netns, lock_fd)
+        Operation::with(journal, netns, children)
     }
 
     /// Continue the operation of an existing journal (recovery appends to it, so a recovery
     /// that is killed is finished by the next one under the same rules).
-    pub(crate) fn resume(dir: &Path, netns: Option<&str>, lock_fd: RawFd) -> Result<Operation> {
+    pub(crate) fn resume(dir: &Path, netns: Option<&str>, children: Children) -> Result<Operation> {
         let journal = Arc::new(Journal::open(dir)?);
-        Operation::with(journal, netns, lock_fd)
+        Operation::with(journal, netns, children)
     }
 
-    fn with(journal: Arc<Journal>, netns: Option<&str>, lock_fd: RawFd) -> Result<Operation> {
-        let exec = JournalExecutor::new(netns, Some(lock_fd), journal.clone())?;
+    fn with(journal: Arc<Journal>, netns: Option<&str>, children: Children) -> Result<Operation> {
+        let exec = JournalExecutor::new(
+            netns,
+            Some(children.lock_fd),
+            children.timeout,
+            journal.clone(),
+        )?;
         Ok(Operation { journal, exec })
     }
 

@@ -27,6 +27,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::error::Result;
+use crate::exec::Children;
 use crate::journal::{self, OpHeader, OpKind};
 use crate::network_journal;
 use crate::operation::{Operation, UndoStats};
@@ -70,11 +71,11 @@ pub(crate) struct Recovery {
 
 /// Settle every pending journal. One that cannot be read, or whose undo stops, is reported
 /// and kept, and the others are settled all the same: each journal is a separate operation.
-pub(crate) fn recover_all(state: &StateDir, lock_fd: i32) -> Result<Recovery> {
+pub(crate) fn recover_all(state: &StateDir, children: Children) -> Result<Recovery> {
     journal::clean_temporaries(state);
     let mut out = Recovery::default();
     for dir in journal::pending(state)? {
-        match recover_one(state, lock_fd, &dir) {
+        match recover_one(state, children, &dir) {
             Ok(settled) => out.settled.push(settled),
             Err(e) => {
                 warn!(journal = %dir.display(), error = %e, "journal not settled; kept");
@@ -89,7 +90,7 @@ pub(crate) fn recover_all(state: &StateDir, lock_fd: i32) -> Result<Recovery> {
     Ok(out)
 }
 
-fn recover_one(state: &StateDir, lock_fd: i32, dir: &Path) -> Result<Settled> {
+fn recover_one(state: &StateDir, children: Children, dir: &Path) -> Result<Settled> {
     let header = journal::read_header(dir)?;
     let mut settled = Settled {
         op_id: header.op_id.clone(),
@@ -113,8 +114,8 @@ fn recover_one(state: &StateDir, lock_fd: i32, dir: &Path) -> Result<Settled> {
         return Ok(settled);
     }
     let (action, stats) = match header.kind {
-        OpKind::Apply | OpKind::Remove => recover_plan_op(state, lock_fd, dir, &header)?,
-        _ => network_journal::recover(state, lock_fd, dir, &header)?,
+        OpKind::Apply | OpKind::Remove => recover_plan_op(state, children, dir, &header)?,
+        _ => network_journal::recover(state, children, dir, &header)?,
     };
     info!(journal = %dir.display(), run = stats.run, missing = stats.missing, "recovered");
     settled.action = action;
@@ -128,7 +129,7 @@ fn recover_one(state: &StateDir, lock_fd: i32, dir: &Path) -> Result<Settled> {
 /// `remove`: completed when the plan is gone, else finished, then the plan deleted.
 fn recover_plan_op(
     state: &StateDir,
-    lock_fd: i32,
+    children: Children,
     dir: &Path,
     header: &OpHeader,
 ) -> Result<(String, UndoStats)> {
@@ -144,7 +145,7 @@ fn recover_plan_op(
         return Ok(("removal had completed".into(), UndoStats::default()));
     }
     let fw = journal::journal_firewall(dir, &header.document)?;
-    let op = Operation::resume(dir, header.netns.as_deref(), lock_fd)?;
+    let op = Operation::resume(dir, header.netns.as_deref(), children)?;
     if apply {
         let stats = op.undo_apply(&fw, "", "recover")?;
         Ok(("rolled back the interrupted apply".into(), stats))

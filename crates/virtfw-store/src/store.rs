@@ -13,7 +13,7 @@ use virtfw::{ApplyOptions, Backend, Executor, FakeExecutor, Firewall, ProcessExe
 use virtfw_network::NetworkDef;
 
 use crate::error::{self, Result, StoreError};
-use crate::exec::{child_timeout, open_netns};
+use crate::exec::{open_netns, Children};
 use crate::journal::{self, OpHeader, OpKind, JOURNAL_VERSION};
 use crate::lock::{LockKind, StateLock};
 use crate::network;
@@ -100,11 +100,7 @@ pub struct Store {
 
 impl Store {
     /// A store in `dir` (created 0700 on first use) run with `opts`.
-    ///
-    /// The child timeout is process-wide (the first store opened sets it): the journalling
-    /// executor and recovery read it where they spawn children.
     pub fn open(dir: impl Into<PathBuf>, opts: StoreOptions) -> Store {
-        crate::exec::set_child_timeout(opts.child_timeout);
         Store {
             dir: dir.into(),
             opts,
@@ -127,6 +123,19 @@ impl Store {
 
     pub(crate) fn per_command(&self) -> bool {
         self.opts.per_command
+    }
+
+    /// What the children of an operation holding `lock` get: the lock, and their time bound.
+    pub(crate) fn children(&self, lock: &StateLock) -> Children {
+        Children {
+            lock_fd: lock.raw_fd(),
+            timeout: self.opts.child_timeout,
+        }
+    }
+
+    /// How long a firewall program may run.
+    pub(crate) fn child_timeout(&self) -> Duration {
+        self.opts.child_timeout
     }
 
     pub(crate) fn state(&self) -> Result<StateDir> {
@@ -213,7 +222,7 @@ impl Store {
             document: fw.to_xml(),
             status: None,
         };
-        let op = Operation::begin(&state, &header, netns.as_deref(), lock.raw_fd())?;
+        let op = Operation::begin(&state, &header, netns.as_deref(), self.children(&lock))?;
         if let Err(err) = fw.apply_with(op.exec(), op.options(self.per_command())) {
             // The engine rolled back the failed group (and those it inherits from). Groups that
             // libvirt's rule leaves applied are undone too: an apply is all or nothing here.
@@ -309,7 +318,7 @@ impl Store {
             document: plan.removal.clone(),
             status: None,
         };
-        let op = Operation::begin(&state, &header, plan.netns.as_deref(), lock.raw_fd())?;
+        let op = Operation::begin(&state, &header, plan.netns.as_deref(), self.children(&lock))?;
         if let Err(err) = fw.apply_with(op.exec(), op.options(self.per_command())) {
             // Removal groups ignore errors, so only refusals before anything ran and executor
             // failures (a program that cannot be started, a journal that cannot be written) get
@@ -445,9 +454,9 @@ impl Store {
                             name: n.clone(),
                             source: std::io::Error::other(e.to_string()),
                         })?
-                        .with_timeout(child_timeout()),
+                        .with_timeout(self.child_timeout()),
                 ),
-                None => Box::new(ProcessExecutor::new().with_timeout(child_timeout())),
+                None => Box::new(ProcessExecutor::new().with_timeout(self.child_timeout())),
             };
             let report = verify::verify_plan(&fw, exec.as_ref());
             out.missing += report.missing.len();
@@ -474,7 +483,7 @@ impl Store {
     pub fn recover(&self) -> Result<RecoverReport> {
         let state = self.state()?;
         let lock = StateLock::acquire(&state, LockKind::Exclusive, self.opts.lock_timeout)?;
-        let outcome = recover::recover_all(&state, lock.raw_fd())?;
+        let outcome = recover::recover_all(&state, self.children(&lock))?;
         Ok(RecoverReport {
             recovered: outcome.settled,
             unsettled: outcome.unsettled,
