@@ -10,11 +10,13 @@
 //! [`store_apply_child`] with its arguments in the environment: a library user, not the CLI.
 
 mod common;
+#[path = "support/kill.rs"]
+mod kill;
 use common::*;
+use kill::{runs, spawn_and_kill, WRAPPED};
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use virtfw::Firewall;
 use virtfw_store::{PlanRow, Store, StoreOptions};
@@ -24,13 +26,6 @@ const CHILD_NETNS: &str = "VIRTFW_STORE_CHILD_NETNS";
 const CHILD_FILE: &str = "VIRTFW_STORE_CHILD_FILE";
 const CHILD_NAME: &str = "VIRTFW_STORE_CHILD_NAME";
 const CHILD_PER_COMMAND: &str = "VIRTFW_STORE_CHILD_PER_COMMAND";
-
-fn runs() -> usize {
-    std::env::var("VIRTFW_CRASH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(8)
-}
 
 fn store(env: &Env, per_command: bool) -> Store {
     Store::open(
@@ -74,37 +69,24 @@ fn child(env: &Env, file: &Path, name: &str, per_command: bool, path: &str) -> C
 
 /// `listings`: invocations before the first create (as in crash.rs).
 fn crash_runs(env: &Env, file: &Path, name: &str, listings: u64) {
-    let path = wrappers(
-        env.dir.path(),
-        &[
-            "nft",
-            "iptables",
-            "ip6tables",
-            "iptables-restore",
-            "ip6tables-restore",
-        ],
-    );
+    let path = wrappers(env.dir.path(), WRAPPED);
     let before = env.snapshot();
     let mut rng = Rng::new();
     let (mut fixed_runs, mut undone_runs, mut completed) = (0, 0, 0);
     for run in 0..runs() {
         let per_command = run % 2 == 0;
         let mut cmd = child(env, file, name, per_command, &path);
+
+        // Runs 0, 1, 4, 5, …: a fixed kill point; the others: a random moment.
         let fixed = (run / 2) % 2 == 0;
-        let stall = Stall::new(env.dir.path());
-        if fixed {
-            let at = listings + if per_command { 1 + rng.below(5) } else { 1 };
-            stall.arm(&mut cmd, at, None);
-        }
-        let mut proc = cmd.spawn().unwrap();
-        if fixed {
-            let stalled = stall.wait(&mut proc);
-            stall.kill(&mut proc, stalled);
-        } else {
-            std::thread::sleep(Duration::from_millis(rng.below(450)));
-            let _ = proc.kill();
-            let _ = proc.wait();
-        }
+        let what = spawn_and_kill(
+            env.dir.path(),
+            &mut cmd,
+            fixed,
+            per_command,
+            listings,
+            &mut rng,
+        );
         let store = store(env, per_command);
         let report = store.recover().unwrap();
         assert!(report.is_clean(), "run {run}: {report}");
@@ -113,7 +95,7 @@ fn crash_runs(env: &Env, file: &Path, name: &str, listings: u64) {
             fixed_runs += 1;
             assert!(
                 undo_commands > 0,
-                "run {run} (fixed kill): recover ran no undo command: {report}"
+                "run {run} ({what}): recover ran no undo command: {report}"
             );
             assert!(!plan_exists(env, name), "run {run}: a plan was stored");
         }
