@@ -121,6 +121,7 @@ pub fn exit_status_help() -> String {
 
 /// Everything a store operation can fail with. [`StoreError::kind`] sorts it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// Bad usage: a name, a flag value, a definition that cannot be used.
     #[error("{0}")]

@@ -1,4 +1,5 @@
-//! `virtfw network …`: libvirt virtual networks (docs/networks.md).
+//! The network operations of a [`Store`] (`network_start`, `_stop`, `_reload`, …): libvirt
+//! virtual networks (docs/networks.md).
 //!
 //! A running network is remembered as libvirt remembers it: a `<networkstatus>` file with the
 //! definition and the `fwRemoval` plan, here `STATE_DIR/networks/NAME.xml`. A libvirt status
@@ -11,7 +12,7 @@
 //! namespace its rules were made in (`<virtfw bootId=… netnsId=…/>`). When either no longer
 //! matches, the file is stale: its handles may name someone else's objects now, so it is never
 //! run, only shown as stale and dropped with `network stop --forget`. A file without an identity
-//! (written by libvirt) is used only in the namespace `--netns` names, or virtfw's own.
+//! (written by libvirt) is used only in the namespace the store's `netns` option (`--netns`) names, or virtfw's own.
 
 use std::fs;
 use std::path::{Path, PathBuf};

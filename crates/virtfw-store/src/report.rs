@@ -21,6 +21,7 @@ use crate::verify::PlanCheck;
 
 /// A transaction applied and its removal plan stored ([`crate::Store::apply`]).
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct ApplyReport {
     /// The plan's name.
     pub applied: String,
@@ -48,6 +49,7 @@ impl fmt::Display for ApplyReport {
 
 /// The commands an apply or a remove would run; nothing ran.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct DryRunReport {
     /// Always `true` (tells a JSON reader what this is).
     pub dry_run: bool,
@@ -65,6 +67,7 @@ impl fmt::Display for DryRunReport {
 
 /// A stored plan run and forgotten ([`crate::Store::remove`]).
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct RemoveReport {
     /// The plan's name.
     pub removed: String,
@@ -96,6 +99,7 @@ impl fmt::Display for RemoveReport {
 
 /// A plan dropped without running it ([`crate::Store::forget`]).
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct ForgetReport {
     /// The plan's name.
     pub forgotten: String,
@@ -106,6 +110,7 @@ pub struct ForgetReport {
 /// What a forgotten plan was.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
+#[non_exhaustive]
 pub enum ForgottenPlan {
     /// It could be read.
     Readable {
@@ -145,6 +150,7 @@ impl fmt::Display for ForgetReport {
 
 /// The stored plans ([`crate::Store::list`]).
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct ListReport {
     /// One row per plan file, by name.
     pub plans: Vec<PlanRow>,
@@ -155,6 +161,7 @@ pub struct ListReport {
 /// One plan of a [`ListReport`].
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
+#[non_exhaustive]
 pub enum PlanRow {
     /// A plan that could be read.
     Stored(PlanSummary),
@@ -169,6 +176,7 @@ pub enum PlanRow {
 
 /// A stored plan, summarised.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct PlanSummary {
     /// Its name.
     pub name: String,
@@ -246,6 +254,7 @@ impl fmt::Display for ListReport {
 
 /// One stored plan ([`crate::Store::show`]).
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct ShowReport {
     /// Its name.
     pub name: String,
@@ -269,6 +278,7 @@ impl fmt::Display for ShowReport {
 
 /// What [`crate::Store::verify`] found for every plan it looked at.
 #[derive(Debug, Serialize)]
+#[non_exhaustive]
 pub struct VerifyReport {
     /// One entry per plan.
     pub plans: Vec<PlanVerification>,
@@ -290,6 +300,7 @@ impl VerifyReport {
 /// One plan of a [`VerifyReport`].
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
+#[non_exhaustive]
 pub enum PlanVerification {
     /// The plan could not be read.
     Unreadable {
@@ -353,6 +364,7 @@ impl fmt::Display for VerifyReport {
 
 /// What [`crate::Store::recover`] did.
 #[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
 pub struct RecoverReport {
     /// The journals settled.
     pub recovered: Vec<Settled>,
@@ -400,6 +412,7 @@ impl fmt::Display for RecoverReport {
 
 /// A journal discarded without running anything ([`crate::Store::recover_drop`]).
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct DropReport {
     /// The journal's id.
     pub dropped: String,
@@ -410,6 +423,7 @@ pub struct DropReport {
 /// The operation of a dropped journal.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
+#[non_exhaustive]
 pub enum DroppedJournal {
     /// Its header could be read.
     Readable {
@@ -455,6 +469,7 @@ impl fmt::Display for DropReport {
 
 /// A network started ([`crate::Store::network_start`]).
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct NetworkStartReport {
     /// Its name.
     pub network: String,
@@ -488,6 +503,7 @@ impl fmt::Display for NetworkStartReport {
 
 /// A network stopped ([`crate::Store::network_stop`]).
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct NetworkStopReport {
     /// Its name.
     pub network: String,
@@ -515,6 +531,7 @@ impl fmt::Display for NetworkStopReport {
 
 /// A network's status dropped without running anything ([`crate::Store::network_forget`]).
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct NetworkForgetReport {
     /// Its name.
     pub network: String,
@@ -530,6 +547,7 @@ impl fmt::Display for NetworkForgetReport {
 
 /// Networks reloaded ([`crate::Store::network_reload`]).
 #[derive(Debug, Serialize)]
+#[non_exhaustive]
 pub struct NetworkReloadReport {
     /// One entry per network, in order.
     pub reloaded: Vec<NetworkReloaded>,
@@ -541,6 +559,7 @@ pub struct NetworkReloadReport {
 
 /// One network of a [`NetworkReloadReport`].
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct NetworkReloaded {
     /// Its name.
     pub network: String,
@@ -579,6 +598,7 @@ pub enum NetworkHealth {
 
 /// One running network, and what a look at its rules found.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct NetworkInfo {
     /// Its name.
     pub network: String,
@@ -638,6 +658,7 @@ impl fmt::Display for NetworkInfo {
 
 /// The running networks ([`crate::Store::network_list`]).
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct NetworkListReport {
     /// One per network, by name.
     pub networks: Vec<NetworkInfo>,
@@ -661,6 +682,7 @@ impl fmt::Display for NetworkListReport {
 /// missing rule on a line of its own.
 #[derive(Debug, Clone, Serialize)]
 #[serde(transparent)]
+#[non_exhaustive]
 pub struct NetworkStatusReport(pub NetworkInfo);
 
 impl fmt::Display for NetworkStatusReport {
@@ -680,6 +702,7 @@ impl fmt::Display for NetworkStatusReport {
 
 /// The commands libvirt would run for a network definition ([`crate::network_plan`]).
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct NetworkPlanReport {
     /// The network's name.
     pub network: String,
@@ -692,5 +715,133 @@ pub struct NetworkPlanReport {
 impl fmt::Display for NetworkPlanReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.transcript)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn keys(v: &Value) -> Vec<&str> {
+        let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        k.sort();
+        k
+    }
+
+    /// The JSON fields are the CLI's `--json` interface (scripts read them): they stay as
+    /// they were when the CLI built them by hand.
+    #[test]
+    fn reports_serialise_to_the_clis_json_fields() {
+        let applied = serde_json::to_value(ApplyReport {
+            applied: "web".into(),
+            backend: "nftables".into(),
+            groups: 2,
+            commands: 5,
+            removal_commands: 3,
+            netns: None,
+        })
+        .unwrap();
+        assert_eq!(
+            keys(&applied),
+            [
+                "applied",
+                "backend",
+                "commands",
+                "groups",
+                "netns",
+                "removal_commands"
+            ]
+        );
+        let list = serde_json::to_value(ListReport {
+            plans: vec![
+                PlanRow::Stored(PlanSummary {
+                    name: "a".into(),
+                    backend: "iptables".into(),
+                    groups: 1,
+                    commands: 2,
+                    netns: Some("ns".into()),
+                    created: 10,
+                    age_seconds: 5,
+                    stale: None,
+                }),
+                PlanRow::Corrupt {
+                    name: "b".into(),
+                    error: "bad".into(),
+                },
+            ],
+            pending_journals: 1,
+        })
+        .unwrap();
+        assert_eq!(
+            keys(&list["plans"][0]),
+            [
+                "age_seconds",
+                "backend",
+                "commands",
+                "created",
+                "groups",
+                "name",
+                "netns",
+                "stale"
+            ]
+        );
+        assert_eq!(list["plans"][1], json!({"name": "b", "error": "bad"}));
+        assert_eq!(list["pending_journals"], 1);
+        let verify = serde_json::to_value(VerifyReport {
+            plans: vec![PlanVerification::Stale {
+                name: "a".into(),
+                stale: "another boot".into(),
+            }],
+            missing: 0,
+            problem: Some(StoreError::Failed("not serialised".into())),
+        })
+        .unwrap();
+        assert_eq!(
+            verify,
+            json!({"plans": [{"name": "a", "stale": "another boot"}], "missing": 0})
+        );
+        let forgot = serde_json::to_value(ForgetReport {
+            forgotten: "a".into(),
+            plan: ForgottenPlan::Unreadable {
+                error: "corrupt".into(),
+            },
+        })
+        .unwrap();
+        assert_eq!(
+            forgot,
+            json!({"forgotten": "a", "plan": {"error": "corrupt"}})
+        );
+    }
+
+    #[test]
+    fn a_status_report_is_the_network_info_and_lists_missing_rules_in_text() {
+        let info = NetworkInfo {
+            network: "default".into(),
+            bridge: "virbr0".into(),
+            forward: "nat".into(),
+            backend: "nftables".into(),
+            stored_plan: true,
+            netns: None,
+            created_bridge: true,
+            stamped: true,
+            stale: None,
+            rules_present: Some(1),
+            rules_total: Some(2),
+            missing: vec!["nft delete rule ip t c handle 4".into()],
+            all_present: false,
+            health: NetworkHealth::Drift,
+        };
+        let report = NetworkStatusReport(info);
+        let v = serde_json::to_value(&report).unwrap();
+        assert_eq!(v["network"], "default");
+        assert_eq!(v["rules_present"], 1);
+        assert!(v.get("health").is_none(), "{v}");
+        let text = report.to_string();
+        assert!(text.contains("1/2 rules present (DRIFT)"), "{text}");
+        assert!(
+            text.ends_with("\n  missing: nft delete rule ip t c handle 4"),
+            "{text}"
+        );
     }
 }
