@@ -623,3 +623,51 @@ pub fn network_plan(
         transcript,
     })
 }
+
+/// The network operations, journalled like [`Store::apply`] and [`Store::remove`].
+impl Store {
+    /// Start the libvirt network `def`: create its bridge if missing, apply its firewall
+    /// (with `configured`, else nftables when `nft` is installed, else iptables), store its
+    /// status. Journalled like [`Store::apply`], and all or nothing like it.
+    pub fn network_start(
+        &self,
+        def: NetworkDef,
+        configured: Option<Backend>,
+    ) -> Result<NetworkStartReport> {
+        start(self, def, configured)
+    }
+
+    /// Stop the running network `name`: remove its rules with the stored plan (and the bridge,
+    /// if the store made it). Journalled like [`Store::remove`].
+    pub fn network_stop(&self, name: &str) -> Result<NetworkStopReport> {
+        stop(self, name)
+    }
+
+    /// Drop the status of the network `name` without running anything (for a stale network
+    /// whose rules went with an old boot or namespace). The file is not even parsed.
+    pub fn network_forget(&self, name: &str) -> Result<NetworkForgetReport> {
+        forget(self, name)
+    }
+
+    /// Reload the networks `names` (all running ones when empty): remove with the stored plan
+    /// and add the rules again, with `configured` or the backend each runs with. Each network
+    /// is its own journalled operation; all are checked before any is touched.
+    pub fn network_reload(
+        &self,
+        names: &[String],
+        configured: Option<Backend>,
+    ) -> Result<NetworkReloadReport> {
+        reload(self, names, configured)
+    }
+
+    /// The running networks, and whether all their rules are present.
+    pub fn network_list(&self) -> Result<NetworkListReport> {
+        list(self)
+    }
+
+    /// One running network, and whether all its rules are present
+    /// ([`NetworkInfo::health`]).
+    pub fn network_status(&self, name: &str) -> Result<NetworkStatusReport> {
+        status(self, name)
+    }
+}

@@ -10,13 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use virtfw::{ApplyOptions, Backend, Executor, FakeExecutor, Firewall, ProcessExecutor};
-use virtfw_network::NetworkDef;
 
 use crate::error::{self, Result, StoreError};
 use crate::exec::{open_netns, Children};
 use crate::journal::{self, OpHeader, OpKind, JOURNAL_VERSION};
 use crate::lock::{LockKind, StateLock};
-use crate::network;
 use crate::operation::Operation;
 use crate::plan::{self, Plan, PLAN_VERSION};
 use crate::recover;
@@ -99,6 +97,15 @@ pub struct Store {
 }
 
 impl Store {
+    /// The same store run in the namespace `netns` (`None`: the caller's): for a caller that
+    /// serves several namespaces from one state directory (each plan remembers its own).
+    pub fn in_netns(&self, netns: Option<String>) -> Store {
+        Store {
+            dir: self.dir.clone(),
+            opts: self.opts.clone().netns(netns),
+        }
+    }
+
     /// A store in `dir` (created 0700 on first use) run with `opts`.
     pub fn open(dir: impl Into<PathBuf>, opts: StoreOptions) -> Store {
         Store {
@@ -514,51 +521,6 @@ impl Store {
             dropped: id.to_string(),
             journal,
         })
-    }
-
-    /// Start the libvirt network `def`: create its bridge if missing, apply its firewall
-    /// (with `configured`, else nftables when `nft` is installed, else iptables), store its
-    /// status. Journalled like [`Store::apply`], and all or nothing like it.
-    pub fn network_start(
-        &self,
-        def: NetworkDef,
-        configured: Option<Backend>,
-    ) -> Result<NetworkStartReport> {
-        network::start(self, def, configured)
-    }
-
-    /// Stop the running network `name`: remove its rules with the stored plan (and the bridge,
-    /// if the store made it). Journalled like [`Store::remove`].
-    pub fn network_stop(&self, name: &str) -> Result<NetworkStopReport> {
-        network::stop(self, name)
-    }
-
-    /// Drop the status of the network `name` without running anything (for a stale network
-    /// whose rules went with an old boot or namespace). The file is not even parsed.
-    pub fn network_forget(&self, name: &str) -> Result<NetworkForgetReport> {
-        network::forget(self, name)
-    }
-
-    /// Reload the networks `names` (all running ones when empty): remove with the stored plan
-    /// and add the rules again, with `configured` or the backend each runs with. Each network
-    /// is its own journalled operation; all are checked before any is touched.
-    pub fn network_reload(
-        &self,
-        names: &[String],
-        configured: Option<Backend>,
-    ) -> Result<NetworkReloadReport> {
-        network::reload(self, names, configured)
-    }
-
-    /// The running networks, and whether all their rules are present.
-    pub fn network_list(&self) -> Result<NetworkListReport> {
-        network::list(self)
-    }
-
-    /// One running network, and whether all its rules are present
-    /// ([`NetworkInfo::health`]).
-    pub fn network_status(&self, name: &str) -> Result<NetworkStatusReport> {
-        network::status(self, name)
     }
 }
 
