@@ -17,7 +17,7 @@ use clap::Parser;
 
 use cli::{Cli, CliCommand};
 use commands::Ctx;
-use virtfw_store::{ErrorKind, Result, Store, StoreError, StoreOptions};
+use virtfw_store::{ErrorKind, ErrorReport, Result, Store, StoreError, StoreOptions};
 
 fn init_logging(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
@@ -120,13 +120,10 @@ pub(crate) fn exit_code(err: &StoreError) -> i32 {
 /// Say what failed (stderr; with `--json` also as a JSON document on stdout) and give the
 /// exit status.
 fn report(json: bool, err: &StoreError) -> i32 {
-    let code = exit_code(err);
-    eprintln!("virtfw: error: {err}");
+    let report = ErrorReport::from(err);
+    eprintln!("{report}");
     if json {
-        println!(
-            "{}",
-            serde_json::json!({"error": err.to_string(), "exit_code": code})
-        );
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
     }
-    code
+    report.exit_code
 }

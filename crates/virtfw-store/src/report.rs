@@ -19,6 +19,31 @@ use crate::error::StoreError;
 use crate::recover::{Settled, Unsettled};
 use crate::verify::PlanCheck;
 
+/// An operation that failed, as a report: what the CLI prints with `--json` on failure.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct ErrorReport {
+    /// The error's message.
+    pub error: String,
+    /// Its kind's stable number ([`crate::ErrorKind::exit_code`]).
+    pub exit_code: i32,
+}
+
+impl From<&StoreError> for ErrorReport {
+    fn from(err: &StoreError) -> Self {
+        ErrorReport {
+            error: err.to_string(),
+            exit_code: err.kind().exit_code(),
+        }
+    }
+}
+
+impl fmt::Display for ErrorReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "virtfw: error: {}", self.error)
+    }
+}
+
 /// A transaction applied and its removal plan stored ([`crate::Store::apply`]).
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
