@@ -10,21 +10,26 @@
 //! `virtfw` command is a thin front end over this crate; a VM manager gets the same guarantees
 //! in a few lines:
 //!
-//! ```no_run
+//! ```
 //! use virtfw::Firewall;
 //! use virtfw_store::{Store, StoreOptions};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let store = Store::open("/var/lib/my-vmm/firewall", StoreOptions::new());
+//! # let ns = virtfw::netns::Netns::new("vfw-store-doc")?; // a throwaway namespace (needs root)
+//! # let tmp = tempfile::tempdir()?;
+//! # let state_dir = tmp.path().join("state"); // e.g. /var/lib/my-vmm/firewall
+//! # let xml = "<firewall backend='nftables'><group><action layer='ipv4'><args><item>add</item><item>table</item><item>ip</item><item>vmm</item></args></action></group></firewall>";
+//! let store = Store::open(&state_dir, StoreOptions::new().netns(Some(ns.name().into())));
 //! // At start-up: settle what a crash of the previous run left (undo a half-done apply, ...).
 //! let recovered = store.recover()?;
 //! if let Some(e) = recovered.error() { return Err(e.into()); }
 //! // Apply a transaction; its removal plan is stored under the name "vm1".
-//! let mut fw = Firewall::from_xml(&std::fs::read_to_string("vm1.xml")?, "vm1.xml")?;
+//! let mut fw = Firewall::from_xml(xml, "vm1.xml")?;
 //! let applied = store.apply(&mut fw, "vm1")?;
 //! println!("{applied}"); // or serde_json::to_string(&applied)
 //! // Later, perhaps after a restart: remove exactly what was created.
 //! store.remove("vm1")?;
+//! # assert!(store.list()?.plans.is_empty());
 //! # Ok(())
 //! # }
 //! ```
