@@ -168,7 +168,7 @@ impl NetworkStatus {
         let mut identity = None;
         if root.has_tag_name("networkstatus") {
             if let Some(fwnode) = root.children().find(|c| c.has_tag_name("firewall")) {
-                let fw = virtfw::xml::parse_firewall_element(fwnode, source_name)?;
+                let fw = virtfw::xml::parse_firewall_at(text, fwnode.range().start, source_name)?;
                 if fw.name() == Some(REMOVAL_NAME) {
                     removal = Some(fw);
                 }

@@ -17,18 +17,25 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::failure::FailureKind;
+
 /// nft address families; a create without one defaults to `ip`, as nft itself does.
 pub const FAMILIES: [&str; 6] = ["ip", "ip6", "inet", "arp", "bridge", "netdev"];
 
 /// The kind of nft object a create makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
 pub enum NftObject {
+    /// `table`.
     Table,
+    /// `chain`.
     Chain,
+    /// `rule`.
     Rule,
 }
 
 impl NftObject {
+    /// nft's word for it.
     pub fn as_str(self) -> &'static str {
         match self {
             NftObject::Table => "table",
@@ -83,6 +90,7 @@ pub struct NftCreate {
     pub verb: usize,
     /// The verb as written.
     pub verb_word: String,
+    /// What it creates.
     pub object: NftObject,
     /// The family (`ip` when the command names none).
     pub family: String,
@@ -98,9 +106,13 @@ pub struct NftCreate {
 /// The identity an echo line is matched on: object, family, table, chain (names unquoted).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct CreateKey {
+    /// What was created.
     pub object: NftObject,
+    /// Its family.
     pub family: String,
+    /// Its table (unquoted).
     pub table: String,
+    /// Its chain (unquoted; empty for a table).
     pub chain: String,
 }
 
@@ -258,12 +270,26 @@ pub fn listing_of(argv: &[String]) -> Option<(String, String)> {
 
 /// Whether a failed listing says the table does not exist.
 pub fn listing_says_absent(stderr: &str) -> bool {
-    stderr.contains("No such file or directory")
+    failure_kind(stderr) == FailureKind::NotFound
+}
+
+/// What an nft failure message says: the object named is not there
+/// ([`FailureKind::NotFound`]: "No such file or directory", nft's ENOENT), a `create` met an
+/// object that exists ([`FailureKind::Exists`]: "File exists", EEXIST), or something else.
+pub fn failure_kind(stderr: &str) -> FailureKind {
+    if stderr.contains("No such file or directory") {
+        FailureKind::NotFound
+    } else if stderr.contains("File exists") {
+        FailureKind::Exists
+    } else {
+        FailureKind::Other
+    }
 }
 
 /// Handles found in one `nft -a list table …` listing.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TableListing {
+    /// The table's own handle, when the listing showed it.
     pub table: Option<u64>,
     /// Chain handle by (unquoted) name.
     pub chains: BTreeMap<String, u64>,
@@ -341,8 +367,11 @@ pub fn parse_listing(text: &str) -> TableListing {
 /// One table of `nft -j list tables` output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedTable {
+    /// Its family.
     pub family: String,
+    /// Its name.
     pub name: String,
+    /// Its handle.
     pub handle: u64,
 }
 
@@ -399,9 +428,13 @@ pub struct Existing {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("listing table {family} {table} failed (status {status}): {stderr}")]
 pub struct ListingFailed {
+    /// The table's family.
     pub family: String,
+    /// The table.
     pub table: String,
+    /// nft's exit status.
     pub status: i32,
+    /// What nft wrote to standard error.
     pub stderr: String,
 }
 
@@ -481,6 +514,7 @@ impl Existing {
 }
 
 /// What the echo of one nft run says about one of its creates.
+/// Deliberately exhaustive: code that undoes a create must decide for every answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Echo {
     /// It created the object with this handle: its inverse is `delete … handle N`.

@@ -67,8 +67,11 @@ fn write_action(out: &mut String, pad: &str, cmd: &Command, show_ignore: bool) {
 /// the file at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyntaxError {
+    /// 1-based line.
     pub line: u32,
+    /// 1-based column.
     pub column: u32,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -373,9 +376,36 @@ fn parse_action(
     ))
 }
 
-/// Parse a `<firewall>` element found inside a larger document (e.g. libvirt's
-/// `<networkstatus>`).
-pub fn parse_firewall_element(node: Node, source: &str) -> Result<Firewall> {
+/// Parse the `<firewall>` element that starts at byte `offset` of `document`, a larger document
+/// (e.g. libvirt's `<networkstatus>`), with the same limits and checks as
+/// [`Firewall::from_xml`]; errors name positions in the whole document.
+pub fn parse_firewall_at(document: &str, offset: usize, source: &str) -> Result<Firewall> {
+    let doc = parse_document(document).map_err(|e| e.into_error(source))?;
+    let node = doc
+        .descendants()
+        .find(|n| n.is_element() && n.range().start == offset)
+        .ok_or_else(|| {
+            Error::xml(
+                source,
+                doc.text_pos_at(offset.min(document.len())),
+                "no element starts here",
+            )
+        })?;
+    if !node.has_tag_name("firewall") {
+        return Err(Error::xml(
+            source,
+            doc.text_pos_at(offset),
+            format!(
+                "expected a <firewall> element, found <{}>",
+                node.tag_name().name()
+            ),
+        ));
+    }
+    parse_firewall_element(node, source)
+}
+
+/// Parse a `<firewall>` element of a parsed document.
+fn parse_firewall_element(node: Node, source: &str) -> Result<Firewall> {
     let pos = || node.document().text_pos_at(node.range().start);
     let backend: Backend = node
         .attribute("backend")

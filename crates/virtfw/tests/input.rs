@@ -218,13 +218,7 @@ fn the_batch_fusion_of_the_issue_is_refused_on_both_paths_before_anything_runs()
         let fake = FakeExecutor::new();
         let err = fw
             .clone_plain()
-            .apply_with(
-                &fake,
-                ApplyOptions {
-                    observer: None,
-                    per_command,
-                },
-            )
+            .apply_with(&fake, ApplyOptions::new().per_command(per_command))
             .unwrap_err();
         assert!(
             matches!(
@@ -395,11 +389,8 @@ fn outcome(fw: &Firewall, backend: Backend, per_command: bool) -> Outcome {
     let exec = ns.executor().expect("executor");
     let before = snapshot(&ns, backend);
     let mut fw = fw.clone_plain();
-    let options = ApplyOptions {
-        observer: None,
-        per_command,
-    };
-    let result = fw.apply_with(&exec, options);
+    let options = ApplyOptions::new().per_command(per_command);
+    let result = fw.apply_with(&exec, options).map(drop);
     let after = snapshot(&ns, backend);
     if matches!(result, Err(Error::UnsafeArgument { .. })) {
         assert_eq!(after, before, "a refused input changed the ruleset");
@@ -640,13 +631,7 @@ fn commands_added_by_a_callback_are_checked_before_they_run() {
         );
         let fake = FakeExecutor::new().with_batching();
         let err = fw
-            .apply_with(
-                &fake,
-                ApplyOptions {
-                    observer: None,
-                    per_command,
-                },
-            )
+            .apply_with(&fake, ApplyOptions::new().per_command(per_command))
             .expect_err("an unsafe added command fails the apply");
         match &err {
             Error::UnsafeArgument {
