@@ -134,7 +134,7 @@ fn text_pos(text: &str, offset: usize) -> (u32, u32) {
 /// Refuse `text` if it is larger or deeper than `limits`, or declares a document type (a DTD's
 /// entities could expand to more depth than the text shows; none of virtfw's or libvirt's
 /// documents has one). The scan is a loop over quick-xml's events, never recursive.
-fn check_limits(text: &str, limits: Limits) -> std::result::Result<(), SyntaxError> {
+pub fn check_limits(text: &str, limits: Limits) -> std::result::Result<(), SyntaxError> {
     let at = |offset: usize, message: String| {
         let (line, column) = text_pos(text, offset);
         SyntaxError {
@@ -197,14 +197,21 @@ fn check_limits(text: &str, limits: Limits) -> std::result::Result<(), SyntaxErr
     }
 }
 
+/// Whether `text` is a well-formed XML document within `limits` (the checks every document
+/// virtfw reads passes before it is interpreted), with the position of the first problem.
+/// Callers that parse the XML themselves run [`check_limits`] first: the parser recurses.
+pub fn check_document(text: &str, limits: Limits) -> std::result::Result<(), SyntaxError> {
+    parse_document_with(text, limits).map(drop)
+}
+
 /// Parse `text` as an XML document within [`Limits::DOCUMENT`], with the position of a syntax
 /// error.
-pub fn parse_document(text: &str) -> std::result::Result<Document<'_>, SyntaxError> {
+fn parse_document(text: &str) -> std::result::Result<Document<'_>, SyntaxError> {
     parse_document_with(text, Limits::DOCUMENT)
 }
 
 /// [`parse_document`] within `limits`, checked before the document is parsed.
-pub fn parse_document_with(
+fn parse_document_with(
     text: &str,
     limits: Limits,
 ) -> std::result::Result<Document<'_>, SyntaxError> {
