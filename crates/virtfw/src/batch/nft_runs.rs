@@ -10,43 +10,13 @@ use crate::error::Error;
 use crate::executor::{Executor, Output};
 use crate::firewall::Firewall;
 use crate::model::{Command, TransactionFlags};
-use crate::nft::{self, Echo, NftObject};
+use crate::nft::{self, parse_nft_delete, Echo, NftDelete, NftObject};
 use crate::observer::ApplyObserver;
 use crate::run::{absent_before, learn_table, run_argv, run_batch, run_command, strings};
 use crate::transcript::command_line;
 
 use super::plan::{front_first, permute};
 use super::{Echoed, Step};
-
-/// A removal command `delete <rule|chain|table> <family> [table] [chain] handle N`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct NftDelete {
-    object: NftObject,
-    family: String,
-    table: Option<String>,
-    handle: u64,
-}
-
-pub(super) fn parse_nft_delete(args: &[String]) -> Option<NftDelete> {
-    if args.first()? != "delete" || args.len() < 5 {
-        return None;
-    }
-    let (object, names) = match args[1].as_str() {
-        "rule" => (NftObject::Rule, 2),
-        "chain" => (NftObject::Chain, 1),
-        "table" => (NftObject::Table, 0),
-        _ => return None,
-    };
-    if args.len() != 3 + names + 2 || args[3 + names] != "handle" {
-        return None;
-    }
-    Some(NftDelete {
-        object,
-        family: args[2].clone(),
-        table: (names > 0).then(|| args[3].clone()),
-        handle: args[4 + names].parse().ok()?,
-    })
-}
 
 /// Handles present now in the tables a failed nft removal touches.
 #[derive(Default)]

@@ -5,10 +5,8 @@ use std::collections::BTreeSet;
 
 use crate::firewall::Group;
 use crate::model::{Backend, Command, Layer, TransactionFlags};
-use crate::nft;
+use crate::nft::{self, parse_nft_delete};
 use crate::xtables::{restore_line, RestoreLine};
-
-use super::nft_runs::parse_nft_delete;
 
 /// How a group can be batched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
