@@ -29,6 +29,23 @@
 //!
 #![doc = include_str!("../doc/library.md")]
 //!
+//! # Where things are
+//!
+//! | module | its job |
+//! |---|---|
+//! | [`firewall`], [`model`] | the transaction being built: groups, commands, flags |
+//! | [`engine`] | `apply`: libvirt's algorithm, group by group, and the rollback of a failure |
+//! | `run` (private) | running one command: its argv, the facts an nft create needs, its inverse |
+//! | [`batch`] | the fast path: groups as one kernel transaction where that is exact |
+//! | [`nft`] | nft's words, creates and inverses, echoes, listings, error kinds |
+//! | [`xtables`] | iptables/ip6tables/ebtables: inverses, `--check`, restore lines, error kinds |
+//! | [`failure`] | the kinds a tool's error output is classified into; the blamed input line |
+//! | [`validate`] | refusing arguments that would change meaning when joined into a batch |
+//! | [`observer`] | watching an apply; counting what it ignored |
+//! | [`executor`] | running programs: processes, libnftables, the test fake |
+//! | [`xml`], [`transcript`] | libvirt's XML format; libvirt's command-line transcripts |
+//! | [`error`], [`netns`] | error types and kinds; throwaway network namespaces for tests |
+//!
 //! # The model, mapped to libvirt
 //!
 //! Every concept of libvirt's `virFirewall` has one counterpart here:
