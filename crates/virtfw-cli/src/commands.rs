@@ -62,10 +62,9 @@ impl Ctx {
     }
 
     fn options<'a>(&self, observer: Option<&'a dyn virtfw::ApplyObserver>) -> ApplyOptions<'a> {
-        ApplyOptions {
-            observer,
-            per_command: self.per_command,
-        }
+        ApplyOptions::new()
+            .per_command(self.per_command)
+            .maybe_observer(observer)
     }
 }
 

@@ -76,7 +76,7 @@ fn main() {
         state_dir: cli.state_dir.clone(),
         netns: cli.netns.clone(),
         json: cli.json,
-        per_command: cli.no_batch,
+        per_command: cli.no_batch || virtfw::batch::disabled_by_env(),
         lock_timeout: Duration::from_secs(cli.lock_timeout),
     };
     let code = match dispatch(&ctx, &cli.command) {
