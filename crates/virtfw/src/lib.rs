@@ -117,6 +117,7 @@
 //! status 1 expects nothing to have changed.
 
 pub mod batch;
+pub mod check;
 pub mod engine;
 pub mod error;
 pub mod executor;
