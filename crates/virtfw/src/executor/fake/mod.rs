@@ -1,4 +1,8 @@
-//! A scripted executor for tests: records every argv, answers from a script.
+//! The test double of a host: records every invocation, answers from a script first and from
+//! a model of the host's ruleset ([`FakeModel`], in `model.rs` and `xtables.rs`) otherwise.
+//!
+//! It is for tests only; production dry runs use [`DryRun`](super::DryRun), whose answers never
+//! depend on a model or a script.
 
 use std::sync::Mutex;
 
@@ -51,26 +55,34 @@ struct State {
 
 /// An [`Executor`] that runs nothing.
 ///
-/// By default every command succeeds with empty output. nft commands (one command, or a batch
-/// read with `-f`, applied all or nothing) go through a small model of nft tables, chains and
-/// rules with handles, per family, that behaves like nft 1.0.6:
+/// Every invocation is recorded ([`FakeExecutor::commands`], [`FakeExecutor::invocations`],
+/// [`FakeExecutor::transcript`]). Responses scripted with [`FakeExecutor::on`] come first: the
+/// first matching entry answers and the model is not changed. Everything else is answered by
+/// the model, which behaves like nft 1.0.6 and iptables 1.8.9 (nf_tables) as
+/// `tests/fake_model.rs` compares them in namespaces:
 ///
-/// * `add table` of an existing table succeeds and echoes nothing; `add chain` of an existing
-///   chain succeeds and echoes `add chain … # handle N` with the chain's *existing* handle;
-///   `create table`/`create chain` of an existing one fails with exit 1, "File exists".
-/// * A create of a new object echoes (with `-e`/`-ae`) the command followed by `# handle N`,
-///   N counting up from 1 across all objects (or a fixed number, as libvirt's own test harness
-///   does with 5309, see [`FakeExecutor::with_fixed_handle`]).
-/// * `nft -a list table F T` is answered from the model in nft's text format, or with exit 1
-///   "No such file or directory" for a table the model does not hold. (`nft list …` without
-///   `-a`, as libvirt's queries run it, keeps the default empty answer.)
-/// * `delete table|chain|rule … handle N` and `delete table F T` remove the object when the
-///   model holds it, and succeed either way.
-/// * A chain or rule in a table the model does not hold is accepted (and echoed) without being
+/// * nft, one command or a batch read with `-f` (one transaction: all or nothing, every bad
+///   line reported as `/dev/stdin:LINE:…`; `-c` keeps nothing): `add table` of an existing
+///   table succeeds and echoes nothing, `add chain` of an existing chain echoes its *existing*
+///   handle, `create` of an existing one fails "File exists"; a create echoes (with `-e`/`-ae`)
+///   the command and `# handle N`, N counting up from 1 across all objects (or a fixed number,
+///   as libvirt's harness does with 5309, see [`FakeExecutor::with_fixed_handle`]); `add`/
+///   `insert rule` honour `position`/`handle`/`index`; `delete rule|chain|table` of something
+///   missing fails "No such file or directory" (exit 1); `delete chain` takes its rules along
+///   and fails "Device or resource busy" while a rule jumps to it; `flush chain|table|ruleset`;
+///   `list table|ruleset|tables` (handles with `-a`) in nft's text format, `-j list tables` in
+///   its JSON.
+/// * The iptables family, in [`FakeExecutor::strict`] mode only: `-A`/`-I`/`-D`/`--check`/
+///   `-N`/`-X`/`-F`/`-P`/`-S` on rules kept as their specification, and `*-restore
+///   --noflush [--test]` committing section by section, a failing line rolling its section
+///   back and named as the tools name it. Without `strict`, these programs succeed with empty
+///   output, as the engine's scenario tests expect.
+/// * Without `strict`, a chain or rule command on an nft table the model does not hold (and
+///   `delete`/`flush` of such a table) succeeds, creates echoing a handle, without being
 ///   modelled, so tests that never create their tables keep working.
 ///
-/// Responses for particular commands are scripted with [`FakeExecutor::on`]; the first matching
-/// entry wins over the model (and does not change it).
+/// The model can be set up and compared: [`FakeExecutor::with_model`], [`FakeExecutor::load`],
+/// [`FakeExecutor::model`], [`FakeExecutor::dump`] (serde JSON).
 pub struct FakeExecutor {
     state: Mutex<State>,
 }
