@@ -132,6 +132,7 @@ pub mod xml;
 
 pub use engine::{ApplyObserver, ApplyOptions};
 pub use error::{BuildError, Error, ExecError, Result};
+pub use executor::DryRun;
 pub use executor::{Executor, FakeExecutor, LibnftExecutor, ProcessExecutor};
 pub use firewall::{CmdId, Firewall, Group};
 pub use model::{

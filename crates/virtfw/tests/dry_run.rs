@@ -90,6 +90,14 @@ fn listings_say_absent_until_the_run_created_the_table() {
     assert_eq!(listing.status, 0);
     let parsed = virtfw::nft::parse_listing(&listing.stdout);
     assert_eq!((parsed.table, parsed.chains["c"]), (Some(1), 2));
+    assert_eq!(
+        run(&dry, &["nft", "list", "table", "ip", "t"], None).status,
+        0
+    );
+    assert_eq!(
+        run(&dry, &["nft", "list", "table", "ip6", "t"], None).status,
+        1
+    );
     // An existing table echoes nothing, an existing chain its handle (nft 1.0.6).
     let out = run(&dry, &["nft", "-ae", "add", "table", "ip", "t"], None);
     assert_eq!(out.stdout, "");

@@ -167,6 +167,9 @@ impl DryRun {
             .collect();
         match cmd.as_slice() {
             ["list", "tables", ..] if options.contains(&"-j") => return created.tables_json(),
+            ["list", "table", family, table] => {
+                return created.listing(family, table.trim_matches('"'))
+            }
             ["list", ..] => return absent(&cmd.join(" ")),
             _ => {}
         }
