@@ -16,6 +16,17 @@ fn run(dry: &DryRun, argv: &[&str], stdin: Option<&str>) -> virtfw::executor::Ou
         .unwrap()
 }
 
+/// The commands of an applied firewall's removal plan, one line each.
+fn removal_plan(fw: &Firewall) -> Vec<String> {
+    fw.new_from_rollback()
+        .unwrap()
+        .groups()
+        .iter()
+        .flat_map(|g| g.actions())
+        .map(|c| c.args().join(" "))
+        .collect()
+}
+
 #[test]
 fn an_nft_apply_records_every_command_and_yields_a_removal_plan() {
     let mut fw = Firewall::new(Backend::Nftables);
@@ -41,15 +52,8 @@ fn an_nft_apply_records_every_command_and_yields_a_removal_plan() {
         ]
     );
     // Placeholder handles make the removal plan: newest first.
-    let removal = fw.new_from_rollback().unwrap();
-    let deletes: Vec<String> = removal
-        .groups()
-        .iter()
-        .flat_map(|g| g.actions())
-        .map(|c| c.args().join(" "))
-        .collect();
     assert_eq!(
-        deletes,
+        removal_plan(&fw),
         [
             "delete rule ip demo input handle 3",
             "delete chain ip demo handle 2",
@@ -139,16 +143,8 @@ fn an_iptables_apply_succeeds_everywhere_and_shows_libvirts_sequence() {
     );
     assert!(!dry.supports_batch());
     // The creates' inverses (and the hand-written rollback) make the removal plan.
-    let removal: Vec<String> = fw
-        .new_from_rollback()
-        .unwrap()
-        .groups()
-        .iter()
-        .flat_map(|g| g.actions())
-        .map(|c| c.args().join(" "))
-        .collect();
     assert_eq!(
-        removal,
+        removal_plan(&fw),
         [
             "--table filter --flush INPUT",
             "-t nat --delete PREROUTING -j ACCEPT",
