@@ -68,6 +68,7 @@ pub enum Verdict {
 
 /// The check of one command of a group.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct CommandCheck {
     /// Index among its group's actions.
     pub index: usize,
@@ -79,6 +80,7 @@ pub struct CommandCheck {
 
 /// The check of one group.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct GroupCheck {
     /// Index of the group in the firewall.
     pub group: usize,
@@ -102,6 +104,7 @@ impl GroupCheck {
 
 /// What [`kernel_check`] found, group by group.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct CheckReport {
     /// One entry per group of the firewall, in order.
     pub groups: Vec<GroupCheck>,

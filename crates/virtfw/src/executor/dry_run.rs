@@ -22,6 +22,7 @@ use crate::transcript;
 
 /// One recorded run: the argv (program first) and the standard input it was given.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct Recorded {
     /// Program first, as the engine passed it.
     pub argv: Vec<String>,

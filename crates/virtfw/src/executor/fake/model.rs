@@ -28,6 +28,7 @@ pub struct FakeModel {
 /// nft tables in creation order, and the next handle to give out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NftModel {
+    /// Tables in creation order.
     pub tables: Vec<NftTable>,
     /// The handle the next created object gets.
     pub next_handle: u64,
@@ -45,8 +46,11 @@ impl Default for NftModel {
 /// One nft table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NftTable {
+    /// `ip`, `ip6`, `inet`, `arp`, `bridge` or `netdev`.
     pub family: String,
+    /// The table's name, unquoted.
     pub name: String,
+    /// The handle nft echoed for it.
     pub handle: u64,
     /// Chains in creation order.
     pub chains: Vec<NftChain>,
@@ -55,7 +59,9 @@ pub struct NftTable {
 /// One nft chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NftChain {
+    /// The chain's name, unquoted.
     pub name: String,
+    /// The handle nft echoed for it.
     pub handle: u64,
     /// A base chain's specification as given (`type filter hook input priority 0; …`, braces
     /// removed).
@@ -69,7 +75,9 @@ pub struct NftChain {
 /// One nft rule: its handle and its text (the words after the chain).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NftRule {
+    /// The handle nft echoed for it.
     pub handle: u64,
+    /// The rule's words after the chain (and after `position`/`handle`/`index N`).
     pub text: String,
 }
 

@@ -14,14 +14,17 @@ use serde::{Deserialize, Serialize};
 /// Per program (`iptables`, `ip6tables`, `ebtables`), per table, per chain.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct XtModel {
+    /// program → table → chain name → chain.
     pub programs: BTreeMap<String, BTreeMap<String, BTreeMap<String, XtChain>>>,
 }
 
 /// One chain: its policy (built-in chains) and its rules in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct XtChain {
+    /// A built-in chain's policy; `None` for a user chain.
     #[serde(default)]
     pub policy: Option<String>,
+    /// Rule specifications in chain order (long options spelled short).
     pub rules: Vec<String>,
 }
 
