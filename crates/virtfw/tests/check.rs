@@ -254,3 +254,20 @@ fn the_tools_dry_runs_are_what_the_check_says() {
 fn invocation<'a>(argv: &'a [String], stdin: Option<&'a [u8]>) -> virtfw::executor::Invocation<'a> {
     virtfw::executor::Invocation { argv, stdin }
 }
+
+/// Library users can test their checks without root: the fake's model answers `nft -c -f -`
+/// like the kernel and keeps nothing.
+#[test]
+fn the_check_runs_on_the_fake_model_too() {
+    let fake = virtfw::FakeExecutor::new().strict();
+    let fw = nft_firewall(Some("add rule ip chk nochain accept"));
+    let report = kernel_check(&fw, &fake).unwrap();
+    let refused: Vec<(usize, usize)> = report.refused().map(|(g, c)| (g, c.index)).collect();
+    assert_eq!(refused, [(1, 1)], "{report:#?}");
+    assert_eq!(fake.model(), virtfw::executor::FakeModel::default());
+    assert!(fake
+        .commands()
+        .iter()
+        .all(|argv| argv[..3] == ["nft", "-c", "-f"]));
+    assert!(kernel_check(&nft_firewall(None), &fake).unwrap().is_clean());
+}
