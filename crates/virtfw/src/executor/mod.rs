@@ -16,9 +16,8 @@ pub use child::{
     wait_child, DEFAULT_CHILD_TIMEOUT,
 };
 pub use dry_run::{DryRun, Recorded};
-pub use fake::{
-    FakeExecutor, FakeModel, FakeResponse, NftChain, NftModel, NftRule, NftTable, XtChain, XtModel,
-};
+pub use fake::{FakeExecutor, FakeResponse};
+pub use fake::{FakeModel, NftChain, NftModel, NftRule, NftTable, XtChain, XtModel};
 pub use libnft::LibnftExecutor;
 pub use process::{find_program, require_program, ProcessExecutor};
 
