@@ -144,6 +144,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod check;
 pub mod engine;
 pub mod error;
 pub mod executor;
@@ -167,6 +168,7 @@ pub use xtables as rollback;
 
 pub use engine::{Applied, ApplyOptions, IgnoredReport};
 pub use error::{BuildError, Error, ErrorKind, ExecError, Result};
+pub use executor::DryRun;
 pub use executor::{Executor, FakeExecutor, LibnftExecutor, ProcessExecutor};
 pub use firewall::{CmdId, Firewall, Group};
 pub use model::{

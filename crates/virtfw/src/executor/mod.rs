@@ -6,6 +6,7 @@
 //! that users of the library can test their own firewall code without root.
 
 mod child;
+mod dry_run;
 mod fake;
 pub mod libnft;
 mod process;
@@ -14,7 +15,9 @@ pub use child::{
     enter_netns_and_inherit, exit_code, netns_path, open_netns, spawn_child, spawn_error,
     wait_child, DEFAULT_CHILD_TIMEOUT,
 };
+pub use dry_run::{DryRun, Recorded};
 pub use fake::{FakeExecutor, FakeResponse};
+pub use fake::{FakeModel, NftChain, NftModel, NftRule, NftTable, XtChain, XtModel};
 pub use libnft::LibnftExecutor;
 pub use process::{find_program, require_program, ProcessExecutor};
 
