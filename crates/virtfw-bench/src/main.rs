@@ -198,10 +198,7 @@ fn virtfw_once(fam: Fam, n: usize, per_command: bool, how: Exec) -> (Duration, D
     let (ns, _) = prepared(fam);
     let exec = executor(&ns, how).expect("executor available");
     let mut fw = transaction(fam, n);
-    let opts = ApplyOptions {
-        observer: None,
-        per_command,
-    };
+    let opts = ApplyOptions::new().per_command(per_command);
     let t = Instant::now();
     fw.apply_with(exec.as_ref(), opts).expect("apply");
     let mut removal = fw.new_from_rollback().expect("removal plan");
@@ -305,10 +302,7 @@ struct NetRun {
 fn network_once(backend: Backend, xml: &str, per_command: bool, how: Exec) -> NetRun {
     let (_ns, exec, def) = network_bench(xml, how);
     let exec = exec.as_ref();
-    let opts = ApplyOptions {
-        observer: None,
-        per_command,
-    };
+    let opts = ApplyOptions::new().per_command(per_command);
     let t = Instant::now();
     let status = virtfw_network::start(def.clone(), backend, exec, opts).expect("start");
     virtfw_network::stop(&status, exec, opts).expect("stop");
@@ -345,10 +339,7 @@ fn firewall_once(
 ) -> (Duration, Duration) {
     let (_ns, exec, def) = network_bench(xml, how);
     let exec = exec.as_ref();
-    let opts = ApplyOptions {
-        observer: None,
-        per_command,
-    };
+    let opts = ApplyOptions::new().per_command(per_command);
     // nft's `iif` needs the interface: the bridge is made first, untimed.
     run(
         exec,

@@ -72,7 +72,7 @@ fn main() {
     };
     let options = StoreOptions::new()
         .netns(cli.netns.clone())
-        .per_command(cli.no_batch)
+        .per_command(cli.no_batch || virtfw::batch::disabled_by_env())
         .lock_timeout(Duration::from_secs(cli.lock_timeout))
         .child_timeout(child_timeout);
     let ctx = Ctx {

@@ -67,6 +67,11 @@ impl NetEnv {
     /// A virtfw command; `slow` puts the sleeping wrappers first on PATH.
     fn cmd(&self, args: &[&str], slow: bool) -> std::process::Command {
         let mut c = self.env.cmd(args);
+        if !args.contains(&"--no-batch") {
+            // This test picks the path with --no-batch itself: the batch runs stay batched
+            // under VIRTFW_NO_BATCH.
+            c.env_remove("VIRTFW_NO_BATCH");
+        }
         c.env(
             "VIRTFW_NETWORK_CONF",
             self.env.dir.path().join("no-network.conf"),

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 use roxmltree::Node;
-use virtfw::xml::{parse_document_with, Limits};
+use virtfw::xml::{Limits, SyntaxError};
 
 use crate::error::{NetworkError, Result};
 
@@ -153,6 +153,20 @@ pub struct NetworkDef {
     pub dns_enabled: Option<bool>,
     /// The `<network>` element as written, kept to store it in the status file unchanged.
     pub xml: String,
+}
+
+/// Parse `text` within `limits` (checked first by the engine's one check: roxmltree recurses),
+/// with the position of a syntax error.
+pub(crate) fn parse_document_with(
+    text: &str,
+    limits: Limits,
+) -> std::result::Result<roxmltree::Document<'_>, SyntaxError> {
+    virtfw::xml::check_limits(text, limits)?;
+    roxmltree::Document::parse(text).map_err(|e| SyntaxError {
+        line: e.pos().row,
+        column: e.pos().col,
+        message: e.to_string(),
+    })
 }
 
 impl NetworkDef {

@@ -60,7 +60,7 @@ pub fn setup(backend: Backend, exec: &dyn Executor, options: ApplyOptions<'_>) -
     ];
     let mut results = Firewall::apply_concurrently(&mut firewalls, exec, options)
         .into_iter()
-        .map(|r| r.map_err(|e| e.to_string()));
+        .map(|r| r.map(drop).map_err(|e| e.to_string()));
     let ipv4 = results.next().unwrap_or(Ok(()));
     let ipv6 = results.next().unwrap_or(Ok(()));
     GlobalSetup { ipv4, ipv6 }

@@ -22,7 +22,7 @@ pub fn network_firewall(def: &NetworkDef, backend: Backend) -> Result<Firewall> 
     match backend {
         Backend::Nftables => nftables::network_firewall(def),
         Backend::Iptables => iptables::network_firewall(def),
-        Backend::None => Err(NetworkError::Backend(
+        _ => Err(NetworkError::Backend(
             "No firewall backend is available".into(),
         )),
     }
@@ -514,10 +514,7 @@ pub fn check(status: &NetworkStatus, exec: &dyn Executor) -> Result<RuleCheck> {
 /// `with_global`), in libvirt's transcript format. Nothing is executed; nft creates are
 /// answered with counting handles.
 pub fn plan(def: &NetworkDef, backend: Backend, with_global: bool) -> Result<String> {
-    let options = ApplyOptions {
-        per_command: true,
-        ..Default::default()
-    };
+    let options = ApplyOptions::new().per_command(true);
     let fake = FakeExecutor::new();
     if !def.forward.has_rules() {
         return Ok(String::new());

@@ -7,7 +7,8 @@
 //! own to delete, the namespace the network runs in, and the identity of the kernel state the
 //! rules live in (see [`StatusIdentity`]).
 
-use virtfw::xml::parse_document;
+use crate::def::parse_document_with;
+use virtfw::xml::Limits;
 use virtfw::{Backend, Firewall};
 
 use crate::def::NetworkDef;
@@ -149,7 +150,8 @@ impl NetworkStatus {
         text: &str,
         source_name: &str,
     ) -> Result<(Self, Option<StatusIdentity>)> {
-        let doc = parse_document(text).map_err(|e| NetworkError::syntax(source_name, e))?;
+        let doc = parse_document_with(text, Limits::DOCUMENT)
+            .map_err(|e| NetworkError::syntax(source_name, e))?;
         let root = doc.root_element();
         let netnode = root
             .descendants()
@@ -168,7 +170,7 @@ impl NetworkStatus {
         let mut identity = None;
         if root.has_tag_name("networkstatus") {
             if let Some(fwnode) = root.children().find(|c| c.has_tag_name("firewall")) {
-                let fw = virtfw::xml::parse_firewall_element(fwnode, source_name)?;
+                let fw = virtfw::xml::parse_firewall_at(text, fwnode.range().start, source_name)?;
                 if fw.name() == Some(REMOVAL_NAME) {
                     removal = Some(fw);
                 }

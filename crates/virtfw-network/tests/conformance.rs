@@ -12,10 +12,7 @@ use virtfw::{ApplyOptions, Backend, FakeExecutor, Layer};
 use virtfw_network::{global, lifecycle, NetworkDef};
 
 fn options() -> ApplyOptions<'static> {
-    ApplyOptions {
-        per_command: true,
-        ..Default::default()
-    }
+    ApplyOptions::new().per_command(true)
 }
 
 fn backend_ext(backend: Backend) -> &'static str {

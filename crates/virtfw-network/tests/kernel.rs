@@ -23,10 +23,7 @@ const PATHS: [bool; 2] = [true, false];
 /// Written out field by field so that `VIRTFW_NO_BATCH` in the environment cannot turn the
 /// batch-path runs into per-command ones.
 fn opts(per_command: bool) -> ApplyOptions<'static> {
-    ApplyOptions {
-        observer: None,
-        per_command,
-    }
+    ApplyOptions::new().per_command(per_command)
 }
 
 /// Everything the kernel holds that a network could have changed: the nft ruleset (which

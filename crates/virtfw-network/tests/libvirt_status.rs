@@ -74,10 +74,7 @@ fn libvirt_status(handles: &[u64]) -> String {
 }
 
 fn opts(per_command: bool) -> ApplyOptions<'static> {
-    ApplyOptions {
-        observer: None,
-        per_command,
-    }
+    ApplyOptions::new().per_command(per_command)
 }
 
 fn ruleset(ns: &Netns) -> String {
@@ -191,7 +188,7 @@ fn read_like_libvirt(text: &str) -> (String, Option<Firewall>) {
         .children()
         .find(|n| n.has_tag_name("firewall"))
         .filter(|n| n.attribute("name") == Some("fwRemoval"))
-        .map(|n| virtfw::xml::parse_firewall_element(n, "status").unwrap());
+        .map(|n| virtfw::xml::parse_firewall_at(text, n.range().start, "status").unwrap());
     (name, firewall)
 }
 

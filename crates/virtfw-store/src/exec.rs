@@ -216,12 +216,23 @@ impl JournalExecutor {
 }
 
 impl Executor for JournalExecutor {
+    /// A command of the CLI's own (an undo, a check): journalled with the group of the last
+    /// command the engine ran.
     fn run(&self, inv: Invocation<'_>) -> Result<Output, ExecError> {
-        let seq = self.journal.next_seq();
         let group = self.group.load(Ordering::SeqCst);
+        self.run_in_group(inv, (group != NO_GROUP).then_some(group))
+    }
+
+    /// The engine names each command's group itself (no observer side channel, so global
+    /// setups applied at the same time cannot mix their groups up).
+    fn run_in_group(&self, inv: Invocation<'_>, group: Option<usize>) -> Result<Output, ExecError> {
+        if let Some(g) = group {
+            self.group.store(g, Ordering::SeqCst);
+        }
+        let seq = self.journal.next_seq();
         let start = Record::Start {
             seq,
-            group: (group != NO_GROUP).then_some(group),
+            group,
             argv: inv.argv.to_vec(),
             stdin: inv.stdin.is_some(),
         };
@@ -282,9 +293,6 @@ impl Executor for JournalExecutor {
 }
 
 impl ApplyObserver for JournalExecutor {
-    fn will_run(&self, group: usize, _argv: &[String]) {
-        self.group.store(group, Ordering::SeqCst);
-    }
     fn rolling_back(&self, first: usize, failed: usize) {
         let _ = self.mark(&format!("rollback {first} {failed}"));
     }

@@ -89,10 +89,9 @@ impl Operation {
 
     /// Apply options whose observer journals groups and rollbacks and counts ignored failures.
     pub(crate) fn options(&self, per_command: bool) -> ApplyOptions<'_> {
-        ApplyOptions {
-            observer: Some(&self.exec),
-            per_command,
-        }
+        ApplyOptions::new()
+            .per_command(per_command)
+            .observer(&self.exec)
     }
 
     /// Mark the start of a step (see `journal::phase_records`).

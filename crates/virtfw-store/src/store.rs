@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use virtfw::{ApplyOptions, Backend, Executor, FakeExecutor, Firewall, ProcessExecutor};
+use virtfw::{ApplyOptions, Backend, DryRun, Executor, Firewall, ProcessExecutor};
 
 use crate::error::{self, Result, StoreError};
 use crate::exec::{open_netns, Children};
@@ -166,10 +166,9 @@ impl Store {
         &self,
         observer: Option<&'a dyn virtfw::ApplyObserver>,
     ) -> ApplyOptions<'a> {
-        ApplyOptions {
-            observer,
-            per_command: self.opts.per_command,
-        }
+        ApplyOptions::new()
+            .per_command(self.opts.per_command)
+            .maybe_observer(observer)
     }
 
     /// The commands applying `fw` as `name` would run (libvirt's transcript); nothing runs and
@@ -180,13 +179,13 @@ impl Store {
     }
 
     fn dry_run(&self, fw: &mut Firewall) -> Result<DryRunReport> {
-        let fake = FakeExecutor::new();
-        fw.apply_with(&fake, self.engine_options(None))
+        let recorder = DryRun::new();
+        fw.apply_with(&recorder, self.engine_options(None))
             .map_err(StoreError::from_apply)?;
         Ok(DryRunReport {
             dry_run: true,
-            commands: fake.commands(),
-            transcript: fake.transcript(),
+            commands: recorder.commands(),
+            transcript: recorder.transcript(),
         })
     }
 
@@ -230,32 +229,11 @@ impl Store {
             status: None,
         };
         let op = Operation::begin(&state, &header, netns.as_deref(), self.children(&lock))?;
-        if let Err(err) = fw.apply_with(op.exec(), op.options(self.per_command())) {
-            // The engine rolled back the failed group (and those it inherits from). Groups that
-            // libvirt's rule leaves applied are undone too: an apply is all or nothing here.
-            let tx = Firewall::from_xml(&header.document, "journal").map_err(StoreError::Input)?;
-            let journal = op.dir().to_path_buf();
-            let kept = |reason: String| StoreError::KeptJournal {
-                context: format!("apply of {name} failed ({err})"),
-                reason,
-                journal: journal.clone(),
-            };
-            // An undo that stops (a full state directory, a program that hangs) leaves the
-            // journal for `recover`, which finishes it by the same rules.
-            if let Err(e) = op.undo_apply(&tx, "", "undo") {
-                return Err(kept(format!("undoing it stopped: {e}")));
-            }
-            if error::handles_unknown(&err) {
-                return Err(kept(
-                    "an object it created has a handle nobody knows, so it was not undone".into(),
-                ));
-            }
-            op.finish()?;
-            return Err(StoreError::from_apply(err));
-        }
-        let mut removal = fw
-            .new_from_rollback()
-            .map_err(|e| StoreError::Failed(e.to_string()))?;
+        let applied = match fw.apply_with(op.exec(), op.options(self.per_command())) {
+            Ok(applied) => applied,
+            Err(err) => return Err(self.undo_failed_apply(op, &header, &name, err)),
+        };
+        let mut removal = applied.removal;
         removal.set_name(Some(&name));
         let plan = Plan {
             version: PLAN_VERSION,
@@ -286,6 +264,41 @@ impl Store {
             removal_commands: removal.command_count(),
             netns: plan.netns,
         })
+    }
+
+    /// After the engine refused `err` (and rolled back the failed group and those it inherits
+    /// from): undo the groups libvirt's rule leaves applied too — an apply is all or nothing
+    /// here — by the computation `recover` makes, and settle the journal; the error to report.
+    fn undo_failed_apply(
+        &self,
+        op: Operation,
+        header: &OpHeader,
+        name: &str,
+        err: virtfw::Error,
+    ) -> StoreError {
+        let tx = match Firewall::from_xml(&header.document, "journal") {
+            Ok(tx) => tx,
+            Err(e) => return StoreError::Input(e),
+        };
+        let kept = |reason: String| StoreError::KeptJournal {
+            context: format!("apply of {name} failed ({err})"),
+            reason,
+            journal: op.dir().to_path_buf(),
+        };
+        // An undo that stops (a full state directory, a program that hangs) leaves the
+        // journal for `recover`, which finishes it by the same rules.
+        if let Err(e) = op.undo_apply(&tx, "", "undo") {
+            return kept(format!("undoing it stopped: {e}"));
+        }
+        if error::handles_unknown(&err) {
+            return kept(
+                "an object it created has a handle nobody knows, so it was not undone".into(),
+            );
+        }
+        if let Err(e) = op.finish() {
+            return e;
+        }
+        StoreError::from_apply(err)
     }
 
     /// The commands removing the stored plan `name` would run; nothing runs.

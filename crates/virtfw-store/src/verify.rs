@@ -90,7 +90,7 @@ pub(crate) fn verify_plan(fw: &Firewall, exec: &dyn Executor) -> PlanCheck {
                 }
             }
         }
-        Backend::None => report.unchecked += cmds.len(),
+        _ => report.unchecked += cmds.len(),
     }
     report.error = error.into_inner();
     if report.error.is_some() {

@@ -91,10 +91,7 @@ fn firewall(n: usize) -> Firewall {
 /// Times of one engine round: apply, removal.
 fn engine_round(exec: &dyn Executor, n: usize) -> (Duration, Duration) {
     let mut fw = firewall(n);
-    let opts = ApplyOptions {
-        observer: None,
-        per_command: false,
-    };
+    let opts = ApplyOptions::new().per_command(false);
     let t = Instant::now();
     fw.apply_with(exec, opts).expect("apply");
     let apply = t.elapsed();

@@ -152,10 +152,7 @@ fn demo(backend: Backend) -> Result<bool, Error> {
         fw.command_count(),
         fw.groups().len()
     );
-    let options = ApplyOptions {
-        observer: Some(&Narrator),
-        ..ApplyOptions::default()
-    };
+    let options = ApplyOptions::new().observer(&Narrator);
     fw.apply_with(&exec, options)?;
     println!(
         "--- ruleset after apply:\n{}",

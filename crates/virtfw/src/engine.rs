@@ -6,44 +6,50 @@
 //! `INHERIT_PREVIOUS`) of earlier groups run forward, their errors are ignored, and the first
 //! error is returned. See the crate documentation for the quirks this keeps on purpose.
 
-use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
-use crate::executor::{Executor, Invocation, Output};
+use crate::executor::Executor;
 use crate::firewall::Firewall;
-use crate::model::{Backend, Command, Layer, QueryContext, RollbackFlags, TransactionFlags};
-use crate::nft::{self, Echo};
-use crate::rollback;
+use crate::model::{Backend, QueryContext, RollbackFlags, TransactionFlags};
+use crate::nft;
+use crate::observer::{ApplyObserver, Counting, IgnoredCounter, NoObserver};
+use crate::run::{argv_for, run_command};
 use crate::transcript::command_line;
 
-/// libvirt serialises every apply in the process; so do we, so that two firewalls built from
-/// the same listing (e.g. the global chain setup) cannot interleave.
-static APPLY_LOCK: Mutex<()> = Mutex::new(());
+/// One lock per firewall the applies act on ([`Executor::lock_key`]): libvirt serialises every
+/// apply in the process, so that two firewalls built from the same listing (e.g. the global
+/// chain setup) cannot interleave; applies in different network namespaces touch different
+/// rulesets and may run at the same time.
+static APPLY_LOCKS: Mutex<Option<HashMap<String, Arc<Mutex<()>>>>> = Mutex::new(None);
 
-/// Hooks into an apply, for journalling and progress reporting. Every method has a no-op default.
-pub trait ApplyObserver: Sync {
-    /// A command is about to run (full argv, program first). `group` is the group index.
-    fn will_run(&self, _group: usize, _argv: &[String]) {}
-    /// An inverse was recorded on `group`'s rollback list by auto-rollback.
-    fn inverse_recorded(&self, _group: usize, _inverse: &Command) {}
-    /// Group `failed` failed; groups `first..=failed` are about to be rolled back.
-    fn rolling_back(&self, _first: usize, _failed: usize) {}
-    /// A command of `group` that ignores errors did not take effect and the failure was
-    /// ignored (not called for `nft list`). `missing` is true when the object it deletes was
-    /// already gone: a removal's stale handle or rule. Both paths report here; the batch path
-    /// may call it from several threads. See [`crate::batch::IgnoredCounter`].
-    fn ignored_failure(&self, _group: usize, _cmd: &Command, _missing: bool) {}
+/// The lock of the ruleset `exec` acts on.
+fn apply_lock(exec: &dyn Executor) -> Arc<Mutex<()>> {
+    let key = exec.lock_key();
+    let mut locks = APPLY_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    locks
+        .get_or_insert_with(HashMap::new)
+        .entry(key)
+        .or_default()
+        .clone()
 }
 
-/// Options of [`Firewall::apply_with`].
+/// Options of [`Firewall::apply_with`], built with [`ApplyOptions::new`] and its setters:
 ///
-/// `ApplyOptions::default()` honours the environment switch `VIRTFW_NO_BATCH=1`
-/// ([`crate::batch::NO_BATCH_ENV`]), so a whole test suite or program can be run on the
-/// per-command path without code changes; options written out field by field do not read it.
-#[derive(Clone, Copy)]
+/// ```
+/// # use virtfw::{ApplyOptions, IgnoredCounter};
+/// let counter = IgnoredCounter::default();
+/// let options = ApplyOptions::new().per_command(true).observer(&counter);
+/// assert!(options.per_command);
+/// ```
+///
+/// The defaults read no environment variable: the `virtfw` command maps `VIRTFW_NO_BATCH=1`
+/// ([`crate::batch::NO_BATCH_ENV`]) to [`ApplyOptions::per_command`] itself.
+#[derive(Clone, Copy, Default)]
+#[non_exhaustive]
 pub struct ApplyOptions<'a> {
     /// Observer of the apply, if any.
     pub observer: Option<&'a dyn ApplyObserver>,
@@ -53,181 +59,75 @@ pub struct ApplyOptions<'a> {
     pub per_command: bool,
 }
 
-impl Default for ApplyOptions<'_> {
-    fn default() -> Self {
-        ApplyOptions {
-            observer: None,
-            per_command: crate::batch::disabled_by_env(),
-        }
+impl<'a> ApplyOptions<'a> {
+    /// The defaults: batching allowed, no observer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Take (or not) libvirt's one-process-per-command path.
+    pub fn per_command(mut self, per_command: bool) -> Self {
+        self.per_command = per_command;
+        self
+    }
+
+    /// Report the apply's progress to `observer`.
+    pub fn observer(mut self, observer: &'a dyn ApplyObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Report to `observer` when there is one ([`ApplyOptions::observer`] with an option).
+    pub fn maybe_observer(mut self, observer: Option<&'a dyn ApplyObserver>) -> Self {
+        self.observer = observer;
+        self
     }
 }
 
-struct NoObserver;
-impl ApplyObserver for NoObserver {}
-
-/// What running one command produced.
-pub(crate) struct Ran {
-    stdout: String,
-    inverse: Option<Command>,
+/// What an apply did: the plan that removes it exactly, and what it ignored.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Applied {
+    /// The firewall that undoes this apply (what [`Firewall::new_from_rollback`] returns right
+    /// after it): store it (e.g. with [`Firewall::to_xml`]) and apply it later to remove.
+    pub removal: Firewall,
+    /// The failures the apply ignored (ignore-errors commands that did not take effect).
+    pub ignored: IgnoredReport,
 }
 
-/// The full argv of a command under `backend`, and whether it is an auto-rollback create.
-pub(crate) fn argv_for(
-    backend: Backend,
-    auto_rollback: bool,
-    cmd: &Command,
-) -> (Vec<String>, Option<nft::NftCreate>, bool) {
-    let (program, lead) = cmd.layer.program(backend);
-    let mut argv = Vec::with_capacity(cmd.args.len() + 3);
-    argv.push(program.to_string());
-    argv.extend(lead.iter().map(|s| s.to_string()));
-    let mut nft_create = None;
-    let mut ipt_create = false;
-    if auto_rollback && cmd.layer != Layer::Tc {
-        match backend {
-            Backend::Nftables => {
-                nft_create = nft::nft_create(&cmd.args);
-                if nft_create.is_some() {
-                    argv.push("-ae".to_string());
-                }
-            }
-            Backend::Iptables => ipt_create = rollback::iptables_is_create(&cmd.args),
-            Backend::None => {}
-        }
-    }
-    argv.extend(cmd.args.iter().cloned());
-    (argv, nft_create, ipt_create)
-}
-
-/// Run `argv` without input; the executor's own failure is an [`Error::Exec`].
-pub(crate) fn run_argv(exec: &dyn Executor, argv: &[String]) -> Result<Output> {
-    exec.run(Invocation { argv, stdin: None })
-        .map_err(|source| Error::Exec {
-            cmdline: command_line(argv),
-            source,
-        })
-}
-
-/// Make sure `existing` knows what `create`'s table held before this apply: list the table
-/// through the executor the first time a table or chain create touches it (so the CLI
-/// journals the listing like every command and can rebuild the same facts). A listing that
-/// cannot run, or fails other than with "no such table", fails the apply before anything of
-/// the create runs.
-pub(crate) fn learn_table(
-    existing: &mut nft::Existing,
-    create: &nft::NftCreate,
-    exec: &dyn Executor,
-) -> Result<()> {
-    let Some((family, table)) = existing.to_list(create) else {
-        return Ok(());
-    };
-    let argv = nft::listing_argv(&family, &table);
-    debug!(cmd = %command_line(&argv), "listing a table before creating in it");
-    let out = run_argv(exec, &argv)?;
-    existing
-        .record_listing(&family, &table, out.status, &out.stdout, &out.stderr)
-        .map_err(|source| Error::Listing {
-            cmdline: command_line(&argv),
-            source,
-        })
-}
-
-/// Whether `create` makes a table or chain that the facts say is absent: it then runs as
-/// `create`, which fails with "File exists" if someone made the object after the listing,
-/// instead of adopting theirs.
-pub(crate) fn absent_before(existing: &nft::Existing, create: &nft::NftCreate) -> bool {
-    create.object != nft::NftObject::Rule
-        && create.verb_word == "add"
-        && existing.exists(create) == Some(false)
-}
-
-/// Run one command and derive its inverse when it is an auto-rollback create. `existing`
-/// holds the facts of this apply ([`learn_table`]).
-pub(crate) fn run_command(
-    backend: Backend,
-    flags: TransactionFlags,
-    cmd: &Command,
-    exec: &dyn Executor,
-    observer: &dyn ApplyObserver,
-    group: usize,
-    existing: &mut nft::Existing,
-) -> Result<Ran> {
-    let auto = flags.contains(TransactionFlags::AUTO_ROLLBACK);
-    let (mut argv, nft_create, ipt_create) = argv_for(backend, auto, cmd);
-    if backend == Backend::None {
-        return Err(Error::BackendNotImplemented {
-            cmdline: command_line(&argv),
-        });
-    }
-    if let Some(create) = &nft_create {
-        learn_table(existing, create, exec)?;
-        if absent_before(existing, create) {
-            argv.truncate(argv.len() - cmd.args.len());
-            argv.extend(nft::as_create(&cmd.args));
-        }
-    }
-    observer.will_run(group, &argv);
-    debug!(cmd = %command_line(&argv), "running firewall command");
-    let out: Output = run_argv(exec, &argv)?;
-    if !out.success() {
-        let is_list = backend == Backend::Nftables
-            && cmd.layer != Layer::Tc
-            && cmd.args.first().is_some_and(|a| a == "list");
-        if is_list || cmd.ignore_errors {
-            if !is_list {
-                debug!(cmd = %command_line(&argv), status = out.status, stderr = %out.stderr.trim_end(), "ignoring failure");
-                observer.ignored_failure(group, cmd, crate::batch::failure_is_missing(&out.stderr));
-            }
-            return Ok(Ran {
-                stdout: out.stdout,
-                inverse: None,
-            });
-        }
-        return Err(Error::CommandFailed {
-            cmdline: command_line(&argv),
-            status: out.status,
-            stderr: out.stderr.trim_end().to_string(),
-        });
-    }
-    let inverse = if let Some(create) = nft_create {
-        match nft::map_echo(std::slice::from_ref(&create), existing, &out.stdout)[0] {
-            Echo::Ours(handle) => {
-                Some(Command::new(cmd.layer, create.inverse(handle)).with_appended(create.appends))
-            }
-            Echo::Existed => None,
-            Echo::Unaccounted => {
-                return Err(Error::EchoIncomplete {
-                    cmdline: command_line(&argv),
-                    stdout: out.stdout,
-                })
-            }
-        }
-    } else if ipt_create {
-        Some(
-            Command::new(cmd.layer, rollback::iptables_inverse(&cmd.args))
-                .with_appended(rollback::iptables_is_append(&cmd.args)),
-        )
-    } else {
-        None
-    };
-    Ok(Ran {
-        stdout: out.stdout,
-        inverse: inverse.map(|c| c.with_ignore_errors(true)),
-    })
+/// The failures an apply ignored, counted on both apply paths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IgnoredReport {
+    /// Commands whose object was already gone (a removal's stale handle or rule).
+    pub missing: usize,
+    /// Commands that failed for another reason.
+    pub failed: usize,
 }
 
 impl Firewall {
     /// Apply the firewall with `exec` (libvirt `virFirewallApply`).
     ///
-    /// On success the groups' rollback lists hold everything needed to undo the firewall; turn
-    /// them into a removal plan with [`Firewall::new_from_rollback`].
-    pub fn apply(&mut self, exec: &dyn Executor) -> Result<()> {
-        self.apply_with(exec, ApplyOptions::default())
+    /// Returns what the apply did: the exact removal plan and the failures it ignored. The
+    /// groups' rollback lists also hold the undo afterwards, so
+    /// [`Firewall::new_from_rollback`] gives the same plan. Applying the same firewall again
+    /// starts from what the caller built: the inverses and callback commands of the previous
+    /// apply are dropped first, so the undo is never doubled.
+    ///
+    /// Applies of executors with the same [`Executor::lock_key`] (the same network namespace)
+    /// run one at a time; others may run at once.
+    pub fn apply(&mut self, exec: &dyn Executor) -> Result<Applied> {
+        self.apply_with(exec, ApplyOptions::new())
     }
 
     /// [`Firewall::apply`] with options.
-    pub fn apply_with(&mut self, exec: &dyn Executor, options: ApplyOptions<'_>) -> Result<()> {
-        let _guard = APPLY_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn apply_with(
+        &mut self,
+        exec: &dyn Executor,
+        options: ApplyOptions<'_>,
+    ) -> Result<Applied> {
+        let lock = apply_lock(exec);
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
         self.apply_locked(exec, options)
     }
 
@@ -240,8 +140,9 @@ impl Firewall {
         firewalls: &mut [Firewall],
         exec: &dyn Executor,
         options: ApplyOptions<'_>,
-    ) -> Vec<Result<()>> {
-        let _guard = APPLY_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    ) -> Vec<Result<Applied>> {
+        let lock = apply_lock(exec);
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
         if options.per_command || !exec.supports_batch() || firewalls.len() < 2 {
             return firewalls
                 .iter_mut()
@@ -260,14 +161,45 @@ impl Firewall {
         })
     }
 
-    /// [`Firewall::apply_with`] with [`APPLY_LOCK`] already held.
-    fn apply_locked(&mut self, exec: &dyn Executor, options: ApplyOptions<'_>) -> Result<()> {
+    /// [`Firewall::apply_with`] with the apply lock already held.
+    fn apply_locked(&mut self, exec: &dyn Executor, options: ApplyOptions<'_>) -> Result<Applied> {
         self.preflight(exec)?;
+        self.forget_previous_apply();
         self.existing = nft::Existing::default();
-        let observer = options.observer.unwrap_or(&NoObserver);
+        let counting = Counting {
+            inner: options.observer.unwrap_or(&NoObserver),
+            counter: IgnoredCounter::default(),
+        };
+        self.run_groups(exec, &counting, options.per_command)?;
+        let removal = self.new_from_rollback()?;
+        Ok(Applied {
+            removal,
+            ignored: IgnoredReport {
+                missing: counting.counter.missing(),
+                failed: counting.counter.failed(),
+            },
+        })
+    }
+
+    /// Drop what a previous apply of this firewall added (recorded inverses, commands query
+    /// callbacks added), so that this one starts from what the caller built.
+    fn forget_previous_apply(&mut self) {
+        for group in &mut self.groups {
+            group.actions.retain(|c| !c.by_apply);
+            group.rollbacks.retain(|c| !c.by_apply);
+        }
+    }
+
+    /// Run the groups in order (both paths), rolling back as libvirt does on a failure.
+    fn run_groups(
+        &mut self,
+        exec: &dyn Executor,
+        observer: &dyn ApplyObserver,
+        per_command: bool,
+    ) -> Result<()> {
         // The fast path (crate::batch) takes runs of groups it can apply as one kernel
         // transaction; everything else, and every failed batch, runs command by command.
-        let batching = !options.per_command && exec.supports_batch();
+        let batching = !per_command && exec.supports_batch();
         let mut per_command_until = 0;
         let mut i = 0;
         while i < self.groups.len() {
@@ -395,7 +327,9 @@ impl Firewall {
                         crate::validate::unsafe_error(u, &cmd.args, gi, base + k, false, None)
                     })?;
                 }
-                self.groups[gi].actions.extend(added);
+                self.groups[gi]
+                    .actions
+                    .extend(added.into_iter().map(|c| c.made_by_apply()));
                 if let Err(message) = result {
                     return Err(Error::Query { cmdline, message });
                 }

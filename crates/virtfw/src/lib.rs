@@ -5,8 +5,9 @@
 //! [`Firewall::apply`] runs the groups in order through an [`Executor`]; when a group fails its
 //! rollback runs (and earlier groups' too, with [`RollbackFlags::INHERIT_PREVIOUS`]) and the first
 //! error is returned. With [`TransactionFlags::AUTO_ROLLBACK`] the inverse of each create is
-//! recorded as it runs, so [`Firewall::new_from_rollback`] yields an exact removal plan that can
-//! be stored as XML ([`Firewall::to_xml`]) and applied by a later process.
+//! recorded as it runs, so the [`Applied`] outcome carries an exact removal plan (also
+//! [`Firewall::new_from_rollback`]) that can be stored as XML ([`Firewall::to_xml`]) and applied
+//! by a later process.
 //!
 //! ```
 //! use virtfw::{Backend, Firewall, Layer, TransactionFlags, executor::FakeExecutor};
@@ -16,10 +17,34 @@
 //! fw.add_cmd(Layer::Ipv4, ["add", "table", "ip", "demo"]);
 //! fw.add_cmd(Layer::Ipv4, ["add", "chain", "ip", "demo", "input"]);
 //! let exec = FakeExecutor::new();
-//! fw.apply(&exec).unwrap();
-//! let removal = fw.new_from_rollback().unwrap();
-//! assert!(removal.to_xml().contains("<item>delete</item>"));
+//! let applied = fw.apply(&exec).unwrap();
+//! assert!(applied.removal.to_xml().contains("<item>delete</item>"));
+//! assert_eq!(applied.removal.to_xml(), fw.new_from_rollback().unwrap().to_xml());
 //! ```
+//!
+//! # The library in a few lines
+//!
+//! Apply a transaction in a namespace, keep its exact undo, remove it later (the README quotes
+//! this example verbatim from `doc/library.md`; `tests/readme.rs` checks that it does):
+//!
+#![doc = include_str!("../doc/library.md")]
+//!
+//! # Where things are
+//!
+//! | module | its job |
+//! |---|---|
+//! | [`firewall`], [`model`] | the transaction being built: groups, commands, flags |
+//! | [`engine`] | `apply`: libvirt's algorithm, group by group, and the rollback of a failure |
+//! | `run` (private) | running one command: its argv, the facts an nft create needs, its inverse |
+//! | [`batch`] | the fast path: groups as one kernel transaction where that is exact |
+//! | [`nft`] | nft's words, creates and inverses, echoes, listings, error kinds |
+//! | [`xtables`] | iptables/ip6tables/ebtables: inverses, `--check`, restore lines, error kinds |
+//! | [`failure`] | the kinds a tool's error output is classified into; the blamed input line |
+//! | [`validate`] | refusing arguments that would change meaning when joined into a batch |
+//! | [`observer`] | watching an apply; counting what it ignored |
+//! | [`executor`] | running programs: processes, libnftables, the test fake |
+//! | [`xml`], [`transcript`] | libvirt's XML format; libvirt's command-line transcripts |
+//! | [`error`], [`netns`] | error types and kinds; throwaway network namespaces for tests |
 //!
 //! # The model, mapped to libvirt
 //!
@@ -50,7 +75,7 @@
 //! | query callback `virFirewallQueryCallback(fw, layer, lines, opaque)` | closure `FnMut(&mut QueryContext) -> Result<(), String>`; the context gives the layer and lines and adds commands |
 //! | `virFirewallApply` | [`Firewall::apply`] / [`Firewall::apply_with`] |
 //! | `virFirewallNewFromRollback` | [`Firewall::new_from_rollback`] |
-//! | `virFirewallFormat` / `virFirewallParseXML` | [`Firewall::to_xml`] / [`Firewall::from_xml`], [`xml::parse_firewall_element`] |
+//! | `virFirewallFormat` / `virFirewallParseXML` | [`Firewall::to_xml`] / [`Firewall::from_xml`], [`xml::parse_firewall_at`] |
 //! | `virCommandRun` (+ `virCommandSetDryRun` in tests) | [`executor::ProcessExecutor`] (+ [`executor::FakeExecutor`]) |
 //! | sticky `err` of the builder | [`Firewall::build_error`], [`BuildError`] |
 //!
@@ -108,7 +133,7 @@
 //!   (only when set; libvirt's parser ignores it), so the batch path can delete front-first
 //!   instead of in quadratic time. Plans of inserted rules (all of libvirt's networks) are
 //!   byte-identical to libvirt's.
-//! * **Batching.** Unless [`ApplyOptions::per_command`] is set (or `VIRTFW_NO_BATCH=1`), groups
+//! * **Batching.** Unless [`ApplyOptions::per_command`] is set (the CLI sets it for `VIRTFW_NO_BATCH=1`), groups
 //!   run as one kernel transaction each where that cannot change the outcome (see [`batch`]); a
 //!   failed batch is re-run command by command so the error and rollback are libvirt's.
 //!
@@ -116,23 +141,37 @@
 //! groups libvirt's rollback rule would keep are undone too), because an operator who gets exit
 //! status 1 expects nothing to have changed.
 
+#![warn(missing_docs)]
+
 pub mod batch;
+pub mod check;
 pub mod engine;
 pub mod error;
 pub mod executor;
+pub mod failure;
 pub mod firewall;
 pub mod model;
 pub mod netns;
 pub mod nft;
-pub mod rollback;
+pub mod observer;
+mod run;
 pub mod transcript;
 pub mod validate;
 pub mod xml;
+pub mod xtables;
 
-pub use engine::{ApplyObserver, ApplyOptions};
-pub use error::{BuildError, Error, ExecError, Result};
+#[cfg(test)]
+mod structure;
+
+/// The iptables-family module under its old name (its auto-rollback functions lived here).
+pub use xtables as rollback;
+
+pub use engine::{Applied, ApplyOptions, IgnoredReport};
+pub use error::{BuildError, Error, ErrorKind, ExecError, Result};
+pub use executor::DryRun;
 pub use executor::{Executor, FakeExecutor, LibnftExecutor, ProcessExecutor};
 pub use firewall::{CmdId, Firewall, Group};
 pub use model::{
     Backend, Command, Layer, QueryCallback, QueryContext, RollbackFlags, TransactionFlags,
 };
+pub use observer::{ApplyObserver, IgnoredCounter};

@@ -13,6 +13,7 @@ use crate::error::Error;
 ///
 /// A firewall has exactly one backend; its commands are argv tails for that family's programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Backend {
     /// Placeholder that fails every command: lets a host without any firewall tool still load
     /// plans and report a clear error instead of guessing.
@@ -54,6 +55,7 @@ impl FromStr for Backend {
 
 /// The protocol layer a command acts on; with the backend it selects the program to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Layer {
     /// Bridge/ethernet frames: `ebtables --concurrent` (iptables backend) or `nft`.
     Ethernet,
@@ -204,6 +206,11 @@ pub struct Command {
     /// create runs, because a removal plan cannot tell it from the command alone; the batch
     /// removal uses it to delete front first (see [`crate::batch`]). Not part of equality.
     pub(crate) appended: bool,
+    /// Made by the engine during an apply, not by the caller: an inverse auto-rollback
+    /// recorded, or a command a query callback added. The next apply of the same firewall
+    /// drops these first, so applying twice neither doubles the undo nor re-runs what a
+    /// callback added as if the caller had written it.
+    pub(crate) by_apply: bool,
 }
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -222,7 +229,14 @@ impl Command {
             ignore_errors: false,
             query: None,
             appended: false,
+            by_apply: false,
         }
+    }
+
+    /// Mark this command as made by the apply that runs (see `by_apply`).
+    pub(crate) fn made_by_apply(mut self) -> Self {
+        self.by_apply = true;
+        self
     }
 
     pub(crate) fn with_ignore_errors(mut self, ignore: bool) -> Self {
@@ -268,9 +282,11 @@ impl Command {
 
     /// A copy without the callback (callbacks are code and cannot be cloned or stored).
     pub fn clone_plain(&self) -> Command {
-        Command::new(self.layer, self.args.iter().cloned())
+        let mut copy = Command::new(self.layer, self.args.iter().cloned())
             .with_ignore_errors(self.ignore_errors)
-            .with_appended(self.appended)
+            .with_appended(self.appended);
+        copy.by_apply = self.by_apply;
+        copy
     }
 }
 

@@ -68,6 +68,7 @@
 //! **tc layer.** Always run one process per command: only the line rule applies.
 
 use crate::error::{Error, Result};
+pub use crate::error::{ItemLocation, UnsafeReason};
 use crate::firewall::Firewall;
 use crate::model::{Backend, Layer};
 
@@ -75,48 +76,13 @@ use crate::model::{Backend, Layer};
 /// iptables family may carry: well below the restore programs' 10240-byte line buffer.
 pub const RESTORE_LINE_LIMIT: usize = 8192;
 
-/// Why an item is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UnsafeReason {
-    #[error(
-        "it contains a {0} character, which would end a line of a batch file and split the command"
-    )]
-    LineBreak(&'static str),
-    #[error("it is empty: nft joins its arguments with spaces, so an empty one vanishes and moves every later word")]
-    Empty,
-    #[error("it has an unbalanced double quote: nft's string would run on into the next argument or command")]
-    UnbalancedQuote,
-    #[error("it has ';' outside a quoted string and outside {{ … }}: nft would start another command there")]
-    Semicolon,
-    #[error(
-        "it has '#' outside a quoted string: nft would ignore the rest of the command as a comment"
-    )]
-    Comment,
-    #[error("it has '\\' outside a quoted string (other than nft's '\\*'): at the end of a batch line nft reads it as a line continuation")]
-    Backslash,
-    #[error("it opens a '{{' that no later argument of the command closes: in a batch the block would go on into the next command")]
-    UnclosedBrace,
-    #[error("it closes a '}}' that was never opened")]
-    UnopenedBrace,
-    #[error("it is the first word of an iptables-family command: iptables-restore would read a line starting with it as {0}")]
-    RestoreDirective(&'static str),
-    #[error("the command is {len} bytes long, more than the {limit} bytes an iptables-restore line can carry unchanged")]
-    TooLong { len: usize, limit: usize },
-}
-
 /// An item refused by [`check_command`]: its index among the command's arguments and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsafe {
+    /// Index of the refused item among the command's arguments.
     pub item: usize,
+    /// Why it is refused.
     pub reason: UnsafeReason,
-}
-
-/// Where an item was read from (the `<item>` element of a file).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ItemLocation {
-    pub source_name: String,
-    pub line: u32,
-    pub column: u32,
 }
 
 /// Decide whether the arguments `args` of a command of `layer` under `backend` mean the same

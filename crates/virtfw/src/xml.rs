@@ -67,8 +67,11 @@ fn write_action(out: &mut String, pad: &str, cmd: &Command, show_ignore: bool) {
 /// the file at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyntaxError {
+    /// 1-based line.
     pub line: u32,
+    /// 1-based column.
     pub column: u32,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -131,7 +134,7 @@ fn text_pos(text: &str, offset: usize) -> (u32, u32) {
 /// Refuse `text` if it is larger or deeper than `limits`, or declares a document type (a DTD's
 /// entities could expand to more depth than the text shows; none of virtfw's or libvirt's
 /// documents has one). The scan is a loop over quick-xml's events, never recursive.
-fn check_limits(text: &str, limits: Limits) -> std::result::Result<(), SyntaxError> {
+pub fn check_limits(text: &str, limits: Limits) -> std::result::Result<(), SyntaxError> {
     let at = |offset: usize, message: String| {
         let (line, column) = text_pos(text, offset);
         SyntaxError {
@@ -194,14 +197,21 @@ fn check_limits(text: &str, limits: Limits) -> std::result::Result<(), SyntaxErr
     }
 }
 
+/// Whether `text` is a well-formed XML document within `limits` (the checks every document
+/// virtfw reads passes before it is interpreted), with the position of the first problem.
+/// Callers that parse the XML themselves run [`check_limits`] first: the parser recurses.
+pub fn check_document(text: &str, limits: Limits) -> std::result::Result<(), SyntaxError> {
+    parse_document_with(text, limits).map(drop)
+}
+
 /// Parse `text` as an XML document within [`Limits::DOCUMENT`], with the position of a syntax
 /// error.
-pub fn parse_document(text: &str) -> std::result::Result<Document<'_>, SyntaxError> {
+fn parse_document(text: &str) -> std::result::Result<Document<'_>, SyntaxError> {
     parse_document_with(text, Limits::DOCUMENT)
 }
 
 /// [`parse_document`] within `limits`, checked before the document is parsed.
-pub fn parse_document_with(
+fn parse_document_with(
     text: &str,
     limits: Limits,
 ) -> std::result::Result<Document<'_>, SyntaxError> {
@@ -373,9 +383,36 @@ fn parse_action(
     ))
 }
 
-/// Parse a `<firewall>` element found inside a larger document (e.g. libvirt's
-/// `<networkstatus>`).
-pub fn parse_firewall_element(node: Node, source: &str) -> Result<Firewall> {
+/// Parse the `<firewall>` element that starts at byte `offset` of `document`, a larger document
+/// (e.g. libvirt's `<networkstatus>`), with the same limits and checks as
+/// [`Firewall::from_xml`]; errors name positions in the whole document.
+pub fn parse_firewall_at(document: &str, offset: usize, source: &str) -> Result<Firewall> {
+    let doc = parse_document(document).map_err(|e| e.into_error(source))?;
+    let node = doc
+        .descendants()
+        .find(|n| n.is_element() && n.range().start == offset)
+        .ok_or_else(|| {
+            Error::xml(
+                source,
+                doc.text_pos_at(offset.min(document.len())),
+                "no element starts here",
+            )
+        })?;
+    if !node.has_tag_name("firewall") {
+        return Err(Error::xml(
+            source,
+            doc.text_pos_at(offset),
+            format!(
+                "expected a <firewall> element, found <{}>",
+                node.tag_name().name()
+            ),
+        ));
+    }
+    parse_firewall_element(node, source)
+}
+
+/// Parse a `<firewall>` element of a parsed document.
+fn parse_firewall_element(node: Node, source: &str) -> Result<Firewall> {
     let pos = || node.document().text_pos_at(node.range().start);
     let backend: Backend = node
         .attribute("backend")

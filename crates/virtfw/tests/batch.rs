@@ -44,10 +44,7 @@ impl<E: Executor> Executor for CountingRestores<E> {
 }
 
 fn opts(per_command: bool) -> ApplyOptions<'static> {
-    ApplyOptions {
-        observer: None,
-        per_command,
-    }
+    ApplyOptions::new().per_command(per_command)
 }
 
 fn nft_firewall(rules: usize, bad_at: Option<usize>) -> Firewall {
@@ -131,10 +128,7 @@ fn nft_batch_apply_and_removal_match_the_per_command_path() {
     removal
         .apply_with(
             &batch_ns.executor().unwrap(),
-            ApplyOptions {
-                observer: Some(&counter),
-                per_command: false,
-            },
+            ApplyOptions::new().per_command(false).observer(&counter),
         )
         .unwrap();
     assert_eq!((counter.missing(), counter.failed()), (0, 0));
@@ -188,10 +182,7 @@ fn stale_handles_in_a_removal_are_dropped_and_counted() {
     removal
         .apply_with(
             &exec,
-            ApplyOptions {
-                observer: Some(&counter),
-                per_command: false,
-            },
+            ApplyOptions::new().per_command(false).observer(&counter),
         )
         .unwrap();
     assert_eq!((counter.missing(), counter.failed()), (2, 0));
@@ -310,10 +301,7 @@ fn iptables_batch_apply_removal_and_failure_match_the_per_command_path() {
     removal
         .apply_with(
             &batch_ns.executor().unwrap(),
-            ApplyOptions {
-                observer: Some(&counter),
-                per_command: false,
-            },
+            ApplyOptions::new().per_command(false).observer(&counter),
         )
         .unwrap();
     assert_eq!((counter.missing(), counter.failed()), (1, 0));
@@ -411,10 +399,9 @@ fn removal_of_mixed_appended_and_inserted_rules_matches_the_per_command_path() {
                 .unwrap()
                 .apply_with(
                     &exec,
-                    ApplyOptions {
-                        observer: Some(&counter),
-                        per_command,
-                    },
+                    ApplyOptions::new()
+                        .per_command(per_command)
+                        .observer(&counter),
                 )
                 .unwrap();
         }
@@ -520,10 +507,7 @@ fn later_sections_of_one_restore_fail_and_go_stale_exactly() {
     removal
         .apply_with(
             &exec,
-            ApplyOptions {
-                observer: Some(&counter),
-                per_command: false,
-            },
+            ApplyOptions::new().per_command(false).observer(&counter),
         )
         .unwrap();
     assert_eq!((counter.missing(), counter.failed()), (3, 0));

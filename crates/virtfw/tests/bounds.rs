@@ -131,13 +131,7 @@ fn a_timed_out_command_fails_its_group_and_rolls_back() {
         let exec = Hanging::new(FakeExecutor::new(), "10.66.66.66");
         let mut fw = transaction(backend);
         let err = fw
-            .apply_with(
-                &exec,
-                ApplyOptions {
-                    per_command: true,
-                    ..ApplyOptions::default()
-                },
-            )
+            .apply_with(&exec, ApplyOptions::new().per_command(true))
             .unwrap_err();
         assert!(is_timeout(&err), "{backend}: {err}");
         assert!(

@@ -140,11 +140,8 @@ fn outcome(run: &Run) -> Outcome {
 fn on_both_paths(build: impl Fn() -> Firewall, fake: impl Fn() -> FakeExecutor) -> (Run, Run) {
     let run = |fake: FakeExecutor, per_command: bool| {
         let mut fw = build();
-        let options = ApplyOptions {
-            observer: None,
-            per_command,
-        };
-        let result = fw.apply_with(&fake, options);
+        let options = ApplyOptions::new().per_command(per_command);
+        let result = fw.apply_with(&fake, options).map(drop);
         Run { fw, fake, result }
     };
     let plain_run = run(fake(), true);
@@ -1182,13 +1179,8 @@ fn nft_removal_plan_matches_libvirt_format_inside_networkstatus() {
     let status = format!(
         "<networkstatus>\n  <class_id bitmap='0-2'/>\n  <floor sum='0'/>\n  <network><name>default</name></network>\n{indented}</networkstatus>"
     );
-    let doc = roxmltree::Document::parse(&status).unwrap();
-    let node = doc
-        .root_element()
-        .children()
-        .find(|n| n.has_tag_name("firewall"))
-        .unwrap();
-    let back = virtfw::xml::parse_firewall_element(node, "default.xml").unwrap();
+    let at = status.find("<firewall").unwrap();
+    let back = virtfw::xml::parse_firewall_at(&status, at, "default.xml").unwrap();
     assert_eq!(back.to_xml(), expected);
 }
 

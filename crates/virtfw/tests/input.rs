@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use virtfw::netns::Netns;
 use virtfw::validate::UnsafeReason;
-use virtfw::xml::{parse_document, parse_document_with, Limits};
+use virtfw::xml::{check_document, Limits};
 use virtfw::{
     ApplyOptions, Backend, Error, FakeExecutor, Firewall, Layer, RollbackFlags, TransactionFlags,
 };
@@ -218,13 +218,7 @@ fn the_batch_fusion_of_the_issue_is_refused_on_both_paths_before_anything_runs()
         let fake = FakeExecutor::new();
         let err = fw
             .clone_plain()
-            .apply_with(
-                &fake,
-                ApplyOptions {
-                    observer: None,
-                    per_command,
-                },
-            )
+            .apply_with(&fake, ApplyOptions::new().per_command(per_command))
             .unwrap_err();
         assert!(
             matches!(
@@ -268,13 +262,13 @@ fn deep_documents_are_refused_before_parsing_not_by_a_stack_overflow() {
     assert!(msg.contains("nest more than 128 deep"), "{msg}");
     // Unclosed, and malformed further on: still refused by depth, not parsed.
     let unclosed = format!("<x>{}", "<a>".repeat(50_000));
-    let err = parse_document(&unclosed).unwrap_err();
+    let err = check_document(&unclosed, Limits::DOCUMENT).unwrap_err();
     assert!(err.message.contains("nest more than"), "{err:?}");
     // At the limit it parses; one more level does not.
-    parse_document(&nested(Limits::DOCUMENT.max_depth)).unwrap();
-    parse_document(&nested(Limits::DOCUMENT.max_depth + 1)).unwrap_err();
-    parse_document_with(&nested(Limits::DEFINITION.max_depth), Limits::DEFINITION).unwrap();
-    parse_document_with(
+    check_document(&nested(Limits::DOCUMENT.max_depth), Limits::DOCUMENT).unwrap();
+    check_document(&nested(Limits::DOCUMENT.max_depth + 1), Limits::DOCUMENT).unwrap_err();
+    check_document(&nested(Limits::DEFINITION.max_depth), Limits::DEFINITION).unwrap();
+    check_document(
         &nested(Limits::DEFINITION.max_depth + 1),
         Limits::DEFINITION,
     )
@@ -287,18 +281,20 @@ fn size_and_doctype_are_checked_too() {
         max_bytes: 10,
         max_depth: 10,
     };
-    let err = parse_document_with("<a>0123456789</a>", small).unwrap_err();
+    let err = check_document("<a>0123456789</a>", small).unwrap_err();
     assert_eq!((err.line, err.column), (1, 1));
     assert!(
         err.message.contains("more than the limit of 10 bytes"),
         "{err:?}"
     );
-    let err =
-        parse_document("<?xml version='1.0'?>\n<!DOCTYPE a [<!ENTITY e '<a/>'>]>\n<a>&e;</a>")
-            .unwrap_err();
+    let err = check_document(
+        "<?xml version='1.0'?>\n<!DOCTYPE a [<!ENTITY e '<a/>'>]>\n<a>&e;</a>",
+        Limits::DOCUMENT,
+    )
+    .unwrap_err();
     assert_eq!(err.line, 2, "{err:?}");
     // Ordinary syntax errors keep roxmltree's words and position.
-    let err = parse_document("<a>\n<b></a>").unwrap_err();
+    let err = check_document("<a>\n<b></a>", Limits::DOCUMENT).unwrap_err();
     assert_eq!(err.line, 2, "{err:?}");
 }
 
@@ -395,11 +391,8 @@ fn outcome(fw: &Firewall, backend: Backend, per_command: bool) -> Outcome {
     let exec = ns.executor().expect("executor");
     let before = snapshot(&ns, backend);
     let mut fw = fw.clone_plain();
-    let options = ApplyOptions {
-        observer: None,
-        per_command,
-    };
-    let result = fw.apply_with(&exec, options);
+    let options = ApplyOptions::new().per_command(per_command);
+    let result = fw.apply_with(&exec, options).map(drop);
     let after = snapshot(&ns, backend);
     if matches!(result, Err(Error::UnsafeArgument { .. })) {
         assert_eq!(after, before, "a refused input changed the ruleset");
@@ -640,13 +633,7 @@ fn commands_added_by_a_callback_are_checked_before_they_run() {
         );
         let fake = FakeExecutor::new().with_batching();
         let err = fw
-            .apply_with(
-                &fake,
-                ApplyOptions {
-                    observer: None,
-                    per_command,
-                },
-            )
+            .apply_with(&fake, ApplyOptions::new().per_command(per_command))
             .expect_err("an unsafe added command fails the apply");
         match &err {
             Error::UnsafeArgument {

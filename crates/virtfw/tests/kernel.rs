@@ -123,10 +123,7 @@ fn prime_nft(ns: &Netns) {
 const PATHS: [bool; 2] = [true, false];
 
 fn options(per_command: bool) -> ApplyOptions<'static> {
-    ApplyOptions {
-        per_command,
-        ..ApplyOptions::default()
-    }
+    ApplyOptions::new().per_command(per_command)
 }
 
 fn w(s: &str) -> Vec<String> {

@@ -271,10 +271,7 @@ fn the_engine_applies_and_removes_exactly_through_libnftables() {
         bystander(&ns_proc);
         let before = ruleset(&ns_lib);
         let (lib, proc) = (in_process(&ns_lib), ns_proc.executor().unwrap());
-        let opts = ApplyOptions {
-            observer: None,
-            per_command,
-        };
+        let opts = ApplyOptions::new().per_command(per_command);
         let mut fw_lib = firewall(30, None);
         fw_lib.apply_with(&lib, opts).unwrap();
         let mut fw_proc = firewall(30, None);
@@ -298,10 +295,9 @@ fn the_engine_applies_and_removes_exactly_through_libnftables() {
         removal
             .apply_with(
                 &lib,
-                ApplyOptions {
-                    observer: Some(&counter),
-                    per_command,
-                },
+                ApplyOptions::new()
+                    .per_command(per_command)
+                    .observer(&counter),
             )
             .unwrap();
         assert_eq!((counter.missing(), counter.failed()), (0, 0));
@@ -314,10 +310,7 @@ fn the_engine_applies_and_removes_exactly_through_libnftables() {
 fn a_failing_batch_is_blamed_and_rolled_back_like_with_the_process() {
     let (ns_lib, ns_proc) = (netns(), netns());
     let lib = in_process(&ns_lib);
-    let opts = ApplyOptions {
-        observer: None,
-        per_command: false,
-    };
+    let opts = ApplyOptions::new().per_command(false);
     let err_lib = firewall(12, Some(7)).apply_with(&lib, opts).unwrap_err();
     let err_proc = firewall(12, Some(7))
         .apply_with(&ns_proc.executor().unwrap(), opts)
@@ -478,10 +471,7 @@ fn a_failure_at_every_position_ends_like_with_the_process() {
     for inherit in [false, true] {
         for fail_at in 0..9 {
             let (ns_lib, ns_proc) = (netns(), netns());
-            let opts = ApplyOptions {
-                observer: None,
-                per_command: false,
-            };
+            let opts = ApplyOptions::new().per_command(false);
             let lib = in_process(&ns_lib);
             let err_lib = plan(fail_at, inherit).apply_with(&lib, opts).unwrap_err();
             let err_proc = plan(fail_at, inherit)

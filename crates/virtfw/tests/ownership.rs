@@ -35,10 +35,7 @@ fn nft_script(ns: &Netns, script: &str) {
 }
 
 fn options(per_command: bool) -> ApplyOptions<'static> {
-    ApplyOptions {
-        observer: None,
-        per_command,
-    }
+    ApplyOptions::new().per_command(per_command)
 }
 
 fn w(s: &str) -> Vec<String> {

@@ -27,7 +27,7 @@
 //! buffer libnftables reports errors without a position and quotes the buffer's first line,
 //! while for a file it prints `FILE:LINE:COL` and the right line, as `nft -f -` does. The
 //! memfd's `/proc/self/fd/N` prefix is rewritten to `/dev/stdin`, so the batch path's
-//! [`error_line`](crate::batch::error_line) names the failing command as with the process.
+//! [`error_line`](crate::failure::error_line) names the failing command as with the process.
 //! The thread that owns the context is named `nft`, so even the echo's trailing
 //! `# new generation G by process PID (nft)` line has the process's form.
 //!
@@ -427,6 +427,11 @@ impl Executor for LibnftExecutor {
 
     fn supports_batch(&self) -> bool {
         self.fallback.supports_batch()
+    }
+
+    /// The namespace of the fallback process executor, which is the worker's too.
+    fn lock_key(&self) -> String {
+        self.fallback.lock_key()
     }
 }
 

@@ -156,6 +156,17 @@ impl Executor for ProcessExecutor {
     fn check_program(&self, program: &str) -> Result<(), ExecError> {
         require_program(program)
     }
+
+    /// The namespace the programs run in: the one entered, or the caller's.
+    fn lock_key(&self) -> String {
+        match &self.netns {
+            Some((_, fd)) => super::netns_key(std::path::Path::new(&format!(
+                "/proc/self/fd/{}",
+                fd.as_raw_fd()
+            ))),
+            None => super::netns_key(std::path::Path::new("/proc/thread-self/ns/net")),
+        }
+    }
 }
 
 /// Read a pipe to its end in a thread.

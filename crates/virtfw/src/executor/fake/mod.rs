@@ -1,10 +1,21 @@
-//! A scripted executor for tests: records every argv, answers from a script.
+//! The test double of a host: records every invocation, answers from a script first and from
+//! a model of the host's ruleset ([`FakeModel`], in `model.rs` and `xtables.rs`) otherwise.
+//!
+//! It is for tests only; production dry runs use [`DryRun`](super::DryRun), whose answers never
+//! depend on a model or a script.
 
 use std::sync::Mutex;
+
+mod model;
+mod xtables;
+
+pub use model::{FakeModel, NftChain, NftModel, NftRule, NftTable};
+pub use xtables::{XtChain, XtModel};
 
 use super::{Executor, Invocation, Output};
 use crate::error::ExecError;
 use crate::transcript;
+use model::Step;
 
 /// How the fake answers a matching command.
 #[derive(Debug, Clone)]
@@ -32,51 +43,46 @@ impl FakeResponse {
 
 type Matcher = Box<dyn Fn(&[String]) -> bool + Send + Sync>;
 
-/// One table of the fake's nft model.
-#[derive(Debug, Clone, Default)]
-struct FakeTable {
-    handle: u64,
-    /// Chains in creation order: (name, handle).
-    chains: Vec<(String, u64)>,
-    /// Rules: (chain, handle).
-    rules: Vec<(String, u64)>,
-}
-
-/// The fake's nft ruleset: tables by (family, name), in creation order.
-type Model = Vec<((String, String), FakeTable)>;
-
 struct State {
     log: Vec<(Vec<String>, Option<Vec<u8>>)>,
-    model: Model,
+    model: FakeModel,
     script: Vec<(Matcher, FakeResponse)>,
-    next_handle: u64,
     fixed_handle: Option<u64>,
+    strict: bool,
     missing: Vec<String>,
     batching: bool,
 }
 
 /// An [`Executor`] that runs nothing.
 ///
-/// By default every command succeeds with empty output. nft commands (one command, or a batch
-/// read with `-f`, applied all or nothing) go through a small model of nft tables, chains and
-/// rules with handles, per family, that behaves like nft 1.0.6:
+/// Every invocation is recorded ([`FakeExecutor::commands`], [`FakeExecutor::invocations`],
+/// [`FakeExecutor::transcript`]). Responses scripted with [`FakeExecutor::on`] come first: the
+/// first matching entry answers and the model is not changed. Everything else is answered by
+/// the model, which behaves like nft 1.0.6 and iptables 1.8.9 (nf_tables) as
+/// `tests/fake_model.rs` compares them in namespaces:
 ///
-/// * `add table` of an existing table succeeds and echoes nothing; `add chain` of an existing
-///   chain succeeds and echoes `add chain … # handle N` with the chain's *existing* handle;
-///   `create table`/`create chain` of an existing one fails with exit 1, "File exists".
-/// * A create of a new object echoes (with `-e`/`-ae`) the command followed by `# handle N`,
-///   N counting up from 1 across all objects (or a fixed number, as libvirt's own test harness
-///   does with 5309, see [`FakeExecutor::with_fixed_handle`]).
-/// * `nft -a list table F T` is answered from the model in nft's text format, or with exit 1
-///   "No such file or directory" for a table the model does not hold. (`nft list …` without
-///   `-a`, as libvirt's queries run it, keeps the default empty answer.)
-/// * `delete table|chain|rule … handle N` and `delete table F T` remove the object when the
-///   model holds it, and succeed either way.
-/// * A chain or rule in a table the model does not hold is accepted (and echoed) without being
+/// * nft, one command or a batch read with `-f` (one transaction: all or nothing, every bad
+///   line reported as `/dev/stdin:LINE:…`; `-c` keeps nothing): `add table` of an existing
+///   table succeeds and echoes nothing, `add chain` of an existing chain echoes its *existing*
+///   handle, `create` of an existing one fails "File exists"; a create echoes (with `-e`/`-ae`)
+///   the command and `# handle N`, N counting up from 1 across all objects (or a fixed number,
+///   as libvirt's harness does with 5309, see [`FakeExecutor::with_fixed_handle`]); `add`/
+///   `insert rule` honour `position`/`handle`/`index`; `delete rule|chain|table` of something
+///   missing fails "No such file or directory" (exit 1); `delete chain` takes its rules along
+///   and fails "Device or resource busy" while a rule jumps to it; `flush chain|table|ruleset`;
+///   `list table|ruleset|tables` (handles with `-a`) in nft's text format, `-j list tables` in
+///   its JSON.
+/// * The iptables family, in [`FakeExecutor::strict`] mode only: `-A`/`-I`/`-D`/`--check`/
+///   `-N`/`-X`/`-F`/`-P`/`-S` on rules kept as their specification, and `*-restore
+///   --noflush [--test]` committing section by section, a failing line rolling its section
+///   back and named as the tools name it. Without `strict`, these programs succeed with empty
+///   output, as the engine's scenario tests expect.
+/// * Without `strict`, a chain or rule command on an nft table the model does not hold (and
+///   `delete`/`flush` of such a table) succeeds, creates echoing a handle, without being
 ///   modelled, so tests that never create their tables keep working.
 ///
-/// Responses for particular commands are scripted with [`FakeExecutor::on`]; the first matching
-/// entry wins over the model (and does not change it).
+/// The model can be set up and compared: [`FakeExecutor::with_model`], [`FakeExecutor::load`],
+/// [`FakeExecutor::model`], [`FakeExecutor::dump`] (serde JSON).
 pub struct FakeExecutor {
     state: Mutex<State>,
 }
@@ -93,10 +99,10 @@ impl FakeExecutor {
         FakeExecutor {
             state: Mutex::new(State {
                 log: Vec::new(),
-                model: Vec::new(),
+                model: FakeModel::default(),
                 script: Vec::new(),
-                next_handle: 1,
                 fixed_handle: None,
+                strict: false,
                 missing: Vec::new(),
                 batching: false,
             }),
@@ -176,6 +182,38 @@ impl FakeExecutor {
     pub fn clear(&self) {
         self.state.lock().unwrap().log.clear();
     }
+
+    /// Refuse, like the real tools, commands on tables, chains and rules the model does not
+    /// hold. By default (for engine tests that never create what they touch) a chain or rule
+    /// command on an nft table the model does not hold, and an iptables-family command on a
+    /// chain or rule it does not hold, succeed without being modelled.
+    pub fn strict(self) -> Self {
+        self.state.lock().unwrap().strict = true;
+        self
+    }
+
+    /// Start from this host state (see [`FakeExecutor::dump`]).
+    pub fn with_model(self, model: FakeModel) -> Self {
+        self.state.lock().unwrap().model = model;
+        self
+    }
+
+    /// The modelled host state now.
+    pub fn model(&self) -> FakeModel {
+        self.state.lock().unwrap().model.clone()
+    }
+
+    /// The modelled host state as JSON, to store a host state or compare one after an apply.
+    pub fn dump(&self) -> String {
+        serde_json::to_string_pretty(&self.model()).expect("the model serialises")
+    }
+
+    /// Replace the modelled host state by one [`FakeExecutor::dump`] wrote.
+    pub fn load(&self, json: &str) -> Result<(), serde_json::Error> {
+        let model: FakeModel = serde_json::from_str(json)?;
+        self.state.lock().unwrap().model = model;
+        Ok(())
+    }
 }
 
 /// The lines of a batch invocation as the argv each would run as alone, with the line number
@@ -235,164 +273,6 @@ fn is_echo(argv: &[String]) -> bool {
             .any(|a| a == "-ae" || a == "-e" || a == "--echo")
 }
 
-/// The words after a command's leading options, and whether it asked for echo.
-fn nft_command(words: &[String]) -> &[String] {
-    let at = words
-        .iter()
-        .position(|w| !w.starts_with('-'))
-        .unwrap_or(words.len());
-    &words[at..]
-}
-
-fn unquote(w: &str) -> String {
-    w.trim_matches('"').to_string()
-}
-
-/// The (family, rest) of the words after an object keyword.
-fn family_and_names(rest: &[String]) -> (String, &[String]) {
-    match rest.first() {
-        Some(f) if crate::nft::FAMILIES.contains(&f.as_str()) => (f.clone(), &rest[1..]),
-        _ => ("ip".to_string(), rest),
-    }
-}
-
-fn table_mut<'m>(model: &'m mut Model, key: &(String, String)) -> Option<&'m mut FakeTable> {
-    model.iter_mut().find(|(k, _)| k == key).map(|(_, t)| t)
-}
-
-/// A failure the way nft reports it.
-fn nft_error(message: &str) -> Result<Option<u64>, String> {
-    Err(format!("Error: Could not process rule: {message}"))
-}
-
-/// Apply one nft command (its words, options first) to `model`. `Ok(Some(h))`: it created an
-/// object with handle `h` (or echoes an existing chain's handle), to be echoed; `Ok(None)`:
-/// nothing to echo.
-fn model_step(
-    model: &mut Model,
-    words: &[String],
-    handle: &mut dyn FnMut() -> u64,
-) -> Result<Option<u64>, String> {
-    let cmd = nft_command(words);
-    let (Some(verb), Some(object)) = (cmd.first(), cmd.get(1)) else {
-        return Ok(None);
-    };
-    let (family, names) = family_and_names(&cmd[2..]);
-    let Some(table) = names.first().map(|t| unquote(t)) else {
-        return Ok(None);
-    };
-    let key = (family, table);
-    match (verb.as_str(), object.as_str()) {
-        ("add" | "create", "table") => {
-            if table_mut(model, &key).is_some() {
-                return if verb == "create" {
-                    nft_error("File exists")
-                } else {
-                    Ok(None)
-                };
-            }
-            let h = handle();
-            model.push((
-                key,
-                FakeTable {
-                    handle: h,
-                    ..Default::default()
-                },
-            ));
-            Ok(Some(h))
-        }
-        ("add" | "create", "chain") => {
-            let Some(chain) = names.get(1).map(|c| unquote(c)) else {
-                return Ok(None);
-            };
-            let Some(t) = table_mut(model, &key) else {
-                return Ok(Some(handle()));
-            };
-            if let Some(&(_, old)) = t.chains.iter().find(|(c, _)| *c == chain) {
-                return if verb == "create" {
-                    nft_error("File exists")
-                } else {
-                    Ok(Some(old))
-                };
-            }
-            let h = handle();
-            t.chains.push((chain, h));
-            Ok(Some(h))
-        }
-        ("add" | "insert", "rule") => {
-            let Some(chain) = names.get(1).map(|c| unquote(c)) else {
-                return Ok(None);
-            };
-            let h = handle();
-            if let Some(t) = table_mut(model, &key) {
-                t.rules.push((chain, h));
-            }
-            Ok(Some(h))
-        }
-        ("delete", "table") => {
-            let by_handle = (cmd.get(3).map(String::as_str) == Some("handle"))
-                .then(|| cmd.get(4).and_then(|h| h.parse::<u64>().ok()))
-                .flatten();
-            model.retain(|((f, name), t)| match by_handle {
-                Some(h) => !(*f == key.0 && t.handle == h),
-                None => !(*f == key.0 && *name == key.1),
-            });
-            Ok(None)
-        }
-        ("delete", "chain" | "rule") => {
-            let n = cmd.len();
-            let h = (n >= 2 && cmd[n - 2] == "handle")
-                .then(|| cmd[n - 1].parse::<u64>().ok())
-                .flatten();
-            if let (Some(h), Some(t)) = (h, table_mut(model, &key)) {
-                if object == "chain" {
-                    if let Some(name) = t.chains.iter().find(|c| c.1 == h).map(|c| c.0.clone()) {
-                        t.rules.retain(|r| r.0 != name);
-                    }
-                    t.chains.retain(|c| c.1 != h);
-                } else {
-                    t.rules.retain(|r| r.1 != h);
-                }
-            }
-            Ok(None)
-        }
-        _ => Ok(None),
-    }
-}
-
-/// `nft -a list table F T` from the model, in nft's text format.
-fn model_listing(model: &Model, family: &str, table: &str) -> Output {
-    let Some((_, t)) = model.iter().find(|((f, n), _)| f == family && n == table) else {
-        return Output {
-            status: 1,
-            stdout: String::new(),
-            stderr: format!("Error: No such file or directory\nlist table {family} {table}\n"),
-        };
-    };
-    let mut out = format!("table {family} {table} {{ # handle {}\n", t.handle);
-    let mut chains: Vec<String> = t.chains.iter().map(|c| c.0.clone()).collect();
-    for (c, _) in &t.rules {
-        if !chains.contains(c) {
-            chains.push(c.clone());
-        }
-    }
-    for name in chains {
-        let h = t.chains.iter().find(|c| c.0 == name).map_or(0, |c| c.1);
-        out.push_str(&format!("\tchain {name} {{ # handle {h}\n"));
-        for (_, rh) in t.rules.iter().filter(|r| r.0 == name) {
-            out.push_str(&format!("\t\tcounter packets 0 bytes 0 # handle {rh}\n"));
-        }
-        out.push_str("\t}\n");
-    }
-    out.push_str("}\n");
-    Output::ok(out)
-}
-
-/// The echo line of a created object: the command's words after its options and `# handle N`.
-fn echo_line(words: &[String], handle: u64) -> String {
-    format!("{} # handle {handle}\n", nft_command(words).join(" "))
-}
-
 impl Executor for FakeExecutor {
     fn run(&self, inv: Invocation<'_>) -> Result<Output, ExecError> {
         let mut state = self.state.lock().unwrap();
@@ -441,59 +321,8 @@ impl Executor for FakeExecutor {
                 }),
             };
         }
-        if !matches!(inv.argv.first(), Some(p) if p == "nft") {
-            return Ok(Output::default());
-        }
-        let echo = is_echo(inv.argv);
         let state = &mut *state;
-        let mut next = || match state.fixed_handle {
-            Some(h) => h,
-            None => {
-                state.next_handle += 1;
-                state.next_handle - 1
-            }
-        };
-        match inv.stdin {
-            Some(input) if inv.argv.iter().any(|a| a == "-f") => {
-                // All or nothing, like one kernel transaction.
-                let mut model = state.model.clone();
-                let mut stdout = String::new();
-                for (n, line) in String::from_utf8_lossy(input).lines().enumerate() {
-                    let words = crate::nft::line_words(line);
-                    match model_step(&mut model, &words, &mut next) {
-                        Ok(Some(h)) if echo => stdout.push_str(&echo_line(&words, h)),
-                        Ok(_) => {}
-                        Err(e) => {
-                            return Ok(Output {
-                                status: 1,
-                                stdout: String::new(),
-                                stderr: format!("/dev/stdin:{}:1-1: {e}\n", n + 1),
-                            })
-                        }
-                    }
-                }
-                state.model = model;
-                Ok(Output::ok(stdout))
-            }
-            _ => {
-                if let Some((family, table)) = crate::nft::listing_of(inv.argv) {
-                    return Ok(model_listing(&state.model, &family, &table));
-                }
-                let words = crate::nft::words(&inv.argv[1..]);
-                match model_step(&mut state.model, &words, &mut next) {
-                    Ok(Some(h)) if echo => Ok(Output::ok(format!(
-                        "{}# new generation 1 by process 1 (nft)\n",
-                        echo_line(&words, h)
-                    ))),
-                    Ok(_) => Ok(Output::default()),
-                    Err(e) => Ok(Output {
-                        status: 1,
-                        stdout: String::new(),
-                        stderr: format!("{e}\n"),
-                    }),
-                }
-            }
-        }
+        Ok(model_run(state, inv.argv, inv.stdin))
     }
 
     fn supports_batch(&self) -> bool {
@@ -515,6 +344,123 @@ impl Executor for FakeExecutor {
         }
         Ok(())
     }
+}
+
+/// The echo line of a created object: the command's words after its options and `# handle N`.
+fn echo_line(words: &[String], handle: u64) -> String {
+    let at = words
+        .iter()
+        .position(|w| !w.starts_with('-'))
+        .unwrap_or(words.len());
+    format!("{} # handle {handle}\n", words[at..].join(" "))
+}
+
+fn failed(status: i32, stderr: String) -> Output {
+    Output {
+        status,
+        stdout: String::new(),
+        stderr,
+    }
+}
+
+/// The program's name without its directory.
+fn program_of(argv: &[String]) -> &str {
+    argv.first()
+        .map(|p| p.rsplit('/').next().unwrap_or(p))
+        .unwrap_or("")
+}
+
+/// Answer an invocation from the model.
+fn model_run(state: &mut State, argv: &[String], stdin: Option<&[u8]>) -> Output {
+    let lenient = !state.strict;
+    let program = program_of(argv);
+    let input = stdin.map(String::from_utf8_lossy);
+    match program {
+        "nft" => nft_run(state, argv, input.as_deref()),
+        // The engine's own tests script the iptables family's answers; its model is used
+        // only when asked for (strict).
+        _ if lenient => Output::default(),
+        "iptables" | "ip6tables" | "ebtables" => {
+            match xtables::step(&mut state.model.xtables, program, &argv[1..], lenient) {
+                Ok(out) => Output::ok(out),
+                Err((status, msg)) => failed(status, format!("{program}: {msg}\n")),
+            }
+        }
+        "iptables-restore" | "ip6tables-restore" | "ebtables-restore" => {
+            let tool = program.trim_end_matches("-restore");
+            let opts = &argv[1..];
+            if tool == "ebtables" && opts.iter().any(|o| o == "--test" || o == "-t") {
+                return failed(
+                    1,
+                    "ebtables-restore: unrecognized option '--test'\nUsage: ebtables-restore [ --verbose ] [ --noflush ]\n".to_string(),
+                );
+            }
+            let test = opts.iter().any(|o| o == "--test" || o == "-t");
+            let text = input.as_deref().unwrap_or("");
+            match xtables::restore(&mut state.model.xtables, tool, text, test, lenient) {
+                Ok(()) => Output::default(),
+                Err((status, msg)) => failed(status, format!("{msg}\n")),
+            }
+        }
+        _ => Output::default(),
+    }
+}
+
+/// nft: one command from the argv, or a batch (`-f`) applied all or nothing; `-c` checks
+/// without keeping anything.
+fn nft_run(state: &mut State, argv: &[String], input: Option<&str>) -> Output {
+    let options: Vec<&str> = argv[1..]
+        .iter()
+        .map(String::as_str)
+        .take_while(|a| a.starts_with('-'))
+        .collect();
+    let echo = is_echo(argv);
+    let handles = options
+        .iter()
+        .any(|o| o.contains('a') && !o.starts_with("--"));
+    let json = options.contains(&"-j");
+    let check = options.contains(&"-c") || options.contains(&"--check");
+    let lenient = !state.strict;
+    let fixed = state.fixed_handle;
+    let batch = options.contains(&"-f");
+    let lines: Vec<Vec<String>> = match (batch, input) {
+        (true, Some(text)) => text
+            .lines()
+            .map(crate::nft::line_words)
+            .filter(|w| !w.is_empty())
+            .collect(),
+        _ => vec![crate::nft::words(&argv[1 + options.len()..])],
+    };
+    if json && lines.len() == 1 && lines[0].iter().map(String::as_str).eq(["list", "tables"]) {
+        return Output::ok(state.model.nft.tables_json());
+    }
+    let mut work = state.model.nft.clone();
+    let mut stdout = String::new();
+    let mut errors = String::new();
+    for (n, words) in lines.iter().enumerate() {
+        match work.step(words, fixed, lenient, handles) {
+            Ok(Step::Echo(h)) if echo => stdout.push_str(&echo_line(words, h)),
+            Ok(Step::Listed(text)) => stdout.push_str(&text),
+            Ok(_) => {}
+            Err(e) if batch => errors.push_str(&format!(
+                "/dev/stdin:{}:1-1: {e}\n{}\n",
+                n + 1,
+                words.join(" ")
+            )),
+            Err(e) => errors.push_str(&format!("{e}\n{}\n", words.join(" "))),
+        }
+    }
+    if !errors.is_empty() {
+        // One kernel transaction: nothing of it stays, nothing is echoed.
+        return failed(1, errors);
+    }
+    if !check {
+        state.model.nft = work;
+    }
+    if echo && !batch && !stdout.is_empty() {
+        stdout.push_str("# new generation 1 by process 1 (nft)\n");
+    }
+    Output::ok(stdout)
 }
 
 #[cfg(test)]
@@ -573,7 +519,7 @@ mod tests {
         let listing = run(&fake, "-a list table ip t");
         assert_eq!(
             listing.stdout,
-            "table ip t { # handle 1\n\tchain c { # handle 2\n\t\tcounter packets 0 bytes 0 # handle 3\n\t}\n}\n"
+            "table ip t { # handle 1\n\tchain c { # handle 2\n\t\taccept # handle 3\n\t}\n}\n"
         );
         let parsed = crate::nft::parse_listing(&listing.stdout);
         assert_eq!((parsed.table, parsed.chains["c"]), (Some(1), 2));
