@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use tracing::{debug, warn};
 use virtfw::executor::Invocation;
 use virtfw::rollback;
-use virtfw::{ApplyOptions, Backend, Executor, FakeExecutor, Firewall, Layer};
+use virtfw::{ApplyOptions, Backend, DryRun, Executor, Firewall, Layer};
 
 use crate::def::NetworkDef;
 use crate::error::{NetworkError, Result};
@@ -511,11 +511,12 @@ pub fn check(status: &NetworkStatus, exec: &dyn Executor) -> Result<RuleCheck> {
 }
 
 /// What libvirt would run to start this network on a fresh host (global setup included when
-/// `with_global`), in libvirt's transcript format. Nothing is executed; nft creates are
-/// answered with counting handles.
+/// `with_global`), in libvirt's transcript format. Nothing is executed: the engine's
+/// [`DryRun`] recorder answers as a fresh host (nft creates get counting handles), so
+/// production code never runs on the test fake.
 pub fn plan(def: &NetworkDef, backend: Backend, with_global: bool) -> Result<String> {
     let options = ApplyOptions::new().per_command(true);
-    let fake = FakeExecutor::new();
+    let fake = DryRun::new();
     if !def.forward.has_rules() {
         return Ok(String::new());
     }

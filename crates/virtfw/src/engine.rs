@@ -134,8 +134,10 @@ impl Firewall {
     /// Apply firewalls that touch disjoint tables (the IPv4 and IPv6 global setups, say) at the
     /// same time, one thread each, and return each one's result in order. On the per-command
     /// path (or with an executor that does not batch) they run one after the other, in order,
-    /// as libvirt would. The caller vouches that no two of them read or change the same table:
-    /// otherwise their query callbacks could act on each other's stale listings.
+    /// as libvirt would, and so do firewalls of the iptables backend (the nf_tables flavour of
+    /// its restore programs races itself in one namespace). The caller vouches that no two of
+    /// them read or change the same table: otherwise their query callbacks could act on each
+    /// other's stale listings.
     pub fn apply_concurrently(
         firewalls: &mut [Firewall],
         exec: &dyn Executor,
@@ -143,7 +145,10 @@ impl Firewall {
     ) -> Vec<Result<Applied>> {
         let lock = apply_lock(exec);
         let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        if options.per_command || !exec.supports_batch() || firewalls.len() < 2 {
+        // The iptables family's programs race each other in one namespace (see
+        // `batch::restore::each_family`): only nft firewalls run side by side.
+        let xtables = firewalls.iter().any(|fw| fw.backend() == Backend::Iptables);
+        if options.per_command || !exec.supports_batch() || firewalls.len() < 2 || xtables {
             return firewalls
                 .iter_mut()
                 .map(|fw| fw.apply_locked(exec, options))

@@ -31,7 +31,8 @@
 //! sections before it stay committed and the ones after never run). All sections of one program
 //! run in ONE process (each deleting process waits for the kernel at exit, so a process per
 //! table cost that wait six times for a network); the programs (iptables, ip6tables, ebtables)
-//! run concurrently (disjoint tables). Several sections are only batched when a failure can be
+//! run one after the other, never concurrently (their nf_tables flavour races itself in one
+//! namespace: see `restore::each_family`). Several sections are only batched when a failure can be
 //! undone exactly, i.e. when every command is a rule create whose inverse is known: then, if a
 //! section fails, the sections that committed before it are deleted again before the fallback.
 //! When the program dies naming no line, `--check` tells which sections committed (see
