@@ -159,7 +159,7 @@ impl Operation {
         mark: &str,
     ) -> CliResult<UndoStats> {
         let records = self.reenter(phase, mark)?;
-        Ok(self.run_undo(&undo::undo_remove(plan, &records)))
+        Ok(self.run_undo(&undo::undo_remove(plan, self.dir(), &records)))
     }
 
     /// Store the result in the journal: the commit point of a network operation.

@@ -9,13 +9,22 @@
 //! * iptables-family creates: exit status 0 in a `done` record means created; another status
 //!   means not; no `done` record means "unknown" (virtfw died while it ran): the undo then
 //!   checks with `--check` first and deletes only what exists.
+//! * iptables-family restore batches: only the sections that committed count, decided by the
+//!   engine's own rule (`virtfw::batch::restore_committed`: exit 0 all, a blamed line the
+//!   sections before it; no `done` record or no line named: unknown, every line behind
+//!   `--check`). Each line is mapped back to the transaction command it was made from
+//!   (`virtfw::batch::restore_form`), and its undo is that command's inverse: the argv is
+//!   identical to the engine's rollback argv, never rebuilt from the restore text.
 //! * A command counts as already undone when the same argv ran to completion after the
-//!   rollback had started (a previous rollback or recovery pass): it is never run twice.
+//!   rollback had started (a previous rollback or recovery pass): it is never run twice. So
+//!   does an iptables-family delete that succeeded after the create it undoes, per command or
+//!   as a line of a committed section of a restore of deletes (the engine's own take-back of
+//!   the committed sections of a failed batch).
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use virtfw::rollback;
+use virtfw::{batch, rollback};
 use virtfw::{Backend, Firewall, Layer, TransactionFlags};
 
 use crate::journal::{cmd_file, Record};
@@ -32,6 +41,8 @@ pub(crate) struct UndoCmd {
 /// An object the operation created.
 #[derive(Debug, Clone)]
 struct Created {
+    /// The journal record of the command that created it.
+    seq: u64,
     group: Option<usize>,
     undo: UndoCmd,
 }
@@ -132,12 +143,14 @@ fn ipt_delete(layer: Layer, args: &[String]) -> UndoCmd {
     UndoCmd { argv, check }
 }
 
-/// Everything the journalled commands of an apply created, in creation order.
+/// Everything the journalled commands of an apply of `tx` created, in creation order.
 fn created(
+    tx: &Firewall,
     dir: &Path,
     records: &[Record],
     auto_group: &dyn Fn(Option<usize>) -> bool,
 ) -> Vec<Created> {
+    let ipt = IptCommands::new(tx);
     let done: HashMap<u64, i32> = records
         .iter()
         .filter_map(|r| match r {
@@ -163,24 +176,39 @@ fn created(
         else {
             continue;
         };
-        if not_run.contains(seq) || !auto_group(*group) {
-            continue;
-        }
         let Some((program, args)) = argv.split_first() else {
             continue;
         };
+        // A restore batch may hold the commands of several groups: each line is checked
+        // against its own command's group (see `restore_created`).
+        let restore = base(program).ends_with("-restore");
+        if not_run.contains(seq) || (!restore && !auto_group(*group)) {
+            continue;
+        }
         let read =
             |ext: &str| std::fs::read_to_string(cmd_file(dir, *seq, ext)).unwrap_or_default();
         let status = done.get(seq).copied();
         let mut push = |undo: UndoCmd| {
             out.push(Created {
+                seq: *seq,
                 group: *group,
                 undo,
             })
         };
         match base(program) {
             "nft" => nft_created(args, *stdin, &read, &mut push),
-            p if p.ends_with("-restore") => restore_created(p, status, *stdin, &read, &mut push),
+            p if restore => {
+                if let Some(run) = RestoreRun::read(p, status, *stdin, &read) {
+                    let fallback = auto_group(*group).then_some(*group);
+                    for (group, undo) in restore_created(&ipt, &run, auto_group, fallback) {
+                        out.push(Created {
+                            seq: *seq,
+                            group,
+                            undo,
+                        });
+                    }
+                }
+            }
             p => {
                 let Some(layer) = ipt_layer(p) else { continue };
                 if status.is_some_and(|s| s != 0) {
@@ -233,41 +261,203 @@ fn nft_created(
     }
 }
 
-/// What one journalled iptables-family restore (`program`) created.
-fn restore_created(
-    program: &str,
-    status: Option<i32>,
-    stdin: bool,
-    read: &dyn Fn(&str) -> String,
-    push: &mut dyn FnMut(UndoCmd),
-) {
-    let Some(layer) = ipt_layer(program) else {
-        return;
-    };
-    if status.is_some_and(|s| s != 0 && !stdin) {
-        return;
+/// A journalled iptables-family restore run, read back with the engine's own helpers.
+struct RestoreRun {
+    layer: Layer,
+    /// (table, lines) of each `*table … COMMIT` section, in input order.
+    sections: Vec<(String, Vec<String>)>,
+    /// How many leading sections committed, decided by the engine's rule
+    /// ([`batch::restore_committed`]): all on exit 0, those before a blamed line's section.
+    /// `None`: unknown (virtfw died while it ran, or it failed naming no line).
+    committed: Option<usize>,
+}
+
+impl RestoreRun {
+    /// The run of journalled restore `program` with exit `status` (`None`: no `done` record).
+    /// `None` for a run without the engine's input: a `.in` that is not exactly what
+    /// [`batch::family_input`] writes was never handed to a child (the child is spawned only
+    /// after its input file is complete).
+    fn read(
+        program: &str,
+        status: Option<i32>,
+        stdin: bool,
+        read: &dyn Fn(&str) -> String,
+    ) -> Option<RestoreRun> {
+        let layer = ipt_layer(program)?;
+        if !stdin {
+            return None;
+        }
+        let batch::RestoreInput { sections, spans } = batch::parse_family_input(&read("in"))?;
+        let committed = status.and_then(|s| batch::restore_committed(&spans, s, &read("err")));
+        Some(RestoreRun {
+            layer,
+            sections,
+            committed,
+        })
     }
-    let input = read("in");
-    let mut table = "filter".to_string();
-    for line in input.lines() {
-        let line = line.trim();
-        if let Some(t) = line.strip_prefix('*') {
-            table = t.trim().to_string();
-            continue;
-        }
-        let words = split_words(line);
-        if rollback::iptables_is_create(&words) {
-            let mut args = vec!["--table".to_string(), table.clone()];
-            args.extend(words);
-            push(ipt_delete(layer, &args));
-        }
+
+    /// (table, line) of every line of the sections that took effect: the committed ones, or
+    /// all of them when the outcome is unknown (their undo is then guarded by `--check`).
+    fn lines(&self, unknown_too: bool) -> Vec<(&str, &str)> {
+        let n = match self.committed {
+            Some(k) => k,
+            None if unknown_too => self.sections.len(),
+            None => 0,
+        };
+        self.sections[..n.min(self.sections.len())]
+            .iter()
+            .flat_map(|(t, lines)| lines.iter().map(move |l| (t.as_str(), l.as_str())))
+            .collect()
     }
 }
 
-/// Argvs (with multiplicity) that ran to completion after the first rollback/undo/recover mark.
-fn completed_undos(records: &[Record]) -> HashMap<Vec<String>, usize> {
+/// The iptables-family commands of a transaction or plan with their restore forms
+/// ([`batch::restore_form`]), to map each line of a journalled restore input back to the
+/// command it was made from.
+struct IptCommands<'a> {
+    /// (group, command, restore form of the command, restore form of its inverse if a create)
+    items: Vec<IptItem<'a>>,
+}
+
+type Form = Option<(String, String)>;
+type IptItem<'a> = (usize, &'a virtfw::Command, Form, Form);
+
+impl<'a> IptCommands<'a> {
+    fn new(fw: &'a Firewall) -> IptCommands<'a> {
+        let mut items = Vec::new();
+        if fw.backend() == Backend::Iptables {
+            for (g, group) in fw.groups().iter().enumerate() {
+                for cmd in group.actions() {
+                    let form = batch::restore_form(cmd.layer(), cmd.args());
+                    let inverse = rollback::iptables_is_create(cmd.args())
+                        .then(|| {
+                            batch::restore_form(
+                                cmd.layer(),
+                                &rollback::iptables_inverse(cmd.args()),
+                            )
+                        })
+                        .flatten();
+                    items.push((g, cmd, form, inverse));
+                }
+            }
+        }
+        IptCommands { items }
+    }
+
+    /// The first command not yet `used` whose restore form (`inverse`: its inverse's) is
+    /// `table`/`line` of `layer`; marks it used (the engine sends each command once per run).
+    fn find(
+        &self,
+        layer: Layer,
+        table: &str,
+        line: &str,
+        inverse: bool,
+        used: &mut [bool],
+    ) -> Option<(usize, &'a virtfw::Command)> {
+        let k = self
+            .items
+            .iter()
+            .enumerate()
+            .position(|(k, (_, cmd, f, i))| {
+                let form = if inverse { i } else { f };
+                !used[k]
+                    && cmd.layer() == layer
+                    && form
+                        .as_ref()
+                        .is_some_and(|(t, l)| t.as_str() == table && l.as_str() == line)
+            })?;
+        used[k] = true;
+        let (g, cmd, _, _) = &self.items[k];
+        Some((*g, *cmd))
+    }
+
+    /// The undo argvs of what the committed sections of delete run `run` took away again:
+    /// each delete line mapped to the create it is the inverse of, as that create's undo
+    /// argv (so it matches the undo computed from the create exactly).
+    fn undone_by(&self, run: &RestoreRun) -> Vec<Vec<String>> {
+        let mut used = vec![false; self.items.len()];
+        run.lines(false)
+            .into_iter()
+            .filter_map(|(table, line)| {
+                self.find(run.layer, table, line, true, &mut used)
+                    .map(|(_, cmd)| ipt_delete(run.layer, cmd.args()).argv)
+            })
+            .collect()
+    }
+
+    /// The full argvs of the commands the committed sections of `run` ran (a removal's
+    /// restore: the plan's own delete commands, mapped back).
+    fn ran_by(&self, fw: &Firewall, run: &RestoreRun) -> Vec<Vec<String>> {
+        let mut used = vec![false; self.items.len()];
+        run.lines(false)
+            .into_iter()
+            .filter_map(|(table, line)| {
+                self.find(run.layer, table, line, false, &mut used)
+                    .map(|(_, cmd)| argv_of(fw, cmd))
+            })
+            .collect()
+    }
+}
+
+/// What one journalled iptables-family restore run created, with the group of each create.
+///
+/// Only the sections that committed count ([`RestoreRun::committed`]; unknown: all, each
+/// behind `--check`). Each create line is mapped back to the transaction command it was made
+/// from, and its undo is that command's inverse, so the argv is identical to the engine's
+/// rollback argv and a rollback that already ran is recognised (`completed_undos`). Lines
+/// of groups without auto-rollback record nothing, as in the engine. A line no command of
+/// `tx` explains (a command a query callback added) falls back to the restore text, under
+/// the run's own group (`fallback`, `None` when that group has no auto-rollback).
+fn restore_created(
+    ipt: &IptCommands<'_>,
+    run: &RestoreRun,
+    auto_group: &dyn Fn(Option<usize>) -> bool,
+    fallback: Option<Option<usize>>,
+) -> Vec<(Option<usize>, UndoCmd)> {
+    let mut used = vec![false; ipt.items.len()];
+    let mut out = Vec::new();
+    for (table, line) in run.lines(true) {
+        let words = split_words(line);
+        if !rollback::iptables_is_create(&words) {
+            continue;
+        }
+        match ipt.find(run.layer, table, line, false, &mut used) {
+            Some((g, cmd)) => {
+                if auto_group(Some(g)) {
+                    out.push((Some(g), ipt_delete(run.layer, cmd.args())));
+                }
+            }
+            None => {
+                if let Some(group) = fallback {
+                    let mut args = vec!["--table".to_string(), table.to_string()];
+                    args.extend(words);
+                    out.push((group, ipt_delete(run.layer, &args)));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Argvs (with multiplicity) of undo commands that already ran to completion:
+///
+/// * every command that completed after the first rollback/undo/recover mark;
+/// * before it, an iptables-family delete that succeeded after the create whose undo it is
+///   (the engine takes back the committed sections of a failed restore batch itself, as a
+///   restore of deletes, and per command what that cannot delete): counted against
+///   `created`, in journal order, so the transaction's own delete of a rule it creates later
+///   never counts;
+/// * the deletes of a restore run are those of its committed sections (`restore_deletes`,
+///   by record), counted on its `done` record.
+fn completed_undos(
+    records: &[Record],
+    created: &[Created],
+    restore_deletes: &HashMap<u64, Vec<Vec<String>>>,
+) -> HashMap<Vec<String>, usize> {
     let mut started = false;
     let mut argv_of: HashMap<u64, &Vec<String>> = HashMap::new();
+    let mut early: HashMap<u64, &Vec<String>> = HashMap::new();
+    let mut ours: HashMap<&Vec<String>, usize> = HashMap::new();
     let mut out: HashMap<Vec<String>, usize> = HashMap::new();
     for rec in records {
         match rec {
@@ -276,12 +466,35 @@ fn completed_undos(records: &[Record]) -> HashMap<Vec<String>, usize> {
                     .iter()
                     .any(|m| mark.starts_with(m));
             }
-            Record::Start { seq, argv, .. } if started => {
-                argv_of.insert(*seq, argv);
+            Record::Start { seq, argv, .. } => {
+                for c in created.iter().filter(|c| c.seq == *seq) {
+                    *ours.entry(&c.undo.argv).or_default() += 1;
+                }
+                if started {
+                    argv_of.insert(*seq, argv);
+                } else if argv.first().and_then(|p| ipt_layer(p)).is_some()
+                    && rollback::iptables_is_delete(argv)
+                {
+                    early.insert(*seq, argv);
+                }
             }
-            Record::Done { seq, .. } => {
+            Record::Done { seq, status } => {
                 if let Some(argv) = argv_of.get(seq) {
                     *out.entry((*argv).clone()).or_default() += 1;
+                }
+                let mut count = |argv: &Vec<String>| {
+                    if started {
+                        *out.entry(argv.clone()).or_default() += 1;
+                    } else if let Some(n) = ours.get_mut(argv).filter(|n| **n > 0) {
+                        *n -= 1;
+                        *out.entry(argv.clone()).or_default() += 1;
+                    }
+                };
+                if let Some(argv) = early.get(seq).filter(|_| *status == 0) {
+                    count(argv);
+                }
+                for argv in restore_deletes.get(seq).into_iter().flatten() {
+                    count(argv);
                 }
             }
             _ => {}
@@ -290,8 +503,47 @@ fn completed_undos(records: &[Record]) -> HashMap<Vec<String>, usize> {
     out
 }
 
-fn drop_completed(cmds: Vec<UndoCmd>, records: &[Record]) -> Vec<UndoCmd> {
-    let mut done = completed_undos(records);
+/// The deletes each journalled restore run (by record) completed, as `map` names them.
+fn restore_deletes(
+    dir: &Path,
+    records: &[Record],
+    map: &dyn Fn(&RestoreRun) -> Vec<Vec<String>>,
+) -> HashMap<u64, Vec<Vec<String>>> {
+    let done: HashMap<u64, i32> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Done { seq, status } => Some((*seq, *status)),
+            _ => None,
+        })
+        .collect();
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Start {
+                seq, argv, stdin, ..
+            } => {
+                let program = base(argv.first()?);
+                if !program.ends_with("-restore") {
+                    return None;
+                }
+                let read = |ext: &str| {
+                    std::fs::read_to_string(cmd_file(dir, *seq, ext)).unwrap_or_default()
+                };
+                let run = RestoreRun::read(program, Some(*done.get(seq)?), *stdin, &read)?;
+                Some((*seq, map(&run)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn drop_completed(
+    cmds: Vec<UndoCmd>,
+    records: &[Record],
+    created: &[Created],
+    restore_deletes: &HashMap<u64, Vec<Vec<String>>>,
+) -> Vec<UndoCmd> {
+    let mut done = completed_undos(records, created, restore_deletes);
     cmds.into_iter()
         .filter(|c| match done.get_mut(&c.argv) {
             Some(n) if *n > 0 => {
@@ -326,7 +578,7 @@ pub(crate) fn undo_apply(tx: &Firewall, dir: &Path, records: &[Record]) -> Vec<U
         Some(group) => group.flags().contains(TransactionFlags::AUTO_ROLLBACK),
         None => any_auto,
     };
-    let created = created(dir, records, &auto_group);
+    let created = created(tx, dir, records, &auto_group);
     let last_group = records
         .iter()
         .filter_map(|r| match r {
@@ -358,12 +610,16 @@ pub(crate) fn undo_apply(tx: &Firewall, dir: &Path, records: &[Record]) -> Vec<U
             }
         }
     }
-    drop_completed(cmds, records)
+    let ipt = IptCommands::new(tx);
+    let undone = restore_deletes(dir, records, &|run| ipt.undone_by(run));
+    drop_completed(cmds, records, &created, &undone)
 }
 
 /// The rest of an interrupted removal: the plan's commands in order, minus those completed.
 /// iptables-family deletes get a `--check` first (one may have run without its `done` record).
-pub(crate) fn undo_remove(plan: &Firewall, records: &[Record]) -> Vec<UndoCmd> {
+/// A removal restore batch whose exit was recorded completed the lines of its committed
+/// sections, each mapped back to the plan command it was made from.
+pub(crate) fn undo_remove(plan: &Firewall, dir: &Path, records: &[Record]) -> Vec<UndoCmd> {
     let cmds = plan
         .groups()
         .iter()
@@ -381,7 +637,9 @@ pub(crate) fn undo_remove(plan: &Firewall, records: &[Record]) -> Vec<UndoCmd> {
         mark: "undo".into(),
     }];
     all.extend(records.iter().cloned());
-    drop_completed(cmds, &all)
+    let ipt = IptCommands::new(plan);
+    let ran = restore_deletes(dir, records, &|run| ipt.ran_by(plan, run));
+    drop_completed(cmds, &all, &[], &ran)
 }
 
 /// Delete bridge `name` if it exists (the check makes a repeated delete harmless).
@@ -515,7 +773,7 @@ mod tests {
             start(2, "iptables -w --delete FWD -j B", false),
         ];
         assert_eq!(
-            undo_remove(&plan, &records),
+            undo_remove(&plan, Path::new("/nonexistent"), &records),
             vec![UndoCmd {
                 argv: v("iptables -w --delete FWD -j B"),
                 check: Some(v("iptables -w --check FWD -j B")),
@@ -671,5 +929,79 @@ mod tests {
                 check: Some(v("iptables -w --check FORWARD -s 3.3.3.3 -j ACCEPT")),
             }]
         );
+    }
+
+    /// The batch path's restore of two groups failed in its second section: only the first
+    /// committed, and the engine took that back with a restore of deletes before re-running
+    /// the groups one by one (created again, then undone by its rollback). Every undo argv is
+    /// the engine's rollback argv of the command (no `--table filter` prefix), so each create
+    /// is undone exactly once.
+    #[test]
+    fn restore_undo_counts_committed_sections_only_with_the_engines_argv() {
+        let dir = tempfile::tempdir().unwrap();
+        let fw = Firewall::from_xml(
+            "<firewall backend='iptables'><group autoRollback='yes'>\
+             <action layer='ipv4'><args><item>-I</item><item>FORWARD</item><item>-s</item><item>1.1.1.1</item><item>-j</item><item>ACCEPT</item></args></action>\
+             <action layer='ipv4'><args><item>-t</item><item>nat</item><item>-A</item><item>POSTROUTING</item><item>-j</item><item>MASQUERADE</item></args></action>\
+             </group><group autoRollback='yes'>\
+             <action layer='ipv4'><args><item>-t</item><item>nat</item><item>-A</item><item>NOPE</item><item>-j</item><item>ACCEPT</item></args></action>\
+             </group></firewall>",
+            "t.xml",
+        )
+        .unwrap();
+        let write =
+            |seq, ext, text: &str| std::fs::write(cmd_file(dir.path(), seq, ext), text).unwrap();
+        write(0, "in", "*filter\n-I FORWARD -s 1.1.1.1 -j ACCEPT\nCOMMIT\n*nat\n-A POSTROUTING -j MASQUERADE\n-A NOPE -j ACCEPT\nCOMMIT\n");
+        write(0, "err", "iptables-restore: line 6 failed\n");
+        write(
+            1,
+            "in",
+            "*filter\n--delete FORWARD -s 1.1.1.1 -j ACCEPT\nCOMMIT\n",
+        );
+        let start = |seq, group, argv: &str, stdin| Record::Start {
+            seq,
+            group: Some(group),
+            argv: v(argv),
+            stdin,
+        };
+        let done = |seq, status| Record::Done { seq, status };
+        let records = vec![
+            start(0, 1, "iptables-restore -w --noflush", true),
+            done(0, 1),
+            start(1, 1, "iptables-restore -w --noflush", true),
+            done(1, 0),
+            start(2, 0, "iptables -w -I FORWARD -s 1.1.1.1 -j ACCEPT", false),
+            done(2, 0),
+            start(
+                3,
+                0,
+                "iptables -w -t nat -A POSTROUTING -j MASQUERADE",
+                false,
+            ),
+            done(3, 0),
+            start(4, 1, "iptables -w -t nat -A NOPE -j ACCEPT", false),
+            done(4, 1),
+            Record::Mark {
+                mark: "rollback 1 1".into(),
+            },
+        ];
+        let undo: Vec<_> = undo_apply(&fw, dir.path(), &records)
+            .into_iter()
+            .map(|u| u.argv)
+            .collect();
+        assert_eq!(
+            undo,
+            vec![
+                v("iptables -w -t nat --delete POSTROUTING -j MASQUERADE"),
+                v("iptables -w --delete FORWARD -s 1.1.1.1 -j ACCEPT"),
+            ]
+        );
+        // Killed while the first restore ran: its outcome is unknown, so every create of it
+        // is undone behind its `--check` (and nothing else ran).
+        let undo = undo_apply(&fw, dir.path(), &records[..1]);
+        assert_eq!(undo.len(), 3, "{undo:?}");
+        assert!(undo
+            .iter()
+            .all(|u| u.check.is_some() && !u.argv.contains(&"filter".to_string())));
     }
 }

@@ -420,3 +420,31 @@ pub fn without_counters(text: &str) -> String {
     }
     out
 }
+
+impl Env {
+    /// `iptables-save` and `ip6tables-save` of the namespace without their timestamp comment
+    /// lines: what the iptables ownership tests compare, rule for rule and with multiplicity.
+    pub fn ipt_save(&self) -> String {
+        let mut out = String::new();
+        for program in ["iptables-save", "ip6tables-save"] {
+            let text = self.ns.run(&[program]).unwrap();
+            for line in text.lines().filter(|l| !l.starts_with('#')) {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Run an iptables-family command in the namespace as "someone else" (not through virtfw).
+    pub fn by_hand(&self, argv: &[&str]) {
+        self.ns
+            .run(argv)
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    }
+}
+
+/// How many lines of `text` are exactly `line`.
+pub fn count_lines(text: &str, line: &str) -> usize {
+    text.lines().filter(|l| *l == line).count()
+}
