@@ -137,6 +137,13 @@ impl Operation {
         stats
     }
 
+    /// Run an existence check (journalled like every command): whether it succeeded.
+    fn probe(&self, argv: &[String]) -> bool {
+        self.exec
+            .run(Invocation { argv, stdin: None })
+            .is_ok_and(|o| o.success())
+    }
+
     /// Undo everything of `tx` that phase `phase` left in the kernel, journalled in that phase
     /// after `mark` (`undo` after the engine failed to apply `tx` and ran libvirt's rollback,
     /// which may leave earlier groups applied; `recover` in recovery).
@@ -147,7 +154,8 @@ impl Operation {
         mark: &str,
     ) -> CliResult<UndoStats> {
         let records = self.reenter(phase, mark)?;
-        Ok(self.run_undo(&undo::undo_apply(tx, self.dir(), &records)))
+        let probe = |argv: &[String]| self.probe(argv);
+        Ok(self.run_undo(&undo::undo_apply(tx, self.dir(), &records, &probe)))
     }
 
     /// Finish the removal by `plan` that phase `phase` began, after `mark`: its commands not
@@ -159,7 +167,8 @@ impl Operation {
         mark: &str,
     ) -> CliResult<UndoStats> {
         let records = self.reenter(phase, mark)?;
-        Ok(self.run_undo(&undo::undo_remove(plan, self.dir(), &records)))
+        let probe = |argv: &[String]| self.probe(argv);
+        Ok(self.run_undo(&undo::undo_remove(plan, self.dir(), &records, &probe)))
     }
 
     /// Store the result in the journal: the commit point of a network operation.

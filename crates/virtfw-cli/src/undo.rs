@@ -29,6 +29,10 @@ use virtfw::{Backend, Firewall, Layer, TransactionFlags};
 
 use crate::journal::{cmd_file, Record};
 
+/// Asks the kernel now: runs an existence check (a `--check` argv) and answers whether it
+/// succeeded. Used to settle a restore batch that virtfw was killed during.
+pub(crate) type Probe<'a> = &'a dyn Fn(&[String]) -> bool;
+
 /// One command of an undo, with an optional existence check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct UndoCmd {
@@ -149,8 +153,10 @@ fn created(
     dir: &Path,
     records: &[Record],
     auto_group: &dyn Fn(Option<usize>) -> bool,
+    probe: Probe<'_>,
 ) -> Vec<Created> {
     let ipt = IptCommands::new(tx);
+    let started = started_undos(records);
     let done: HashMap<u64, i32> = records
         .iter()
         .filter_map(|r| match r {
@@ -198,7 +204,10 @@ fn created(
         match base(program) {
             "nft" => nft_created(args, *stdin, &read, &mut push),
             p if restore => {
-                if let Some(run) = RestoreRun::read(p, status, *stdin, &read) {
+                if let Some(mut run) = RestoreRun::read(p, status, *stdin, &read) {
+                    if status.is_none() {
+                        ipt.settle(tx, &mut run, &started, probe, true);
+                    }
                     let fallback = auto_group(*group).then_some(*group);
                     for (group, undo) in restore_created(&ipt, &run, auto_group, fallback) {
                         out.push(Created {
@@ -371,6 +380,69 @@ impl<'a> IptCommands<'a> {
         Some((*g, *cmd))
     }
 
+    /// Settle the outcome of restore `run` of `fw`'s commands that virtfw was killed during (no
+    /// `done` record) by asking the kernel, section by section in input order (each `COMMIT`
+    /// is atomic, and a section runs only after the one before it committed):
+    ///
+    /// * `creates` (an apply): a section committed iff every rule of it is there, the engine's
+    ///   rule for a restore that named no line (`run_family`). Someone else's identical rule
+    ///   answers "there" too, so a section counts only when all of ours are.
+    /// * deletes (a removal): a section committed iff some rule of it is gone. "All gone"
+    ///   never holds for a section with a rule someone else has too (theirs stays), and
+    ///   re-running that delete would take theirs.
+    ///
+    /// Rules whose undo (or delete) a later pass already started (`started`: argvs, with
+    /// multiplicity) are left out of the question: their state is ours to explain.
+    fn settle(
+        &self,
+        fw: &Firewall,
+        run: &mut RestoreRun,
+        started: &HashMap<Vec<String>, usize>,
+        probe: Probe<'_>,
+        creates: bool,
+    ) {
+        if run.committed.is_some() {
+            return;
+        }
+        let mut started = started.clone();
+        let mut used = vec![false; self.items.len()];
+        let mut committed = 0;
+        for (table, lines) in &run.sections {
+            let mut answers = Vec::new();
+            for line in lines {
+                let Some((_, cmd)) = self.find(run.layer, table, line, false, &mut used) else {
+                    answers.push(None);
+                    continue;
+                };
+                let (argv, check) = if creates {
+                    let undo = ipt_delete(run.layer, cmd.args());
+                    (undo.argv, rollback::iptables_check(cmd.args()))
+                } else {
+                    (argv_of(fw, cmd), rollback::iptables_check(cmd.args()))
+                };
+                if let Some(n) = started.get_mut(&argv).filter(|n| **n > 0) {
+                    *n -= 1;
+                    continue;
+                }
+                answers.push(check.map(|c| {
+                    let mut full = ipt_lead(run.layer);
+                    full.extend(c);
+                    probe(&full)
+                }));
+            }
+            let done = if creates {
+                answers.iter().all(|a| *a == Some(true))
+            } else {
+                answers.contains(&Some(false))
+            };
+            if !done {
+                break;
+            }
+            committed += 1;
+        }
+        run.committed = Some(committed);
+    }
+
     /// The undo argvs of what the committed sections of delete run `run` took away again:
     /// each delete line mapped to the create it is the inverse of, as that create's undo
     /// argv (so it matches the undo computed from the create exactly).
@@ -459,6 +531,18 @@ fn completed_undos(
     let mut early: HashMap<u64, &Vec<String>> = HashMap::new();
     let mut ours: HashMap<&Vec<String>, usize> = HashMap::new();
     let mut out: HashMap<Vec<String>, usize> = HashMap::new();
+    // An undo counts once the rollback started, or when it undoes a create seen before it.
+    let count = |argv: &Vec<String>,
+                 started: bool,
+                 ours: &mut HashMap<&Vec<String>, usize>,
+                 out: &mut HashMap<Vec<String>, usize>| {
+        if started {
+            *out.entry(argv.clone()).or_default() += 1;
+        } else if let Some(n) = ours.get_mut(argv).filter(|n| **n > 0) {
+            *n -= 1;
+            *out.entry(argv.clone()).or_default() += 1;
+        }
+    };
     for rec in records {
         match rec {
             Record::Mark { mark } if !started => {
@@ -469,6 +553,11 @@ fn completed_undos(
             Record::Start { seq, argv, .. } => {
                 for c in created.iter().filter(|c| c.seq == *seq) {
                     *ours.entry(&c.undo.argv).or_default() += 1;
+                }
+                // A restore's committed deletes are known from its record (settled when it
+                // has no `done` record): counted where it started.
+                for argv in restore_deletes.get(seq).into_iter().flatten() {
+                    count(argv, started, &mut ours, &mut out);
                 }
                 if started {
                     argv_of.insert(*seq, argv);
@@ -482,19 +571,8 @@ fn completed_undos(
                 if let Some(argv) = argv_of.get(seq) {
                     *out.entry((*argv).clone()).or_default() += 1;
                 }
-                let mut count = |argv: &Vec<String>| {
-                    if started {
-                        *out.entry(argv.clone()).or_default() += 1;
-                    } else if let Some(n) = ours.get_mut(argv).filter(|n| **n > 0) {
-                        *n -= 1;
-                        *out.entry(argv.clone()).or_default() += 1;
-                    }
-                };
                 if let Some(argv) = early.get(seq).filter(|_| *status == 0) {
-                    count(argv);
-                }
-                for argv in restore_deletes.get(seq).into_iter().flatten() {
-                    count(argv);
+                    count(argv, started, &mut ours, &mut out);
                 }
             }
             _ => {}
@@ -503,11 +581,32 @@ fn completed_undos(
     out
 }
 
-/// The deletes each journalled restore run (by record) completed, as `map` names them.
+/// Argvs (with multiplicity) of the commands started after the first rollback/undo/recover
+/// mark: undo commands a previous pass began, finished or not.
+fn started_undos(records: &[Record]) -> HashMap<Vec<String>, usize> {
+    let mut started = false;
+    let mut out: HashMap<Vec<String>, usize> = HashMap::new();
+    for rec in records {
+        match rec {
+            Record::Mark { mark } if !started => {
+                started = ["rollback", "undo", "recover"]
+                    .iter()
+                    .any(|m| mark.starts_with(m));
+            }
+            Record::Start { argv, .. } if started => *out.entry(argv.clone()).or_default() += 1,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The deletes each journalled restore run (by record) completed, as `map` names them. A
+/// run without a `done` record is settled by `settle` when given, else counts as nothing.
 fn restore_deletes(
     dir: &Path,
     records: &[Record],
     map: &dyn Fn(&RestoreRun) -> Vec<Vec<String>>,
+    settle: Option<&dyn Fn(&mut RestoreRun)>,
 ) -> HashMap<u64, Vec<Vec<String>>> {
     let done: HashMap<u64, i32> = records
         .iter()
@@ -529,7 +628,11 @@ fn restore_deletes(
                 let read = |ext: &str| {
                     std::fs::read_to_string(cmd_file(dir, *seq, ext)).unwrap_or_default()
                 };
-                let run = RestoreRun::read(program, Some(*done.get(seq)?), *stdin, &read)?;
+                let status = done.get(seq).copied();
+                let mut run = RestoreRun::read(program, status, *stdin, &read)?;
+                if status.is_none() {
+                    settle?(&mut run);
+                }
                 Some((*seq, map(&run)))
             }
             _ => None,
@@ -569,7 +672,14 @@ fn argv_of(fw: &Firewall, cmd: &virtfw::Command) -> Vec<String> {
 /// the inverses of what it created (last first), then its hand-written rollback commands (in
 /// their written order, as libvirt runs rollbacks). Commands already completed by an earlier
 /// rollback or recovery pass are left out.
-pub(crate) fn undo_apply(tx: &Firewall, dir: &Path, records: &[Record]) -> Vec<UndoCmd> {
+///
+/// `probe` settles a restore batch virtfw was killed during ([`IptCommands::settle`]).
+pub(crate) fn undo_apply(
+    tx: &Firewall,
+    dir: &Path,
+    records: &[Record],
+    probe: Probe<'_>,
+) -> Vec<UndoCmd> {
     let any_auto = tx
         .groups()
         .iter()
@@ -578,7 +688,7 @@ pub(crate) fn undo_apply(tx: &Firewall, dir: &Path, records: &[Record]) -> Vec<U
         Some(group) => group.flags().contains(TransactionFlags::AUTO_ROLLBACK),
         None => any_auto,
     };
-    let created = created(tx, dir, records, &auto_group);
+    let created = created(tx, dir, records, &auto_group, probe);
     let last_group = records
         .iter()
         .filter_map(|r| match r {
@@ -611,7 +721,7 @@ pub(crate) fn undo_apply(tx: &Firewall, dir: &Path, records: &[Record]) -> Vec<U
         }
     }
     let ipt = IptCommands::new(tx);
-    let undone = restore_deletes(dir, records, &|run| ipt.undone_by(run));
+    let undone = restore_deletes(dir, records, &|run| ipt.undone_by(run), None);
     drop_completed(cmds, records, &created, &undone)
 }
 
@@ -619,7 +729,14 @@ pub(crate) fn undo_apply(tx: &Firewall, dir: &Path, records: &[Record]) -> Vec<U
 /// iptables-family deletes get a `--check` first (one may have run without its `done` record).
 /// A removal restore batch whose exit was recorded completed the lines of its committed
 /// sections, each mapped back to the plan command it was made from.
-pub(crate) fn undo_remove(plan: &Firewall, dir: &Path, records: &[Record]) -> Vec<UndoCmd> {
+/// A removal restore virtfw was killed during is settled with `probe`
+/// ([`IptCommands::settle`]): the lines of the sections that committed are done.
+pub(crate) fn undo_remove(
+    plan: &Firewall,
+    dir: &Path,
+    records: &[Record],
+    probe: Probe<'_>,
+) -> Vec<UndoCmd> {
     let cmds = plan
         .groups()
         .iter()
@@ -638,7 +755,9 @@ pub(crate) fn undo_remove(plan: &Firewall, dir: &Path, records: &[Record]) -> Ve
     }];
     all.extend(records.iter().cloned());
     let ipt = IptCommands::new(plan);
-    let ran = restore_deletes(dir, records, &|run| ipt.ran_by(plan, run));
+    let started = started_undos(&all);
+    let settle = |run: &mut RestoreRun| ipt.settle(plan, run, &started, probe, false);
+    let ran = restore_deletes(dir, records, &|run| ipt.ran_by(plan, run), Some(&settle));
     drop_completed(cmds, &all, &[], &ran)
 }
 
@@ -773,7 +892,7 @@ mod tests {
             start(2, "iptables -w --delete FWD -j B", false),
         ];
         assert_eq!(
-            undo_remove(&plan, Path::new("/nonexistent"), &records),
+            undo_remove(&plan, Path::new("/nonexistent"), &records, &|_| true),
             vec![UndoCmd {
                 argv: v("iptables -w --delete FWD -j B"),
                 check: Some(v("iptables -w --check FWD -j B")),
@@ -838,7 +957,7 @@ mod tests {
                 stdin: false,
             },
         ];
-        let undo = undo_apply(&tx(), dir.path(), &records);
+        let undo = undo_apply(&tx(), dir.path(), &records, &|_| true);
         assert_eq!(
             undo,
             vec![UndoCmd {
@@ -867,7 +986,7 @@ mod tests {
             argv: v("nft -ae -f -"),
             stdin: true,
         }];
-        let undo: Vec<_> = undo_apply(&tx(), dir.path(), &records)
+        let undo: Vec<_> = undo_apply(&tx(), dir.path(), &records, &|_| true)
             .into_iter()
             .map(|u| u.argv)
             .collect();
@@ -921,7 +1040,7 @@ mod tests {
             },
             Record::Done { seq: 3, status: 0 },
         ];
-        let undo = undo_apply(&fw, dir.path(), &records);
+        let undo = undo_apply(&fw, dir.path(), &records, &|_| true);
         assert_eq!(
             undo,
             vec![UndoCmd {
@@ -985,7 +1104,7 @@ mod tests {
                 mark: "rollback 1 1".into(),
             },
         ];
-        let undo: Vec<_> = undo_apply(&fw, dir.path(), &records)
+        let undo: Vec<_> = undo_apply(&fw, dir.path(), &records, &|_| true)
             .into_iter()
             .map(|u| u.argv)
             .collect();
@@ -998,7 +1117,7 @@ mod tests {
         );
         // Killed while the first restore ran: its outcome is unknown, so every create of it
         // is undone behind its `--check` (and nothing else ran).
-        let undo = undo_apply(&fw, dir.path(), &records[..1]);
+        let undo = undo_apply(&fw, dir.path(), &records[..1], &|_| true);
         assert_eq!(undo.len(), 3, "{undo:?}");
         assert!(undo
             .iter()

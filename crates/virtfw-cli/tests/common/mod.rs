@@ -448,3 +448,37 @@ impl Env {
 pub fn count_lines(text: &str, line: &str) -> usize {
     text.lines().filter(|l| *l == line).count()
 }
+
+/// Run `cmd` (a virtfw command with the [`wrappers`] first on PATH) until its `at`-th wrapped
+/// invocation (of `only`, or of any wrapped program) has run, then kill it with SIGKILL, and
+/// the stalled command too: a deterministic kill -9 right after a known command.
+pub fn kill_after(dir: &Path, mut cmd: Command, at: u64, only: Option<&str>) {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let stall = Stall::new(dir);
+    stall.arm(&mut cmd, at, only);
+    let mut child = cmd.spawn().unwrap();
+    let stalled = stall.wait(&mut child);
+    stall.kill(&mut child, stalled);
+}
+
+impl Env {
+    /// `nft -s list ruleset` of the namespace (stateless: no counter values).
+    pub fn nft_state(&self) -> String {
+        self.ns.run(&["nft", "-s", "list", "ruleset"]).unwrap()
+    }
+
+    /// `virtfw --json recover`, which must succeed; returns how many undo commands it ran.
+    pub fn recover(&self) -> u64 {
+        let o = self.run(&["--json", "recover"]);
+        assert_eq!(o.status.code(), Some(0), "recover: {}", text(&o));
+        recovered_commands(&o)
+    }
+
+    /// How many journals are pending.
+    pub fn journals(&self) -> usize {
+        std::fs::read_dir(self.state().join("journal"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}

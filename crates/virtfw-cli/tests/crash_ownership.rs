@@ -1,0 +1,434 @@
+//! kill -9 at fixed points of `apply`, `remove` and `recover` itself, with someone else's
+//! objects in the tables and chains the transaction touches; after `virtfw recover` (run again
+//! when it was killed) everything not ours is exactly as before and ours is gone.
+//!
+//! The kill lands right after a known command (the wrapper technique of `crash.rs`, see
+//! `common::Stall`): the command took effect, virtfw never saw it finish.
+//!
+//! * iptables: someone else's rules in FORWARD, in a custom chain and in IPv6 FORWARD are
+//!   identical to three of ours (a `--check` cannot tell them apart); kills after a restore
+//!   batch committed, after the first per-command insert (`--no-batch`), during a removal
+//!   (batch and per command) and during recovery. Compared: `iptables-save`.
+//! * nftables: a hand-made table holding a set with elements, a base chain and a rule; the
+//!   transaction idempotently `add`s that table and chain, then its own chain and rules. A
+//!   second hand-made table gets the handle the hand-made chain has, which is what pairing
+//!   echoed handles with creates by position would delete. Compared: `nft -s list ruleset`.
+//!
+//! A few fixed kill points per backend by default; `VIRTFW_CRASH_RUNS=N` (N > 8) adds kill
+//! points 1..N/4 of each recovery.
+
+mod common;
+use common::*;
+
+/// Extra kill points from `VIRTFW_CRASH_RUNS` (see the module docs).
+fn more_points() -> u64 {
+    std::env::var("VIRTFW_CRASH_RUNS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|n| n / 4)
+        .unwrap_or(0)
+}
+
+const WRAPPED: &[&str] = &[
+    "nft",
+    "iptables",
+    "ip6tables",
+    "iptables-restore",
+    "ip6tables-restore",
+];
+
+// ---- iptables ------------------------------------------------------------------------------
+
+/// Someone else's rules (argv, split at spaces); three are identical to rules of ours. Each
+/// twin stands where a delete by specification (which removes the first match) leaves the
+/// chain's order as it was: first in a chain we insert into, last in one we append to (a
+/// twin with other rules between it and our appended copy comes back reordered: see the
+/// report).
+const IPT_OTHERS: &[&str] = &[
+    "iptables -w -N OTHERS",
+    "iptables -w -A OTHERS -d 10.7.0.8/32 -j ACCEPT",
+    "iptables -w -A OTHERS -d 10.7.0.2/32 -j DROP",
+    "iptables -w -A FORWARD -s 10.7.0.1/32 -j ACCEPT",
+    "iptables -w -A FORWARD -s 10.7.0.9/32 -j DROP",
+    "iptables -w -t nat -A POSTROUTING -s 10.7.9.0/24 -j MASQUERADE",
+    "ip6tables -w -A FORWARD -s fd00:7::1/128 -j ACCEPT",
+];
+
+const IPT_TWINS: &[&str] = &[
+    "-A OTHERS -d 10.7.0.2/32 -j DROP",
+    "-A FORWARD -s 10.7.0.1/32 -j ACCEPT",
+    "-A FORWARD -s fd00:7::1/128 -j ACCEPT",
+];
+
+/// Our transaction (it succeeds when not killed): creates in filter (built-in and custom
+/// chain), nat and IPv6 filter, over two auto-rollback groups.
+fn ipt_tx() -> String {
+    let group0 = [
+        action(
+            "ipv4",
+            &["-I", "FORWARD", "-s", "10.7.0.1/32", "-j", "ACCEPT"],
+        ),
+        action(
+            "ipv4",
+            &[
+                "--table",
+                "filter",
+                "--append",
+                "OTHERS",
+                "-d",
+                "10.7.0.2/32",
+                "-j",
+                "DROP",
+            ],
+        ),
+        action(
+            "ipv4",
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-s",
+                "10.7.0.0/24",
+                "-j",
+                "MASQUERADE",
+            ],
+        ),
+        action(
+            "ipv6",
+            &["-I", "FORWARD", "-s", "fd00:7::1/128", "-j", "ACCEPT"],
+        ),
+    ]
+    .concat();
+    let group1 = [
+        action(
+            "ipv4",
+            &["-A", "FORWARD", "-d", "10.7.0.3/32", "-j", "ACCEPT"],
+        ),
+        action(
+            "ipv6",
+            &["-A", "FORWARD", "-d", "fd00:7::3/128", "-j", "DROP"],
+        ),
+    ]
+    .concat();
+    format!(
+        "<firewall name='ipt' backend='iptables'>\
+         <group autoRollback='yes'>{group0}</group>\
+         <group autoRollback='yes'><rollback inheritPrevious='yes'/>{group1}</group>\
+         </firewall>"
+    )
+}
+
+struct IptSetup {
+    env: Env,
+    path: String,
+    file: std::path::PathBuf,
+    before: String,
+}
+
+fn ipt_setup(prefix: &str) -> IptSetup {
+    let env = Env::new(prefix);
+    env.prime_iptables();
+    for argv in IPT_OTHERS {
+        env.by_hand(&argv.split(' ').collect::<Vec<_>>());
+    }
+    let before = env.ipt_save();
+    let path = wrappers(env.dir.path(), WRAPPED);
+    let file = env.write("ipt.xml", &ipt_tx());
+    IptSetup {
+        env,
+        path,
+        file,
+        before,
+    }
+}
+
+impl IptSetup {
+    fn virtfw(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = self.env.cmd(args);
+        cmd.env("PATH", &self.path);
+        cmd
+    }
+
+    /// After recovery: exactly the state before, every twin once, no journal, no plan.
+    fn assert_as_before(&self, what: &str) {
+        let after = self.env.ipt_save();
+        for twin in IPT_TWINS {
+            assert_eq!(
+                count_lines(&after, twin),
+                1,
+                "{what}: someone else's `{twin}` is gone or ours is left:\n{after}"
+            );
+        }
+        assert_eq!(after, self.before, "{what}: iptables-save differs");
+        assert_eq!(self.env.journals(), 0, "{what}: journal left behind");
+        assert!(!plan_exists(&self.env, "ipt"), "{what}: a plan is left");
+    }
+}
+
+/// Kill `apply` after its `at`-th command of `only`, then recover.
+fn ipt_apply_killed(per_command: bool, at: u64, only: &str) {
+    let s = ipt_setup("vfw-cripta");
+    let mut args = vec!["apply", path_of(&s.file)];
+    if per_command {
+        args.insert(0, "--no-batch");
+    }
+    kill_after(s.env.dir.path(), s.virtfw(&args), at, Some(only));
+    let undone = s.env.recover();
+    assert!(undone > 0, "recover found nothing to undo");
+    s.assert_as_before(&format!(
+        "apply (per_command {per_command}) killed after {only} #{at}"
+    ));
+}
+
+#[test]
+fn ipt_apply_killed_after_a_restore_committed() {
+    ipt_apply_killed(false, 1, "iptables-restore");
+}
+
+#[test]
+fn ipt_apply_killed_after_the_first_per_command_insert() {
+    ipt_apply_killed(true, 1, "iptables");
+}
+
+/// Apply completely, kill `remove` after its `at`-th command of `only`, then recover.
+fn ipt_remove_killed(per_command: bool, at: u64, only: &str) {
+    let s = ipt_setup("vfw-criptr");
+    let o = s.env.run(&["apply", path_of(&s.file)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let mut args = vec!["remove", "ipt"];
+    if per_command {
+        args.insert(0, "--no-batch");
+    }
+    kill_after(s.env.dir.path(), s.virtfw(&args), at, Some(only));
+    s.env.recover();
+    s.assert_as_before(&format!(
+        "remove (per_command {per_command}) killed after {only} #{at}"
+    ));
+}
+
+#[test]
+fn ipt_remove_killed_after_the_removal_restore() {
+    ipt_remove_killed(false, 1, "iptables-restore");
+}
+
+#[test]
+fn ipt_remove_killed_after_the_first_per_command_delete() {
+    ipt_remove_killed(true, 1, "iptables");
+}
+
+/// Kill `apply` after its restore batch, then kill `recover` after its `at`-th command,
+/// then recover again.
+fn ipt_recover_killed(at: u64) {
+    let s = ipt_setup("vfw-cripts");
+    let args = ["apply", path_of(&s.file)];
+    kill_after(
+        s.env.dir.path(),
+        s.virtfw(&args),
+        1,
+        Some("iptables-restore"),
+    );
+    kill_after(s.env.dir.path(), s.virtfw(&["recover"]), at, None);
+    s.env.recover();
+    s.assert_as_before(&format!("recover killed after its command #{at}"));
+}
+
+#[test]
+fn ipt_recover_killed_after_its_first_delete() {
+    // Recovery runs `--check` then the delete for each rule: invocation 2 is a delete.
+    ipt_recover_killed(2);
+}
+
+#[test]
+fn ipt_recover_killed_at_more_points() {
+    for at in 1..=more_points() {
+        ipt_recover_killed(at);
+    }
+}
+
+// ---- nftables ------------------------------------------------------------------------------
+
+/// The hand-made objects: table `other` (table handle 1), then table `handmade` with a set
+/// (elements), a base chain `hc` (chain handle 1: chains are numbered first) and a rule; so
+/// `other`'s handle equals `hc`'s (checked in `nft_setup`).
+const NFT_HANDMADE: &str = "\
+table ip other {
+\tchain oc {
+\t\tip daddr 10.0.0.3 drop
+\t}
+}
+table ip handmade {
+\tset s {
+\t\ttype ipv4_addr
+\t\telements = { 10.0.0.1, 10.0.0.2 }
+\t}
+\tchain hc {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tip saddr @s accept
+\t}
+}
+";
+
+/// Our transaction: idempotent adds of the hand-made table and chain, then our own chain
+/// and rules (one of them in the hand-made chain), over two auto-rollback groups.
+fn nft_tx() -> String {
+    let a = |args: &[&str]| action("ipv4", args);
+    format!(
+        "<firewall name='nftown' backend='nftables'>\
+         <group autoRollback='yes'>{}{}{}{}</group>\
+         <group autoRollback='yes'><rollback inheritPrevious='yes'/>{}{}</group>\
+         </firewall>",
+        a(&["add", "table", "ip", "handmade"]),
+        a(&[
+            "add",
+            "chain",
+            "ip",
+            "handmade",
+            "hc",
+            "{ type filter hook forward priority 0; policy accept; }"
+        ]),
+        a(&["add", "chain", "ip", "handmade", "ours"]),
+        a(&["add", "rule", "ip", "handmade", "ours", "ip", "daddr", "10.0.0.9", "accept"]),
+        a(&["add", "rule", "ip", "handmade", "hc", "ip", "daddr", "10.0.0.8", "jump", "ours"]),
+        a(&["add", "rule", "ip", "handmade", "ours", "counter", "drop"]),
+    )
+}
+
+struct NftSetup {
+    env: Env,
+    path: String,
+    file: std::path::PathBuf,
+    before: String,
+}
+
+/// `# handle N` of the line of `listing` (an `nft -a` listing) that starts with `start`.
+fn handle_of(listing: &str, start: &str) -> u64 {
+    let line = listing
+        .lines()
+        .find(|l| l.trim_start().starts_with(start))
+        .unwrap_or_else(|| panic!("no `{start}` in {listing}"));
+    line.rsplit("# handle ")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn nft_setup(prefix: &str) -> NftSetup {
+    let env = Env::new(prefix);
+    let hand = env.write("hand.nft", NFT_HANDMADE);
+    env.by_hand(&["nft", "-f", path_of(&hand)]);
+    let listing = env.ns.run(&["nft", "-a", "list", "ruleset"]).unwrap();
+    assert_eq!(
+        handle_of(&listing, "table ip other"),
+        handle_of(&listing, "chain hc"),
+        "the handles are not arranged to collide:\n{listing}"
+    );
+    let before = env.nft_state();
+    let path = wrappers(env.dir.path(), WRAPPED);
+    let file = env.write("nftown.xml", &nft_tx());
+    NftSetup {
+        env,
+        path,
+        file,
+        before,
+    }
+}
+
+impl NftSetup {
+    fn virtfw(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = self.env.cmd(args);
+        cmd.env("PATH", &self.path);
+        cmd
+    }
+
+    fn assert_as_before(&self, what: &str) {
+        let after = self.env.nft_state();
+        assert_eq!(after, self.before, "{what}: the ruleset differs");
+        assert_eq!(self.env.journals(), 0, "{what}: journal left behind");
+        assert!(!plan_exists(&self.env, "nftown"), "{what}: a plan is left");
+    }
+}
+
+fn nft_apply_killed(per_command: bool, at: u64) {
+    let s = nft_setup("vfw-crnfta");
+    let mut args = vec!["apply", path_of(&s.file)];
+    if per_command {
+        args.insert(0, "--no-batch");
+    }
+    kill_after(s.env.dir.path(), s.virtfw(&args), at, Some("nft"));
+    s.env.recover();
+    s.assert_as_before(&format!(
+        "apply (per_command {per_command}) killed after nft #{at}"
+    ));
+}
+
+#[test]
+fn nft_apply_killed_after_its_first_nft_command() {
+    nft_apply_killed(false, 1);
+}
+
+#[test]
+fn nft_apply_per_command_killed_after_the_existing_chain_add() {
+    // The per-command path: #1 the table add, #2 the hand-made chain's add, #3 our chain.
+    nft_apply_killed(true, 2);
+}
+
+#[test]
+fn nft_apply_per_command_killed_after_our_chain() {
+    nft_apply_killed(true, 3);
+}
+
+#[test]
+fn nft_apply_killed_at_more_points() {
+    for at in 1..=more_points() {
+        nft_apply_killed(true, at);
+    }
+}
+
+fn nft_remove_killed(per_command: bool, at: u64) {
+    let s = nft_setup("vfw-crnftr");
+    let o = s.env.run(&["apply", path_of(&s.file)]);
+    assert_eq!(o.status.code(), Some(0), "apply: {}", text(&o));
+    let mut args = vec!["remove", "nftown"];
+    if per_command {
+        args.insert(0, "--no-batch");
+    }
+    kill_after(s.env.dir.path(), s.virtfw(&args), at, Some("nft"));
+    s.env.recover();
+    s.assert_as_before(&format!(
+        "remove (per_command {per_command}) killed after nft #{at}"
+    ));
+}
+
+#[test]
+fn nft_remove_killed_after_its_first_nft_command() {
+    nft_remove_killed(false, 1);
+}
+
+#[test]
+fn nft_remove_per_command_killed_after_the_first_delete() {
+    nft_remove_killed(true, 1);
+}
+
+fn nft_recover_killed(at: u64) {
+    let s = nft_setup("vfw-crnfts");
+    let args = ["--no-batch", "apply", path_of(&s.file)];
+    kill_after(s.env.dir.path(), s.virtfw(&args), 4, Some("nft"));
+    kill_after(s.env.dir.path(), s.virtfw(&["recover"]), at, Some("nft"));
+    s.env.recover();
+    s.assert_as_before(&format!("recover killed after its nft #{at}"));
+}
+
+#[test]
+fn nft_recover_killed_after_its_first_delete() {
+    nft_recover_killed(1);
+}
+
+#[test]
+fn nft_recover_killed_at_more_points() {
+    for at in 1..=more_points() {
+        nft_recover_killed(at);
+    }
+}
