@@ -137,11 +137,13 @@ impl Operation {
         stats
     }
 
-    /// Run an existence check (journalled like every command): whether it succeeded.
-    fn probe(&self, argv: &[String]) -> bool {
+    /// Run a check or listing (journalled like every command): its output if it succeeded.
+    fn probe(&self, argv: &[String]) -> Option<String> {
         self.exec
             .run(Invocation { argv, stdin: None })
-            .is_ok_and(|o| o.success())
+            .ok()
+            .filter(|o| o.success())
+            .map(|o| o.stdout)
     }
 
     /// Undo everything of `tx` that phase `phase` left in the kernel, journalled in that phase

@@ -20,8 +20,13 @@
 //!   does an iptables-family delete that succeeded after the create it undoes, per command or
 //!   as a line of a committed section of a restore of deletes (the engine's own take-back of
 //!   the committed sections of a failed batch).
+//! * A restore batch virtfw was killed during is settled section by section by asking the
+//!   kernel (`IptCommands::settle`); an iptables delete an earlier undo pass was killed
+//!   during is settled by counting the chain's rules against the witness listing that pass
+//!   took first (`settle_interrupted`): `--check` alone cannot tell our rule from someone
+//!   else's identical one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use virtfw::{batch, rollback};
@@ -29,9 +34,9 @@ use virtfw::{Backend, Firewall, Layer, TransactionFlags};
 
 use crate::journal::{cmd_file, Record};
 
-/// Asks the kernel now: runs an existence check (a `--check` argv) and answers whether it
-/// succeeded. Used to settle a restore batch that virtfw was killed during.
-pub(crate) type Probe<'a> = &'a dyn Fn(&[String]) -> bool;
+/// Asks the kernel now: runs a check or listing (journalled like every command) and returns
+/// its standard output when it succeeded. Used to settle what virtfw was killed during.
+pub(crate) type Probe<'a> = &'a dyn Fn(&[String]) -> Option<String>;
 
 /// One command of an undo, with an optional existence check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -427,7 +432,7 @@ impl<'a> IptCommands<'a> {
                 answers.push(check.map(|c| {
                     let mut full = ipt_lead(run.layer);
                     full.extend(c);
-                    probe(&full)
+                    probe(&full).is_some()
                 }));
             }
             let done = if creates {
@@ -658,6 +663,147 @@ fn drop_completed(
         .collect()
 }
 
+/// The (layer, table, chain) an iptables-family rule delete works on.
+fn chain_of(argv: &[String]) -> Option<(Layer, String, String)> {
+    let layer = ipt_layer(argv.first()?)?;
+    if !rollback::iptables_is_delete(argv) {
+        return None;
+    }
+    let mut table = "filter".to_string();
+    let mut chain = None;
+    let mut words = argv.iter();
+    while let Some(w) = words.next() {
+        match w.as_str() {
+            "-t" | "--table" => table = words.next()?.clone(),
+            "-D" | "--delete" if chain.is_none() => chain = Some(words.next()?.clone()),
+            _ => {}
+        }
+    }
+    Some((layer, table, chain?))
+}
+
+/// The listing of one chain (`-S CHAIN`): a pass's witness of how many rules it held.
+fn witness_argv((layer, table, chain): &(Layer, String, String)) -> Vec<String> {
+    let mut argv = ipt_lead(*layer);
+    argv.extend(["-t", table, "-S", chain].map(String::from));
+    argv
+}
+
+/// How many rules a `-S CHAIN` listing shows.
+fn rule_count(listing: &str) -> usize {
+    listing.lines().filter(|l| l.starts_with("-A ")).count()
+}
+
+/// Settle the iptables-family deletes an earlier undo pass was killed during.
+///
+/// `--check` cannot tell whether such a delete took effect when someone else has an identical
+/// rule (theirs answers "there" either way, and running the delete again takes theirs). So
+/// every undo pass first lists each chain it is about to delete from (`witness_argv`,
+/// journalled: the listing lands in the journal), and a delete interrupted in that pass is
+/// settled by counting: the chain held `before` rules at the pass's start, `k` deletes of it
+/// completed after, and the next pass's witness (or, for the last pass, this one's) shows
+/// `after`. `after + k + 1 == before`: it took effect, and is dropped from `cmds`. Anything
+/// else (no witness, as for a delete of `remove` itself; or the chain changed by someone
+/// else) leaves it to run behind its `--check`, as before.
+///
+/// Takes this pass's witnesses with `probe` (before any of its deletes run) for every chain
+/// `cmds` deletes from, and returns `cmds` without the settled deletes.
+fn settle_interrupted(
+    cmds: Vec<UndoCmd>,
+    dir: &Path,
+    records: &[Record],
+    probe: Probe<'_>,
+) -> Vec<UndoCmd> {
+    let chains: BTreeSet<(Layer, String, String)> = cmds
+        .iter()
+        .filter(|c| c.check.is_some())
+        .filter_map(|c| chain_of(&c.argv))
+        .collect();
+    let now: HashMap<Vec<String>, Option<usize>> = chains
+        .iter()
+        .map(|k| {
+            let argv = witness_argv(k);
+            let count = probe(&argv).map(|out| rule_count(&out));
+            (argv, count)
+        })
+        .collect();
+    let done: HashMap<u64, i32> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Done { seq, status } => Some((*seq, *status)),
+            _ => None,
+        })
+        .collect();
+    let witness = |seq: u64| -> Option<usize> {
+        (done.get(&seq) == Some(&0)).then_some(())?;
+        std::fs::read_to_string(cmd_file(dir, seq, "out"))
+            .ok()
+            .map(|t| rule_count(&t))
+    };
+    let is_mark = |r: &Record| {
+        matches!(r, Record::Mark { mark } if ["rollback", "undo", "recover"]
+            .iter()
+            .any(|m| mark.starts_with(m)))
+    };
+    let mut took_effect: HashMap<Vec<String>, usize> = HashMap::new();
+    for (i, rec) in records.iter().enumerate() {
+        let Record::Start { seq, argv, .. } = rec else {
+            continue;
+        };
+        if done.contains_key(seq) {
+            continue;
+        }
+        let Some(chain) = chain_of(argv) else {
+            continue;
+        };
+        let listing = witness_argv(&chain);
+        let pass = records[..i].iter().rposition(is_mark).unwrap_or(0);
+        // This pass's witness of the chain, and the deletes of it completed since.
+        let Some(w) = records[pass..i]
+            .iter()
+            .rposition(|r| matches!(r, Record::Start { argv, .. } if *argv == listing))
+        else {
+            continue;
+        };
+        let w = pass + w;
+        let Record::Start { seq: wseq, .. } = &records[w] else {
+            continue;
+        };
+        let Some(before) = witness(*wseq) else {
+            continue;
+        };
+        let k = records[w..i]
+            .iter()
+            .filter(|r| match r {
+                Record::Start { seq, argv, .. } => {
+                    done.get(seq) == Some(&0) && chain_of(argv).as_ref() == Some(&chain)
+                }
+                _ => false,
+            })
+            .count();
+        let next = records[i..].iter().find_map(|r| match r {
+            Record::Start { seq, argv, .. } if *argv == listing => Some(witness(*seq)),
+            _ => None,
+        });
+        let after = match next {
+            Some(count) => count,
+            None => now.get(&listing).copied().flatten(),
+        };
+        if after.is_some_and(|after| after + k + 1 == before) {
+            *took_effect.entry(argv.clone()).or_default() += 1;
+        }
+    }
+    cmds.into_iter()
+        .filter(|c| match took_effect.get_mut(&c.argv) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                false
+            }
+            _ => true,
+        })
+        .collect()
+}
+
 /// The full argv of a stored command of `fw`.
 fn argv_of(fw: &Firewall, cmd: &virtfw::Command) -> Vec<String> {
     let (p, lead) = cmd.layer().program(fw.backend());
@@ -722,7 +868,8 @@ pub(crate) fn undo_apply(
     }
     let ipt = IptCommands::new(tx);
     let undone = restore_deletes(dir, records, &|run| ipt.undone_by(run), None);
-    drop_completed(cmds, records, &created, &undone)
+    let cmds = drop_completed(cmds, records, &created, &undone);
+    settle_interrupted(cmds, dir, records, probe)
 }
 
 /// The rest of an interrupted removal: the plan's commands in order, minus those completed.
@@ -758,7 +905,8 @@ pub(crate) fn undo_remove(
     let started = started_undos(&all);
     let settle = |run: &mut RestoreRun| ipt.settle(plan, run, &started, probe, false);
     let ran = restore_deletes(dir, records, &|run| ipt.ran_by(plan, run), Some(&settle));
-    drop_completed(cmds, &all, &[], &ran)
+    let cmds = drop_completed(cmds, &all, &[], &ran);
+    settle_interrupted(cmds, dir, &all, probe)
 }
 
 /// Delete bridge `name` if it exists (the check makes a repeated delete harmless).
@@ -892,7 +1040,9 @@ mod tests {
             start(2, "iptables -w --delete FWD -j B", false),
         ];
         assert_eq!(
-            undo_remove(&plan, Path::new("/nonexistent"), &records, &|_| true),
+            undo_remove(&plan, Path::new("/nonexistent"), &records, &|_| Some(
+                String::new()
+            )),
             vec![UndoCmd {
                 argv: v("iptables -w --delete FWD -j B"),
                 check: Some(v("iptables -w --check FWD -j B")),
@@ -957,7 +1107,7 @@ mod tests {
                 stdin: false,
             },
         ];
-        let undo = undo_apply(&tx(), dir.path(), &records, &|_| true);
+        let undo = undo_apply(&tx(), dir.path(), &records, &|_| Some(String::new()));
         assert_eq!(
             undo,
             vec![UndoCmd {
@@ -986,7 +1136,7 @@ mod tests {
             argv: v("nft -ae -f -"),
             stdin: true,
         }];
-        let undo: Vec<_> = undo_apply(&tx(), dir.path(), &records, &|_| true)
+        let undo: Vec<_> = undo_apply(&tx(), dir.path(), &records, &|_| Some(String::new()))
             .into_iter()
             .map(|u| u.argv)
             .collect();
@@ -1040,7 +1190,7 @@ mod tests {
             },
             Record::Done { seq: 3, status: 0 },
         ];
-        let undo = undo_apply(&fw, dir.path(), &records, &|_| true);
+        let undo = undo_apply(&fw, dir.path(), &records, &|_| Some(String::new()));
         assert_eq!(
             undo,
             vec![UndoCmd {
@@ -1104,7 +1254,7 @@ mod tests {
                 mark: "rollback 1 1".into(),
             },
         ];
-        let undo: Vec<_> = undo_apply(&fw, dir.path(), &records, &|_| true)
+        let undo: Vec<_> = undo_apply(&fw, dir.path(), &records, &|_| Some(String::new()))
             .into_iter()
             .map(|u| u.argv)
             .collect();
@@ -1117,10 +1267,61 @@ mod tests {
         );
         // Killed while the first restore ran: its outcome is unknown, so every create of it
         // is undone behind its `--check` (and nothing else ran).
-        let undo = undo_apply(&fw, dir.path(), &records[..1], &|_| true);
+        let undo = undo_apply(&fw, dir.path(), &records[..1], &|_| Some(String::new()));
         assert_eq!(undo.len(), 3, "{undo:?}");
         assert!(undo
             .iter()
             .all(|u| u.check.is_some() && !u.argv.contains(&"filter".to_string())));
+    }
+
+    /// An undo pass was killed right after a delete: the rule count of its chain, against the
+    /// witness that pass listed first, says whether it took effect (someone else's identical
+    /// rule would make `--check` answer "there" either way).
+    #[test]
+    fn interrupted_delete_is_settled_by_the_witness_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let fw = Firewall::from_xml(
+            "<firewall backend='iptables'><group autoRollback='yes'>\
+             <action layer='ipv4'><args><item>-A</item><item>FWD</item><item>-s</item><item>1.1.1.1</item><item>-j</item><item>ACCEPT</item></args></action>\
+             </group></firewall>",
+            "t.xml",
+        )
+        .unwrap();
+        let listing = "-N FWD\n-A FWD -s 1.1.1.1/32 -j ACCEPT\n-A FWD -s 1.1.1.1/32 -j ACCEPT\n";
+        std::fs::write(cmd_file(dir.path(), 2, "out"), listing).unwrap();
+        let start = |seq, argv: &str| Record::Start {
+            seq,
+            group: Some(0),
+            argv: v(argv),
+            stdin: false,
+        };
+        let records = vec![
+            start(0, "iptables -w -A FWD -s 1.1.1.1 -j ACCEPT"),
+            Record::Done { seq: 0, status: 0 },
+            Record::Mark {
+                mark: "recover".into(),
+            },
+            start(2, "iptables -w -t filter -S FWD"),
+            Record::Done { seq: 2, status: 0 },
+            start(3, "iptables -w --check FWD -s 1.1.1.1 -j ACCEPT"),
+            Record::Done { seq: 3, status: 0 },
+            start(4, "iptables -w --delete FWD -s 1.1.1.1 -j ACCEPT"),
+        ];
+        let now = |rules: usize| {
+            move |argv: &[String]| {
+                (argv == v("iptables -w -t filter -S FWD").as_slice())
+                    .then(|| "-A FWD -s 1.1.1.1/32 -j ACCEPT\n".repeat(rules))
+            }
+        };
+        // One rule fewer than the witness: the delete took effect.
+        assert!(undo_apply(&fw, dir.path(), &records, &now(1)).is_empty());
+        // As many: it did not; it runs again, behind its check.
+        assert_eq!(
+            undo_apply(&fw, dir.path(), &records, &now(2)),
+            vec![UndoCmd {
+                argv: v("iptables -w --delete FWD -s 1.1.1.1 -j ACCEPT"),
+                check: Some(v("iptables -w --check FWD -s 1.1.1.1 -j ACCEPT")),
+            }]
+        );
     }
 }

@@ -233,10 +233,51 @@ fn ipt_recover_killed(at: u64) {
     s.assert_as_before(&format!("recover killed after its command #{at}"));
 }
 
+/// Kill `apply` (`per_command`: after its first insert, else after its restore batch), then
+/// kill `recover` right after the command containing `undo` (the delete of one of our
+/// rules), then recover again.
+fn ipt_recover_killed_after(per_command: bool, undo: &str) {
+    let s = ipt_setup("vfw-criptu");
+    let mut args = vec!["apply", path_of(&s.file)];
+    if per_command {
+        args.insert(0, "--no-batch");
+        kill_after(s.env.dir.path(), s.virtfw(&args), 3, Some("iptables"));
+    } else {
+        kill_after(
+            s.env.dir.path(),
+            s.virtfw(&args),
+            1,
+            Some("iptables-restore"),
+        );
+    }
+    let path = matching_wrappers(s.env.dir.path(), WRAPPED);
+    let mut recover = s.env.cmd(&["recover"]);
+    recover.env("PATH", &path).env(STALL_MATCH, undo);
+    kill_after(s.env.dir.path(), recover, 1, None);
+    s.env.recover();
+    s.assert_as_before(&format!(
+        "apply (per_command {per_command}) killed, then recover killed after `{undo}`"
+    ));
+}
+
 #[test]
-fn ipt_recover_killed_after_its_first_delete() {
-    // Recovery runs `--check` then the delete for each rule: invocation 2 is a delete.
-    ipt_recover_killed(2);
+fn ipt_recover_killed_after_deleting_a_rule_of_ours() {
+    ipt_recover_killed_after(false, "--delete FORWARD -d 10.7.0.3/32");
+}
+
+#[test]
+fn ipt_recover_killed_after_deleting_our_twin_in_a_custom_chain() {
+    ipt_recover_killed_after(false, "--delete OTHERS -d 10.7.0.2/32");
+}
+
+#[test]
+fn ipt_recover_killed_after_deleting_our_twin_in_forward() {
+    ipt_recover_killed_after(false, "--delete FORWARD -s 10.7.0.1/32");
+}
+
+#[test]
+fn ipt_recover_of_a_per_command_apply_killed_after_deleting_our_twin() {
+    ipt_recover_killed_after(true, "--delete FORWARD -s 10.7.0.1/32");
 }
 
 #[test]
@@ -431,4 +472,25 @@ fn nft_recover_killed_at_more_points() {
     for at in 1..=more_points() {
         nft_recover_killed(at);
     }
+}
+
+/// Known to fail: `remove` itself takes no witness listing before its per-command deletes, so
+/// recovery cannot tell whether the interrupted delete of a rule someone else also has took
+/// effect, and runs it again behind `--check`, which finds theirs. The fix is for `remove`
+/// to list each chain its plan deletes from before running it (`undo::settle_interrupted`
+/// then settles it as it does for an undo pass); `commands.rs` is not this change's file.
+#[test]
+#[ignore = "remove takes no witness listing before its deletes (see the doc comment)"]
+fn ipt_remove_per_command_killed_after_deleting_our_twin() {
+    let s = ipt_setup("vfw-criptz");
+    let o = s.env.run(&["apply", path_of(&s.file)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let path = matching_wrappers(s.env.dir.path(), WRAPPED);
+    let mut remove = s.env.cmd(&["--no-batch", "remove", "ipt"]);
+    remove
+        .env("PATH", &path)
+        .env(STALL_MATCH, "--delete FORWARD -s 10.7.0.1/32");
+    kill_after(s.env.dir.path(), remove, 1, None);
+    s.env.recover();
+    s.assert_as_before("remove killed after deleting our twin");
 }

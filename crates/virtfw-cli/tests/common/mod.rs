@@ -482,3 +482,39 @@ impl Env {
             .unwrap_or(0)
     }
 }
+
+/// Environment variable of [`matching_wrappers`]: only invocations whose arguments, joined
+/// with spaces, contain this text are counted towards [`STALL_AT`].
+pub const STALL_MATCH: &str = "VIRTFW_STALL_MATCH";
+
+/// Like [`wrappers`] (in `dir/matchbin`, without the random delay), but the stall counts only
+/// the invocations whose arguments contain [`STALL_MATCH`]: a kill right after one particular
+/// command (say, the delete of one rule), wherever it falls in the sequence.
+pub fn matching_wrappers(dir: &Path, programs: &[&str]) -> String {
+    let bin = dir.join("matchbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for &program in programs {
+        let real = real(program);
+        let script = format!(
+            "#!/bin/bash\n\
+             if [ -n \"${STALL_AT}\" ] && [[ \"$*\" == *\"${STALL_MATCH}\"* ]]; then\n\
+             \x20 exec 9>>\"${STALL_DIR}/lock\"; flock 9\n\
+             \x20 n=$(( $(cat \"${STALL_DIR}/count\" 2>/dev/null || echo 0) + 1 ))\n\
+             \x20 echo $n >\"${STALL_DIR}/count\"; exec 9>&-\n\
+             \x20 if [ \"$n\" -eq \"${STALL_AT}\" ]; then\n\
+             \x20   {real} \"$@\"; echo $$ >\"${STALL_DIR}/stalled.tmp\"\n\
+             \x20   mv \"${STALL_DIR}/stalled.tmp\" \"${STALL_DIR}/stalled\"; exec sleep 120\n\
+             \x20 fi\n\
+             fi\n\
+             exec {real} \"$@\"\n"
+        );
+        let p = bin.join(program);
+        std::fs::write(&p, script).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
