@@ -374,7 +374,14 @@ pub(crate) fn verify(ctx: &Ctx, names: &[String]) -> CliResult<i32> {
         };
         let report = verify::verify_plan(&fw, exec.as_ref());
         missing += report.missing.len();
-        if report.missing.is_empty() {
+        if let Some(e) = &report.error {
+            // Could not look (nft missing from PATH, say): not drift, a problem (exit 4).
+            text.push_str(&format!("{name}: ERROR {e}\n"));
+            state_err.get_or_insert(CliError::State {
+                path: state.plan_path(&name),
+                message: e.clone(),
+            });
+        } else if report.missing.is_empty() {
             text.push_str(&format!(
                 "{name}: ok ({} object(s) present{})\n",
                 report.checked,

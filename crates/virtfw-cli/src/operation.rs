@@ -157,7 +157,13 @@ impl Operation {
     ) -> CliResult<UndoStats> {
         let records = self.reenter(phase, mark)?;
         let probe = |argv: &[String]| self.probe(argv);
-        Ok(self.run_undo(&undo::undo_apply(tx, self.dir(), &records, &probe)))
+        let cmds = undo::undo_apply(tx, self.dir(), &records, &probe).map_err(|e| {
+            crate::CliError::State {
+                path: self.dir().to_path_buf(),
+                message: e.to_string(),
+            }
+        })?;
+        Ok(self.run_undo(&cmds))
     }
 
     /// Finish the removal by `plan` that phase `phase` began, after `mark`: its commands not

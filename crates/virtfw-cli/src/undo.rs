@@ -5,7 +5,11 @@
 //!
 //! * nft creates run with echo: the object exists iff its `N.out` holds a `# handle N` for it
 //!   (nft prints the echo only after the kernel committed, and a batch commits all or nothing).
-//!   The inverse is the exact `delete … handle N`.
+//!   The inverse is the exact `delete … handle N`. Whether a table or chain was *made* by the
+//!   create or existed before is decided as the engine decided it: from the engine's own
+//!   `nft -a list table` records in the journal, with the same function
+//!   ([`virtfw::nft::map_echo`]). A create that completed but whose echo does not account for
+//!   what it made fails the undo (the journal is kept) rather than guessing a handle.
 //! * iptables-family creates: exit status 0 in a `done` record means created; another status
 //!   means not; no `done` record means "unknown" (virtfw died while it ran): the undo then
 //!   checks with `--check` first and deletes only what exists.
@@ -29,7 +33,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use virtfw::{batch, rollback};
+use virtfw::{batch, nft, rollback};
 use virtfw::{Backend, Firewall, Layer, TransactionFlags};
 
 use crate::journal::{cmd_file, Record};
@@ -138,11 +142,20 @@ fn has_echo(args: &[String]) -> bool {
         .any(|a| a == "--echo" || (a.starts_with('-') && !a.starts_with("--") && a.contains('e')))
 }
 
-fn nft_delete(words: &[String], handle: u64) -> Option<UndoCmd> {
-    let create = rollback::nft_create(words)?;
+fn nft_delete(create: &nft::NftCreate, handle: u64) -> UndoCmd {
     let mut argv = vec!["nft".to_string()];
-    argv.extend(rollback::nft_inverse(words, create, handle));
-    Some(UndoCmd { argv, check: None })
+    argv.extend(create.inverse(handle));
+    UndoCmd { argv, check: None }
+}
+
+/// A journalled nft create that ran to completion but whose echo file does not account for
+/// the object it made: its handle is unknown, so nothing can be undone exactly. The journal is
+/// kept (the CLI exits 4) rather than guessing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("journal command {seq} ({cmdline}) succeeded but its echo does not account for what it created; its handle is unknown")]
+pub(crate) struct EchoUnaccounted {
+    pub seq: u64,
+    pub cmdline: String,
 }
 
 fn ipt_delete(layer: Layer, args: &[String]) -> UndoCmd {
@@ -159,7 +172,7 @@ fn created(
     records: &[Record],
     auto_group: &dyn Fn(Option<usize>) -> bool,
     probe: Probe<'_>,
-) -> Vec<Created> {
+) -> Result<Vec<Created>, EchoUnaccounted> {
     let ipt = IptCommands::new(tx);
     let started = started_undos(records);
     let done: HashMap<u64, i32> = records
@@ -177,6 +190,9 @@ fn created(
         })
         .collect();
     let mut out = Vec::new();
+    // What the tables held before our creates, rebuilt from the engine's own listings in the
+    // journal (the first listing of a table precedes every table/chain create of ours in it).
+    let mut existing = nft::Existing::default();
     for rec in records {
         let Record::Start {
             seq,
@@ -187,6 +203,12 @@ fn created(
         else {
             continue;
         };
+        if let (Some((family, table)), Some(&status)) = (nft::listing_of(argv), done.get(seq)) {
+            let read = |ext| std::fs::read_to_string(cmd_file(dir, *seq, ext)).unwrap_or_default();
+            // A failed listing stopped the apply before anything was created in that table.
+            let _ = existing.record_listing(&family, &table, status, &read("out"), &read("err"));
+            continue;
+        }
         let Some((program, args)) = argv.split_first() else {
             continue;
         };
@@ -207,7 +229,12 @@ fn created(
             })
         };
         match base(program) {
-            "nft" => nft_created(args, *stdin, &read, &mut push),
+            "nft" => nft_created(args, *stdin, status, &mut existing, &read, &mut push).map_err(
+                |()| EchoUnaccounted {
+                    seq: *seq,
+                    cmdline: virtfw::transcript::command_line(argv),
+                },
+            )?,
             p if restore => {
                 if let Some(mut run) = RestoreRun::read(p, status, *stdin, &read) {
                     if status.is_none() {
@@ -236,43 +263,45 @@ fn created(
             }
         }
     }
-    out
+    Ok(out)
 }
 
-/// What one journalled nft command created: the inverses of its echoed creates.
+/// What one journalled nft command created: the inverses of its echoed creates, mapped by
+/// [`nft::map_echo`] exactly as the engine mapped them. `status` is its exit status (`None`:
+/// virtfw died while it ran). `Err(())`: it completed but its echo does not account for an
+/// object it made.
 fn nft_created(
     args: &[String],
     stdin: bool,
+    status: Option<i32>,
+    existing: &mut nft::Existing,
     read: &dyn Fn(&str) -> String,
     push: &mut dyn FnMut(UndoCmd),
-) {
-    if !has_echo(args) {
-        return;
+) -> Result<(), ()> {
+    if !has_echo(args) || status.is_some_and(|s| s != 0) {
+        // Without echo it is not an auto-rollback create; a failed nft run committed nothing.
+        return Ok(());
     }
-    let stdout = read("out");
-    if args.iter().any(|a| a == "-f" || a == "--file") {
+    let creates: Vec<nft::NftCreate> = if args.iter().any(|a| a == "-f" || a == "--file") {
         if !stdin {
-            return;
+            return Ok(());
         }
-        // A batch: echo lines ending in `# handle N` come in input order, one
-        // per create; the `handle P` inside a line is a position, not ours.
-        let input = read("in");
-        let mut handles = stdout.lines().filter_map(rollback::parse_trailing_handle);
-        for line in input.lines() {
-            let words = split_words(line);
-            if rollback::nft_create(&words).is_none() {
-                continue;
-            }
-            let Some(h) = handles.next() else { break };
-            if let Some(u) = nft_delete(&words, h) {
-                push(u);
-            }
-        }
-    } else if let Some(h) = rollback::parse_handle(&stdout) {
-        if let Some(u) = nft_delete(args, h) {
-            push(u);
+        read("in").lines().filter_map(nft::line_create).collect()
+    } else {
+        nft::nft_create(args).into_iter().collect()
+    };
+    let echoes = nft::map_echo(&creates, existing, &read("out"));
+    for (create, echo) in creates.iter().zip(echoes) {
+        match echo {
+            nft::Echo::Ours(h) => push(nft_delete(create, h)),
+            nft::Echo::Existed => {}
+            // Interrupted: nft echoes only after the kernel committed, so no echo for it means
+            // it made nothing.
+            nft::Echo::Unaccounted if status.is_none() => {}
+            nft::Echo::Unaccounted => return Err(()),
         }
     }
+    Ok(())
 }
 
 /// A journalled iptables-family restore run, read back with the engine's own helpers.
@@ -825,7 +854,7 @@ pub(crate) fn undo_apply(
     dir: &Path,
     records: &[Record],
     probe: Probe<'_>,
-) -> Vec<UndoCmd> {
+) -> Result<Vec<UndoCmd>, EchoUnaccounted> {
     let any_auto = tx
         .groups()
         .iter()
@@ -834,7 +863,7 @@ pub(crate) fn undo_apply(
         Some(group) => group.flags().contains(TransactionFlags::AUTO_ROLLBACK),
         None => any_auto,
     };
-    let created = created(tx, dir, records, &auto_group, probe);
+    let created = created(tx, dir, records, &auto_group, probe)?;
     let last_group = records
         .iter()
         .filter_map(|r| match r {
@@ -869,7 +898,7 @@ pub(crate) fn undo_apply(
     let ipt = IptCommands::new(tx);
     let undone = restore_deletes(dir, records, &|run| ipt.undone_by(run), None);
     let cmds = drop_completed(cmds, records, &created, &undone);
-    settle_interrupted(cmds, dir, records, probe)
+    Ok(settle_interrupted(cmds, dir, records, probe))
 }
 
 /// The rest of an interrupted removal: the plan's commands in order, minus those completed.
@@ -957,6 +986,11 @@ mod tests {
 
     fn v(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
+    }
+
+    /// A kernel that answers every check and listing with success and no output.
+    fn no_probe(_: &[String]) -> Option<String> {
+        Some(String::new())
     }
 
     #[test]
@@ -1087,27 +1121,40 @@ mod tests {
     fn nft_outcome_comes_from_the_echo_file() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
+            cmd_file(dir.path(), 9, "err"),
+            "Error: No such file or directory\n",
+        )
+        .unwrap();
+        std::fs::write(
             cmd_file(dir.path(), 0, "out"),
-            "add table ip t # handle 7\n",
+            "create table ip t # handle 7\n",
         )
         .unwrap();
         std::fs::write(cmd_file(dir.path(), 1, "out"), "").unwrap();
         let records = vec![
+            // The engine's listing before the first table/chain create: no such table.
+            Record::Start {
+                seq: 9,
+                group: Some(0),
+                argv: v("nft -a list table ip t"),
+                stdin: false,
+            },
+            Record::Done { seq: 9, status: 1 },
             Record::Start {
                 seq: 0,
                 group: Some(0),
-                argv: v("nft -ae add table ip t"),
+                argv: v("nft -ae create table ip t"),
                 stdin: false,
             },
             // killed while the second create ran, and it did not commit: no echo
             Record::Start {
                 seq: 1,
                 group: Some(0),
-                argv: v("nft -ae add chain ip t c"),
+                argv: v("nft -ae create chain ip t c"),
                 stdin: false,
             },
         ];
-        let undo = undo_apply(&tx(), dir.path(), &records, &|_| Some(String::new()));
+        let undo = undo_apply(&tx(), dir.path(), &records, &no_probe).unwrap();
         assert_eq!(
             undo,
             vec![UndoCmd {
@@ -1115,6 +1162,29 @@ mod tests {
                 check: None
             }]
         );
+    }
+
+    /// The engine's listing of `ip t` (record `listing`, exit `status`), then the create
+    /// record `seq` (`argv`, batch when `stdin`), with no `done` record yet.
+    fn listed_then(listing: u64, status: i32, seq: u64, argv: &str, stdin: bool) -> Vec<Record> {
+        vec![
+            Record::Start {
+                seq: listing,
+                group: Some(0),
+                argv: v("nft -a list table ip t"),
+                stdin: false,
+            },
+            Record::Done {
+                seq: listing,
+                status,
+            },
+            Record::Start {
+                seq,
+                group: Some(0),
+                argv: v(argv),
+                stdin,
+            },
+        ]
     }
 
     #[test]
@@ -1130,13 +1200,14 @@ mod tests {
             "add chain ip t c # handle 1\nadd rule ip t c handle 3 accept # handle 2\nadd rule ip t c drop # handle 3\n# new generation 5 by process 9 (nft)\n",
         )
         .unwrap();
-        let records = vec![Record::Start {
-            seq: 0,
-            group: Some(0),
-            argv: v("nft -ae -f -"),
-            stdin: true,
-        }];
-        let undo: Vec<_> = undo_apply(&tx(), dir.path(), &records, &|_| Some(String::new()))
+        std::fs::write(
+            cmd_file(dir.path(), 9, "out"),
+            "table ip t { # handle 4\n}\n",
+        )
+        .unwrap();
+        let records = listed_then(9, 0, 0, "nft -ae -f -", true);
+        let undo: Vec<_> = undo_apply(&tx(), dir.path(), &records, &no_probe)
+            .unwrap()
             .into_iter()
             .map(|u| u.argv)
             .collect();
@@ -1148,6 +1219,67 @@ mod tests {
                 v("nft delete chain ip t handle 1")
             ]
         );
+    }
+
+    /// Item 1 of issue 8 in `recover`: a batch that `add`s a hand-made table and chain (nft
+    /// 1.0.6 echoes nothing for the table and the chain's old handle) undoes only its own
+    /// chain and rule, never by position.
+    #[test]
+    fn hand_made_table_and_chain_get_no_inverse() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            cmd_file(dir.path(), 0, "out"),
+            "table ip t { # handle 1\n\tchain c { # handle 1\n\t\taccept # handle 2\n\t}\n}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            cmd_file(dir.path(), 1, "in"),
+            "add table ip t\nadd chain ip t c\ncreate chain ip t mine\nadd rule ip t c accept comment \"# handle 2\"\nadd rule ip t mine accept\n",
+        )
+        .unwrap();
+        std::fs::write(
+            cmd_file(dir.path(), 1, "out"),
+            "add chain ip t c # handle 1\ncreate chain ip t mine # handle 5\nadd rule ip t c accept comment \"# handle 2\" # handle 6\nadd rule ip t mine accept # handle 7\n# new generation 3 by process 9 (nft)\n",
+        )
+        .unwrap();
+        let records = listed_then(0, 0, 1, "nft -ae -f -", true);
+        let undo: Vec<_> = undo_apply(&tx(), dir.path(), &records, &no_probe)
+            .unwrap()
+            .into_iter()
+            .map(|u| u.argv)
+            .collect();
+        assert_eq!(
+            undo,
+            vec![
+                v("nft delete rule ip t mine handle 7"),
+                v("nft delete rule ip t c handle 6"),
+                v("nft delete chain ip t handle 5"),
+            ]
+        );
+        // Killed before its `done` record: the same answer from the echo.
+        let undo = undo_apply(&tx(), dir.path(), &records[..3], &no_probe).unwrap();
+        assert_eq!(undo.len(), 3);
+    }
+
+    /// A create that completed (exit 0) but whose echo file lost what it made: its handle is
+    /// unknown, so the undo refuses (the journal is kept) instead of guessing.
+    #[test]
+    fn completed_create_with_incomplete_echo_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            cmd_file(dir.path(), 0, "err"),
+            "Error: No such file or directory\n",
+        )
+        .unwrap();
+        std::fs::write(cmd_file(dir.path(), 1, "out"), "").unwrap();
+        let mut records = listed_then(0, 1, 1, "nft -ae create table ip t", false);
+        records.push(Record::Done { seq: 1, status: 0 });
+        let err = undo_apply(&tx(), dir.path(), &records, &no_probe).unwrap_err();
+        assert_eq!(err.seq, 1);
+        // Interrupted instead (no `done`): no echo means it made nothing.
+        assert!(undo_apply(&tx(), dir.path(), &records[..3], &no_probe)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -1190,7 +1322,7 @@ mod tests {
             },
             Record::Done { seq: 3, status: 0 },
         ];
-        let undo = undo_apply(&fw, dir.path(), &records, &|_| Some(String::new()));
+        let undo = undo_apply(&fw, dir.path(), &records, &no_probe).unwrap();
         assert_eq!(
             undo,
             vec![UndoCmd {
@@ -1254,7 +1386,8 @@ mod tests {
                 mark: "rollback 1 1".into(),
             },
         ];
-        let undo: Vec<_> = undo_apply(&fw, dir.path(), &records, &|_| Some(String::new()))
+        let undo: Vec<_> = undo_apply(&fw, dir.path(), &records, &no_probe)
+            .unwrap()
             .into_iter()
             .map(|u| u.argv)
             .collect();
@@ -1267,7 +1400,7 @@ mod tests {
         );
         // Killed while the first restore ran: its outcome is unknown, so every create of it
         // is undone behind its `--check` (and nothing else ran).
-        let undo = undo_apply(&fw, dir.path(), &records[..1], &|_| Some(String::new()));
+        let undo = undo_apply(&fw, dir.path(), &records[..1], &no_probe).unwrap();
         assert_eq!(undo.len(), 3, "{undo:?}");
         assert!(undo
             .iter()
@@ -1314,10 +1447,12 @@ mod tests {
             }
         };
         // One rule fewer than the witness: the delete took effect.
-        assert!(undo_apply(&fw, dir.path(), &records, &now(1)).is_empty());
+        assert!(undo_apply(&fw, dir.path(), &records, &now(1))
+            .unwrap()
+            .is_empty());
         // As many: it did not; it runs again, behind its check.
         assert_eq!(
-            undo_apply(&fw, dir.path(), &records, &now(2)),
+            undo_apply(&fw, dir.path(), &records, &now(2)).unwrap(),
             vec![UndoCmd {
                 argv: v("iptables -w --delete FWD -s 1.1.1.1 -j ACCEPT"),
                 check: Some(v("iptables -w --check FWD -s 1.1.1.1 -j ACCEPT")),

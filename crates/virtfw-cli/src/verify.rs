@@ -5,9 +5,11 @@
 //! and trailing `# handle N` comments are read, so other software's rules never trip it.
 //! iptables family: run the delete's `--check` twin; exit 0 means the rule is there.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use virtfw::executor::Invocation;
+use virtfw::nft::{self, TableListing};
 use virtfw::{Backend, Executor, Firewall};
 
 use crate::undo::check_of_delete;
@@ -27,80 +29,28 @@ pub(crate) struct VerifyReport {
     /// Commands that are not object deletes (e.g. hand-written flushes): not checkable.
     pub unchecked: usize,
     pub missing: Vec<MissingObject>,
+    /// Why the plan could not be checked (a firewall program could not be run, a listing
+    /// failed for another reason than "no such table"): not drift, a problem (exit 4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
-/// Handles found in one listed table.
-#[derive(Debug, Default)]
-pub(crate) struct TableHandles {
-    pub table: Option<u64>,
-    /// chain handle by name
-    pub chains: BTreeMap<String, u64>,
-    /// rule handles by chain name
-    pub rules: BTreeMap<String, BTreeSet<u64>>,
-}
-
-fn trailing_handle(line: &str) -> Option<u64> {
-    let at = line.rfind("# handle ")?;
-    line[at + 9..].split_whitespace().next()?.parse().ok()
-}
-
-/// Net brace depth change of a line, ignoring quoted strings and comments.
-fn brace_delta(line: &str) -> i32 {
-    let mut d = 0;
-    let mut quoted = false;
-    for c in line.chars() {
-        match c {
-            '"' => quoted = !quoted,
-            '#' if !quoted => break,
-            '{' if !quoted => d += 1,
-            '}' if !quoted => d -= 1,
-            _ => {}
+/// Run `argv`; when it cannot run at all (the program is missing, say) that is recorded as
+/// the report's error, never as a missing object.
+fn run(
+    exec: &dyn Executor,
+    argv: &[String],
+    error: &RefCell<Option<String>>,
+) -> Option<(i32, String, String)> {
+    match exec.run(Invocation { argv, stdin: None }) {
+        Ok(o) => Some((o.status, o.stdout, o.stderr)),
+        Err(e) => {
+            error
+                .borrow_mut()
+                .get_or_insert_with(|| format!("cannot run {}: {e}", argv[0]));
+            None
         }
     }
-    d
-}
-
-/// Parse `nft -a list table …` output.
-pub(crate) fn parse_table_listing(text: &str) -> TableHandles {
-    let mut out = TableHandles::default();
-    let mut depth: i32 = 0;
-    let mut chain: Option<String> = None;
-    for raw in text.lines() {
-        let line = raw.trim();
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let delta = brace_delta(line);
-        match depth {
-            0 if words.first() == Some(&"table") => out.table = trailing_handle(line),
-            // A block opens at depth 1: a chain (remember it) or a set, map, … (skip it).
-            1 if delta > 0 => {
-                chain = None;
-                if let (Some(&"chain"), Some(name)) = (words.first(), words.get(1)) {
-                    let name = name.trim_matches('"').to_string();
-                    if let Some(h) = trailing_handle(line) {
-                        out.chains.insert(name.clone(), h);
-                    }
-                    chain = Some(name);
-                }
-            }
-            2 => {
-                if let (Some(c), Some(h)) = (&chain, trailing_handle(line)) {
-                    out.rules.entry(c.clone()).or_default().insert(h);
-                }
-            }
-            _ => {}
-        }
-        depth = (depth + delta).max(0);
-        if depth <= 1 && delta < 0 {
-            chain = None;
-        }
-    }
-    out
-}
-
-fn run(exec: &dyn Executor, argv: &[String]) -> Option<(i32, String, String)> {
-    exec.run(Invocation { argv, stdin: None })
-        .ok()
-        .map(|o| (o.status, o.stdout, o.stderr))
 }
 
 fn strs(v: &[&str]) -> Vec<String> {
@@ -110,9 +60,10 @@ fn strs(v: &[&str]) -> Vec<String> {
 /// Verify one removal plan against the ruleset seen through `exec`.
 pub(crate) fn verify_plan(fw: &Firewall, exec: &dyn Executor) -> VerifyReport {
     let mut report = VerifyReport::default();
+    let error = RefCell::new(None);
     let cmds: Vec<&virtfw::Command> = fw.groups().iter().flat_map(|g| g.actions()).collect();
     match fw.backend() {
-        Backend::Nftables => verify_nft(&cmds, exec, &mut report),
+        Backend::Nftables => verify_nft(&cmds, exec, &mut report, &error),
         Backend::Iptables => {
             for cmd in cmds {
                 let (p, lead) = cmd.layer().program(Backend::Iptables);
@@ -126,20 +77,22 @@ pub(crate) fn verify_plan(fw: &Firewall, exec: &dyn Executor) -> VerifyReport {
                     continue;
                 };
                 report.checked += 1;
-                match run(exec, &check) {
+                match run(exec, &check, &error) {
                     Some((0, _, _)) => {}
                     Some((_, _, err)) => report.missing.push(MissingObject {
                         command: virtfw::transcript::command_line(&argv),
                         reason: err.trim().to_string(),
                     }),
-                    None => report.missing.push(MissingObject {
-                        command: virtfw::transcript::command_line(&argv),
-                        reason: format!("cannot run {p}"),
-                    }),
+                    None => {}
                 }
             }
         }
         Backend::None => report.unchecked += cmds.len(),
+    }
+    report.error = error.into_inner();
+    if report.error.is_some() {
+        // What could be checked says nothing certain: report the error alone.
+        report.missing.clear();
     }
     report
 }
@@ -168,7 +121,7 @@ fn parse_nft_delete(args: &[String]) -> Option<NftDelete<'_>> {
     })
 }
 
-type Listings = BTreeMap<(String, String), Option<TableHandles>>;
+type Listings = BTreeMap<(String, String), Option<TableListing>>;
 
 /// `nft -a list table FAMILY NAME`, parsed, listed at most once per table (`None`: no table).
 fn listing<'m>(
@@ -176,49 +129,57 @@ fn listing<'m>(
     exec: &dyn Executor,
     family: &str,
     table: &str,
-) -> Option<&'m TableHandles> {
+    error: &RefCell<Option<String>>,
+) -> Option<&'m TableListing> {
     listings
         .entry((family.to_string(), table.to_string()))
-        .or_insert_with(
-            || match run(exec, &strs(&["nft", "-a", "list", "table", family, table])) {
-                Some((0, text, _)) => Some(parse_table_listing(&text)),
+        .or_insert_with(|| {
+            let argv = nft::listing_argv(family, table);
+            match run(exec, &argv, error) {
+                Some((0, text, _)) => Some(nft::parse_listing(&text)),
+                Some((_, _, stderr)) if !nft::listing_says_absent(&stderr) => {
+                    error.borrow_mut().get_or_insert_with(|| {
+                        format!(
+                            "{} failed: {}",
+                            virtfw::transcript::command_line(&argv),
+                            stderr.trim_end()
+                        )
+                    });
+                    None
+                }
                 _ => None,
-            },
-        )
+            }
+        })
         .as_ref()
 }
 
 /// The tables of `family` by handle, from one `nft -j list tables FAMILY`: names and handles
-/// only, no table's contents. JSON because nft 1.0.6 prints no handles in the text form of
-/// `list tables`, even with `-a`. `None` when the listing fails or cannot be read.
-fn table_handles(exec: &dyn Executor, family: &str) -> Option<BTreeMap<u64, String>> {
-    let (status, text, _) = run(exec, &strs(&["nft", "-j", "list", "tables", family]))?;
+/// only, no table's contents ([`nft::parse_tables_json`]). `None` when the listing fails or
+/// cannot be read.
+fn table_handles(
+    exec: &dyn Executor,
+    family: &str,
+    error: &RefCell<Option<String>>,
+) -> Option<BTreeMap<u64, String>> {
+    let (status, text, _) = run(exec, &strs(&["nft", "-j", "list", "tables", family]), error)?;
     if status != 0 {
         return None;
     }
-    let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
-    Some(parse_table_list(&doc, family))
+    Some(
+        nft::parse_tables_json(&text)?
+            .into_iter()
+            .filter(|t| t.family == family)
+            .map(|t| (t.handle, t.name))
+            .collect(),
+    )
 }
 
-/// The `{"table": {"family", "name", "handle"}}` entries of nft's JSON output for `family`;
-/// anything else (metainfo, unknown keys) is ignored.
-fn parse_table_list(doc: &serde_json::Value, family: &str) -> BTreeMap<u64, String> {
-    doc.get("nftables")
-        .and_then(|v| v.as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.get("table"))
-        .filter(|t| t.get("family").and_then(|f| f.as_str()) == Some(family))
-        .filter_map(|t| {
-            Some((
-                t.get("handle")?.as_u64()?,
-                t.get("name")?.as_str()?.to_string(),
-            ))
-        })
-        .collect()
-}
-
-fn verify_nft(cmds: &[&virtfw::Command], exec: &dyn Executor, report: &mut VerifyReport) {
+fn verify_nft(
+    cmds: &[&virtfw::Command],
+    exec: &dyn Executor,
+    report: &mut VerifyReport,
+    error: &RefCell<Option<String>>,
+) {
     let deletes: Vec<(String, Option<NftDelete>)> = cmds
         .iter()
         .map(|c| {
@@ -257,20 +218,20 @@ fn verify_nft(cmds: &[&virtfw::Command], exec: &dyn Executor, report: &mut Verif
                 // table list with handles. Other software's tables are never listed.
                 let named = names.get(d.family).is_some_and(|tables| {
                     tables.iter().any(|t| {
-                        listing(&mut listings, exec, d.family, t)
+                        listing(&mut listings, exec, d.family, t, error)
                             .is_some_and(|h| h.table == Some(d.handle))
                     })
                 });
                 named
                     || table_lists
                         .entry(d.family.to_string())
-                        .or_insert_with(|| table_handles(exec, d.family))
+                        .or_insert_with(|| table_handles(exec, d.family, error))
                         .as_ref()
                         .is_some_and(|tables| tables.contains_key(&d.handle))
             }
-            ("chain", [t]) => listing(&mut listings, exec, d.family, t)
+            ("chain", [t]) => listing(&mut listings, exec, d.family, t, error)
                 .is_some_and(|h| h.chains.values().any(|&x| x == d.handle)),
-            ("rule", [t, c]) => listing(&mut listings, exec, d.family, t)
+            ("rule", [t, c]) => listing(&mut listings, exec, d.family, t, error)
                 .is_some_and(|h| h.rules.get(c).is_some_and(|r| r.contains(&d.handle))),
             _ => {
                 report.checked -= 1;
@@ -312,7 +273,7 @@ mod tests {
         let text = ns
             .run(&["nft", "-a", "list", "table", family, table])
             .unwrap();
-        parse_table_listing(&text).table.unwrap()
+        nft::parse_listing(&text).table.unwrap()
     }
 
     fn plan(deletes: &[Vec<String>]) -> Firewall {
@@ -362,7 +323,7 @@ mod tests {
 
         // The plan names its table in a chain delete: that listing answers, nothing else runs.
         exec.argvs.lock().unwrap().clear();
-        let chain = parse_table_listing(
+        let chain = nft::parse_listing(
             &ns.run(&["nft", "-a", "list", "table", "ip", "own"])
                 .unwrap(),
         )
@@ -391,27 +352,5 @@ mod tests {
             .unwrap()
             .iter()
             .all(|a| !a.contains(&"foreign".to_string()) && !a.contains(&"table".to_string())));
-    }
-
-    #[test]
-    fn table_list_json_is_read_tolerantly() {
-        let doc: serde_json::Value = serde_json::from_str(
-            r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "ip", "name": "a", "handle": 4}}, {"table": {"family": "ip6", "name": "b", "handle": 5}}, {"table": {"family": "ip", "name": "c"}}, {"chain": {}}]}"#,
-        )
-        .unwrap();
-        let t = parse_table_list(&doc, "ip");
-        assert_eq!(t.into_iter().collect::<Vec<_>>(), [(4, "a".to_string())]);
-    }
-
-    #[test]
-    fn listing_parse_is_tolerant() {
-        let text = "table ip t { # handle 1\n\tset s { # handle 4\n\t\ttype ipv4_addr\n\t\telements = { 1.1.1.1 }\n\t}\n\n\tchain c { # handle 1\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tip saddr { 1.2.3.4, 5.6.7.8 } accept # handle 3\n\t\tmeta mark 1 comment \"odd { text\" # handle 9\n\t}\n\tchain d { # handle 5\n\t\taccept # handle 6\n\t}\n}\n";
-        let h = parse_table_listing(text);
-        assert_eq!(h.table, Some(1));
-        assert_eq!(h.chains.get("c"), Some(&1));
-        assert_eq!(h.chains.get("d"), Some(&5));
-        assert_eq!(h.rules["c"].iter().copied().collect::<Vec<_>>(), vec![3, 9]);
-        assert_eq!(h.rules["d"].iter().copied().collect::<Vec<_>>(), vec![6]);
-        assert!(!h.rules.contains_key("s"));
     }
 }

@@ -14,8 +14,9 @@
 //!   second hand-made table gets the handle the hand-made chain has, which is what pairing
 //!   echoed handles with creates by position would delete. Compared: `nft -s list ruleset`.
 //!
-//! A few fixed kill points per backend by default; `VIRTFW_CRASH_RUNS=N` (N > 8) adds kill
-//! points 1..N/4 of each recovery.
+//! Kill points are named by the command they follow (`common::matching_wrappers`), so they
+//! stay put when a listing is added before a command. A few per backend by default;
+//! `VIRTFW_CRASH_RUNS=N` adds the numbered points 1..N/4 of apply (nft) and recover.
 
 mod common;
 use common::*;
@@ -392,43 +393,79 @@ impl NftSetup {
     }
 }
 
-fn nft_apply_killed(per_command: bool, at: u64) {
+/// Where to kill: right after the `nth` command containing this text, or (`At`) after the
+/// `nth` nft invocation.
+#[derive(Clone, Copy, Debug)]
+enum Point {
+    Match(&'static str),
+    At(u64),
+}
+
+impl NftSetup {
+    /// Run `args` and kill it at `point`.
+    fn kill(&self, args: &[&str], point: Point) {
+        match point {
+            Point::Match(text) => {
+                let path = matching_wrappers(self.env.dir.path(), WRAPPED);
+                let mut cmd = self.env.cmd(args);
+                cmd.env("PATH", &path).env(STALL_MATCH, text);
+                kill_after(self.env.dir.path(), cmd, 1, None);
+            }
+            Point::At(at) => kill_after(self.env.dir.path(), self.virtfw(args), at, Some("nft")),
+        }
+    }
+}
+
+/// Kill apply at `point`, then recover; `ours` when something of ours existed by then (the
+/// recovery must then have run undo commands).
+fn nft_apply_killed(per_command: bool, point: Point, ours: bool) {
     let s = nft_setup("vfw-crnfta");
     let mut args = vec!["apply", path_of(&s.file)];
     if per_command {
         args.insert(0, "--no-batch");
     }
-    kill_after(s.env.dir.path(), s.virtfw(&args), at, Some("nft"));
-    s.env.recover();
+    s.kill(&args, point);
+    let undone = s.env.recover();
+    assert!(!ours || undone > 0, "{point:?}: recover undid nothing");
     s.assert_as_before(&format!(
-        "apply (per_command {per_command}) killed after nft #{at}"
+        "apply (per_command {per_command}) killed at {point:?}"
     ));
 }
 
 #[test]
-fn nft_apply_killed_after_its_first_nft_command() {
-    nft_apply_killed(false, 1);
+fn nft_apply_killed_after_its_batch() {
+    nft_apply_killed(false, Point::Match("-ae -f -"), true);
+}
+
+#[test]
+fn nft_apply_per_command_killed_after_the_existing_table_add() {
+    nft_apply_killed(true, Point::Match("add table ip handmade"), false);
 }
 
 #[test]
 fn nft_apply_per_command_killed_after_the_existing_chain_add() {
-    // The per-command path: #1 the table add, #2 the hand-made chain's add, #3 our chain.
-    nft_apply_killed(true, 2);
+    nft_apply_killed(true, Point::Match("chain ip handmade hc"), false);
 }
 
 #[test]
 fn nft_apply_per_command_killed_after_our_chain() {
-    nft_apply_killed(true, 3);
+    nft_apply_killed(true, Point::Match("chain ip handmade ours"), true);
+}
+
+#[test]
+fn nft_apply_per_command_killed_after_our_rule_in_the_hand_made_chain() {
+    nft_apply_killed(true, Point::Match("rule ip handmade hc"), true);
 }
 
 #[test]
 fn nft_apply_killed_at_more_points() {
     for at in 1..=more_points() {
-        nft_apply_killed(true, at);
+        nft_apply_killed(true, Point::At(at), false);
+        nft_apply_killed(false, Point::At(at.min(2)), false);
     }
 }
 
-fn nft_remove_killed(per_command: bool, at: u64) {
+fn nft_remove_killed(per_command: bool, point: Point) {
     let s = nft_setup("vfw-crnftr");
     let o = s.env.run(&["apply", path_of(&s.file)]);
     assert_eq!(o.status.code(), Some(0), "apply: {}", text(&o));
@@ -436,41 +473,52 @@ fn nft_remove_killed(per_command: bool, at: u64) {
     if per_command {
         args.insert(0, "--no-batch");
     }
-    kill_after(s.env.dir.path(), s.virtfw(&args), at, Some("nft"));
+    s.kill(&args, point);
     s.env.recover();
     s.assert_as_before(&format!(
-        "remove (per_command {per_command}) killed after nft #{at}"
+        "remove (per_command {per_command}) killed at {point:?}"
     ));
 }
 
 #[test]
-fn nft_remove_killed_after_its_first_nft_command() {
-    nft_remove_killed(false, 1);
+fn nft_remove_killed_after_its_batch() {
+    nft_remove_killed(false, Point::Match("-f -"));
 }
 
 #[test]
-fn nft_remove_per_command_killed_after_the_first_delete() {
-    nft_remove_killed(true, 1);
+fn nft_remove_per_command_killed_after_deleting_our_rule_in_the_hand_made_chain() {
+    nft_remove_killed(true, Point::Match("delete rule ip handmade hc"));
 }
 
-fn nft_recover_killed(at: u64) {
+#[test]
+fn nft_remove_per_command_killed_after_deleting_our_chain() {
+    nft_remove_killed(true, Point::Match("delete chain ip handmade"));
+}
+
+/// Kill a per-command apply after its last rule, then `recover` at `point`, then recover.
+fn nft_recover_killed(point: Point) {
     let s = nft_setup("vfw-crnfts");
     let args = ["--no-batch", "apply", path_of(&s.file)];
-    kill_after(s.env.dir.path(), s.virtfw(&args), 4, Some("nft"));
-    kill_after(s.env.dir.path(), s.virtfw(&["recover"]), at, Some("nft"));
+    s.kill(&args, Point::Match("counter drop"));
+    s.kill(&["recover"], point);
     s.env.recover();
-    s.assert_as_before(&format!("recover killed after its nft #{at}"));
+    s.assert_as_before(&format!("recover killed at {point:?}"));
 }
 
 #[test]
-fn nft_recover_killed_after_its_first_delete() {
-    nft_recover_killed(1);
+fn nft_recover_killed_after_deleting_our_rule_in_the_hand_made_chain() {
+    nft_recover_killed(Point::Match("delete rule ip handmade hc"));
+}
+
+#[test]
+fn nft_recover_killed_after_deleting_our_chain() {
+    nft_recover_killed(Point::Match("delete chain ip handmade"));
 }
 
 #[test]
 fn nft_recover_killed_at_more_points() {
     for at in 1..=more_points() {
-        nft_recover_killed(at);
+        nft_recover_killed(Point::At(at));
     }
 }
 

@@ -73,7 +73,11 @@ fn nftables_roundtrip() {
     let o = env.run(&["apply", "--dry-run", path_of(&file)]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
-        stdout(&o).contains("nft \\\n-ae add \\\ntable \\\nip \\\nvt"),
+        // The listing that tells whether the table exists, then (absent on the dry run's
+        // empty fake host) the create.
+        stdout(&o).contains(
+            "nft \\\n-a list \\\ntable \\\nip \\\nvt\nnft \\\n-ae create \\\ntable \\\nip \\\nvt"
+        ),
         "{}",
         text(&o)
     );

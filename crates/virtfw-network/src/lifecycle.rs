@@ -454,9 +454,16 @@ pub fn check(status: &NetworkStatus, exec: &dyn Executor) -> Result<RuleCheck> {
                                     })
                                 })?;
                             let handles = if out.success() {
-                                nftables::rule_handles(&out.stdout)
-                            } else {
+                                virtfw::nft::parse_listing(&out.stdout).rules
+                            } else if virtfw::nft::listing_says_absent(&out.stderr) {
                                 BTreeMap::new()
+                            } else {
+                                // Could not look: not "missing", an error.
+                                return Err(NetworkError::Firewall(virtfw::Error::CommandFailed {
+                                    cmdline: format!("nft -a list table {fam} {table}"),
+                                    status: out.status,
+                                    stderr: out.stderr.trim_end().to_string(),
+                                }));
                             };
                             listings.insert(key.clone(), handles);
                         }

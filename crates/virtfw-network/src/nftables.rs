@@ -4,7 +4,7 @@
 //! libvirt keeps out of the `filter` table iptables-nft uses and out of the `inet` family, so
 //! its rules never collide with another tool's and can differ per family.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use virtfw::{Backend, Firewall, Layer, QueryContext, TransactionFlags};
 
@@ -284,27 +284,6 @@ pub fn network_firewall(def: &NetworkDef) -> Result<Firewall> {
     Ok(b.fw)
 }
 
-/// The rule handles per chain in `nft -a list table F libvirt_network` output: a rule line ends
-/// in `# handle N`; a chain line (`chain NAME { # handle M`) switches the current chain.
-pub fn rule_handles(listing: &str) -> BTreeMap<String, BTreeSet<u64>> {
-    let mut out: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
-    let mut current: Option<String> = None;
-    for line in listing.lines() {
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix("chain ") {
-            current = rest.split_whitespace().next().map(str::to_string);
-            continue;
-        }
-        if line.starts_with("table ") || line.starts_with('}') {
-            continue;
-        }
-        if let (Some(chain), Some(h)) = (&current, virtfw::rollback::parse_trailing_handle(line)) {
-            out.entry(chain.clone()).or_default().insert(h);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,13 +297,5 @@ mod tests {
         assert!(l.chains.contains("forward") && l.chains.contains("guest_cross"));
         assert!(l.jumps.contains(&("forward".into(), "guest_cross".into())));
         assert!(!scan_listing("ip6", &lines).table);
-    }
-
-    #[test]
-    fn handles_per_chain() {
-        let text = "table ip libvirt_network { # handle 3\n\tchain guest_output { # handle 2\n\t\tiif \"virbr0\" counter packets 0 bytes 0 reject # handle 7\n\t}\n\tchain guest_nat { # handle 5\n\t\tip saddr 10.0.0.0/8 counter return # handle 9\n\t}\n}\n";
-        let h = rule_handles(text);
-        assert_eq!(h["guest_output"], BTreeSet::from([7]));
-        assert_eq!(h["guest_nat"], BTreeSet::from([9]));
     }
 }

@@ -46,12 +46,13 @@ use std::collections::{BTreeSet, HashMap};
 
 use tracing::{debug, warn};
 
-use crate::engine::{argv_for, run_command, ApplyObserver};
+use crate::engine::{absent_before, argv_for, learn_table, run_argv, run_command, ApplyObserver};
 use crate::error::Error;
 use crate::executor::{Executor, Invocation, Output};
 use crate::firewall::{Firewall, Group};
 use crate::model::{Backend, Command, Layer, TransactionFlags};
-use crate::rollback::{self, NftObject};
+use crate::nft::{self, Echo, NftObject};
+use crate::rollback;
 use crate::transcript::command_line;
 
 /// Environment variable that, set to anything but empty or `0`, disables batching everywhere.
@@ -79,9 +80,10 @@ enum Echoed {
     Applied,
     /// The batch failed: nothing applied.
     Failed,
-    /// Create `group`'s command echoed no handle: applied up to it (inverses recorded), the
-    /// later creates taken back, as the per-command path would leave it.
-    NoHandle { group: usize, error: Error },
+    /// The echo does not account for a create of `group` ([`Error::EchoIncomplete`]):
+    /// applied up to it (inverses recorded), the later creates taken back, as the per-command
+    /// path would leave it.
+    Incomplete { group: usize, error: Error },
 }
 
 /// How a group can be batched.
@@ -283,16 +285,13 @@ fn classify_cmds(backend: Backend, flags: TransactionFlags, actions: &[Command])
             }
             let creates = actions
                 .iter()
-                .filter(|c| auto && rollback::nft_create(&c.args).is_some_and(|k| k.verb == 0))
+                .filter(|c| auto && nft::nft_create(&c.args).is_some_and(|k| k.verb == 0))
                 .count();
             if creates == actions.len() {
                 Some(Kind::NftCreates)
             } else if creates == 0 && actions.iter().all(|c| nft_plain_verb(&c.args)) {
                 // Without auto-rollback nothing is echoed on the per-command path either.
-                let any_create = auto
-                    && actions
-                        .iter()
-                        .any(|c| rollback::nft_create(&c.args).is_some());
+                let any_create = auto && actions.iter().any(|c| nft::nft_create(&c.args).is_some());
                 (!any_create).then_some(Kind::NftPlain)
             } else {
                 None
@@ -318,61 +317,6 @@ fn classify_cmds(backend: Backend, flags: TransactionFlags, actions: &[Command])
             (undoable || sections.len() == 1).then_some(Kind::IptApply { undoable })
         }
     }
-}
-
-/// The key an nft create or its echo line is matched on: object, family, table, chain.
-fn create_key(words: &[&str]) -> Option<(String, String, String, String)> {
-    let object = *words.get(1)?;
-    let (family, rest) = match words.get(2) {
-        Some(f) if ["ip", "ip6", "inet", "arp", "bridge", "netdev"].contains(f) => {
-            (*f, &words[3..])
-        }
-        _ => ("ip", &words[2..]),
-    };
-    let unquote = |s: &str| s.trim_matches('"').to_string();
-    let table = rest.first().map(|s| unquote(s)).unwrap_or_default();
-    let chain = if object == "table" {
-        String::new()
-    } else {
-        rest.get(1).map(|s| unquote(s)).unwrap_or_default()
-    };
-    Some((object.to_string(), family.to_string(), table, chain))
-}
-
-/// The handles echoed for `creates` (joined command lines, in input order) by a successful
-/// `nft -ae -f -`: one `# handle N` line per create that made something, in input order.
-///
-/// When every create echoed, lines map one to one. A create of a table or chain that already
-/// existed echoes nothing (nft 1.0.6); such creates are found by matching each echo line's
-/// object/family/table/chain against the next create, and get `None`.
-pub(crate) fn map_echo(creates: &[String], stdout: &str) -> Vec<Option<u64>> {
-    let echoes: Vec<(&str, u64)> = stdout
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| rollback::parse_trailing_handle(l).map(|h| (l, h)))
-        .collect();
-    if echoes.len() == creates.len() {
-        return echoes.iter().map(|(_, h)| Some(*h)).collect();
-    }
-    let mut out = Vec::with_capacity(creates.len());
-    let mut next = 0;
-    for create in creates {
-        let words: Vec<&str> = create.split_whitespace().collect();
-        let want = create_key(&words);
-        match echoes.get(next) {
-            Some((line, handle)) => {
-                let got: Vec<&str> = line.split_whitespace().collect();
-                if want.is_some() && create_key(&got) == want {
-                    out.push(Some(*handle));
-                    next += 1;
-                } else {
-                    out.push(None);
-                }
-            }
-            None => out.push(None),
-        }
-    }
-    out
 }
 
 /// The input line (1-based) nft or a restore program blamed in its error output, if any:
@@ -438,30 +382,32 @@ impl Present {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            let out = run_listing(exec, &argv)?;
+            let out = run_argv(exec, &argv)?;
             if !out.success() {
                 continue;
             }
-            let mut handles = BTreeSet::new();
-            for line in out.stdout.lines() {
-                if let Some(h) = rollback::parse_trailing_handle(line) {
-                    if line.trim_start().starts_with("table ") {
-                        present.tables.insert((family.clone(), h));
-                    } else {
-                        handles.insert(h);
-                    }
-                }
+            let listing = nft::parse_listing(&out.stdout);
+            if let Some(h) = listing.table {
+                present.tables.insert((family.clone(), h));
             }
-            present.objects.insert((family, table), handles);
+            present
+                .objects
+                .insert((family, table), listing.object_handles());
         }
         if deletes.iter().any(|d| d.object == NftObject::Table) {
             let argv: Vec<String> = ["nft", "-j", "list", "tables"]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            let out = run_listing(exec, &argv)?;
-            if out.success() {
-                present.tables.extend(json_tables(&out.stdout));
+            let out = run_argv(exec, &argv)?;
+            if let Some(tables) = out
+                .success()
+                .then(|| nft::parse_tables_json(&out.stdout))
+                .flatten()
+            {
+                present
+                    .tables
+                    .extend(tables.into_iter().map(|t| (t.family, t.handle)));
                 present.tables_complete = true;
             }
         }
@@ -481,34 +427,6 @@ impl Present {
             (None, _) => true,
         }
     }
-}
-
-/// Run a listing `argv`; the executor's own failure is an [`Error::Exec`].
-fn run_listing(exec: &dyn Executor, argv: &[String]) -> Result<Output, Error> {
-    exec.run(Invocation { argv, stdin: None })
-        .map_err(|source| Error::Exec {
-            cmdline: command_line(argv),
-            source,
-        })
-}
-
-/// (family, handle) of every table in `nft -j list tables` output (a small scan of our own
-/// query's output; other fields are ignored).
-fn json_tables(json: &str) -> Vec<(String, u64)> {
-    let field = |s: &str, name: &str| -> Option<String> {
-        let at = s.find(&format!("\"{name}\":"))? + name.len() + 3;
-        let v = s[at..].trim_start();
-        let v = v.strip_prefix('"').unwrap_or(v);
-        let end = v.find(['"', ',', '}']).unwrap_or(v.len());
-        Some(v[..end].to_string())
-    };
-    json.split("{\"table\":")
-        .skip(1)
-        .filter_map(|obj| {
-            let obj = &obj[..obj.find('}').unwrap_or(obj.len())];
-            Some((field(obj, "family")?, field(obj, "handle")?.parse().ok()?))
-        })
-        .collect()
 }
 
 /// The order a removal batch deletes in, as indices into `rule_delete`/`appended`.
@@ -903,8 +821,18 @@ fn remove_family(
     for (k, c) in delete_family(exec, sections, &report, false)? {
         let (g, _, args, _) = &sections[k].cmds[c];
         let cmd = Command::new(layer, args.iter().cloned()).with_ignore_errors(true);
-        run_command(backend, TransactionFlags::empty(), &cmd, exec, observer, *g)
-            .map_err(|err| (*g, err))?;
+        // Removal commands create nothing: no facts needed.
+        let mut none = nft::Existing::default();
+        run_command(
+            backend,
+            TransactionFlags::empty(),
+            &cmd,
+            exec,
+            observer,
+            *g,
+            &mut none,
+        )
+        .map_err(|err| (*g, err))?;
     }
     Ok(())
 }
@@ -1027,16 +955,45 @@ impl Firewall {
         match self.nft_create_batch(&items, exec) {
             Echoed::Applied => Step::Applied { next: end },
             Echoed::Failed => Step::PerCommand { until: end },
-            Echoed::NoHandle { group, error } => Step::Failed { group, error },
+            Echoed::Incomplete { group, error } => Step::Failed { group, error },
         }
     }
 
     /// Run the creates `items` (group, action index) as one `nft -ae -f -` and record their
-    /// inverses, exactly as the per-command path would.
+    /// inverses, exactly as the per-command path would: the tables their table/chain creates
+    /// touch are listed first ([`learn_table`]), an `add` of a table or chain found absent is
+    /// sent as `create`, and the echo is read by [`nft::map_echo`] (an object that existed
+    /// gets no inverse).
     fn nft_create_batch(&mut self, items: &[(usize, usize)], exec: &dyn Executor) -> Echoed {
+        let creates: Vec<nft::NftCreate> = items
+            .iter()
+            .map(|&(g, i)| {
+                nft::nft_create(&self.groups[g].actions[i].args).expect("classified as create")
+            })
+            .collect();
+        for create in &creates {
+            if let Err(err) = learn_table(&mut self.existing, create, exec) {
+                // The per-command path lists again and fails at the right command.
+                debug!(error = %err, "listing before a create batch failed");
+                return Echoed::Failed;
+            }
+        }
+        let mut planned = self.existing.clone();
         let lines: Vec<String> = items
             .iter()
-            .map(|&(g, i)| self.groups[g].actions[i].args.join(" "))
+            .zip(&creates)
+            .map(|(&(g, i), create)| {
+                let args = &self.groups[g].actions[i].args;
+                let line = if absent_before(&planned, create) {
+                    nft::as_create(args).join(" ")
+                } else {
+                    args.join(" ")
+                };
+                if create.object != NftObject::Rule {
+                    planned.note_created(create);
+                }
+                line
+            })
             .collect();
         let mut input = lines.join("\n");
         input.push('\n');
@@ -1049,48 +1006,47 @@ impl Firewall {
                 return Echoed::Failed;
             }
         };
-        let handles = map_echo(&lines, &out.stdout);
-        let first_missing = handles.iter().position(Option::is_none);
+        let echoes = nft::map_echo(&creates, &mut self.existing, &out.stdout);
+        let first_missing = echoes.iter().position(|e| *e == Echo::Unaccounted);
         let upto = first_missing.unwrap_or(items.len());
-        for (&(g, i), handle) in items.iter().zip(&handles).take(upto) {
-            let cmd = &self.groups[g].actions[i];
-            let create = rollback::nft_create(&cmd.args).expect("classified as create");
-            let inverse = Command::new(
-                cmd.layer,
-                rollback::nft_inverse(&cmd.args, create, handle.expect("before first missing")),
-            )
-            .with_ignore_errors(true)
-            .with_appended(rollback::nft_is_append(&cmd.args, create));
-            self.groups[g].rollbacks.push(inverse);
+        for ((&(g, i), create), echo) in items.iter().zip(&creates).zip(&echoes).take(upto) {
+            if let Echo::Ours(handle) = echo {
+                let inverse =
+                    Command::new(self.groups[g].actions[i].layer, create.inverse(*handle))
+                        .with_ignore_errors(true)
+                        .with_appended(create.appends);
+                self.groups[g].rollbacks.push(inverse);
+            }
         }
         let Some(k) = first_missing else {
             return Echoed::Applied;
         };
-        // The per-command path would have stopped at create `k` (no handle to record). Make the
-        // kernel state match: delete what the later creates made, newest first.
-        let mut undo: Vec<String> = Vec::new();
-        for (&(g, i), handle) in items.iter().zip(&handles).skip(k + 1).rev() {
-            if let Some(h) = handle {
-                let cmd = &self.groups[g].actions[i];
-                let create = rollback::nft_create(&cmd.args).expect("classified as create");
-                undo.push(rollback::nft_inverse(&cmd.args, create, *h).join(" "));
-            }
-        }
+        // The per-command path would have stopped at create `k` (its object has no known
+        // handle). Make the kernel state match: delete what the later creates made, newest
+        // first. Create `k`'s own object, if it exists, is left: its handle is unknown.
+        let undo: Vec<String> = creates
+            .iter()
+            .zip(&echoes)
+            .skip(k + 1)
+            .rev()
+            .filter_map(|(create, echo)| match echo {
+                Echo::Ours(h) => Some(create.inverse(*h).join(" ")),
+                _ => None,
+            })
+            .collect();
         if !undo.is_empty() {
             let mut input = undo.join("\n");
             input.push('\n');
             if !run_batch(exec, &strings(&["nft", "-f", "-"]), &input).is_ok_and(|o| o.success()) {
-                warn!("could not undo the creates after a create that echoed no handle");
+                warn!("could not undo the creates after a create whose echo was incomplete");
             }
         }
-        let (g, i) = items[k];
-        let cmd = &self.groups[g].actions[i];
-        let error = Error::NoHandle {
-            cmdline: command_line(&argv_for(self.backend, true, cmd).0),
-            stdout: String::new(),
+        let (g, _) = items[k];
+        let error = Error::EchoIncomplete {
+            cmdline: command_line(&argv),
+            stdout: out.stdout,
         };
-        // Inverses of the groups before `g` are observed by the caller's rollback; report them.
-        Echoed::NoHandle { group: g, error }
+        Echoed::Incomplete { group: g, error }
     }
 
     fn nft_plain(&mut self, start: usize, end: usize, exec: &dyn Executor) -> Step {
@@ -1184,6 +1140,7 @@ impl Firewall {
                 exec,
                 observer,
                 g,
+                &mut nft::Existing::default(),
             ) {
                 return Step::Failed { group: g, error };
             }
@@ -1395,7 +1352,7 @@ impl Firewall {
             match outcome {
                 Echoed::Applied => {}
                 Echoed::Failed => return Ok((a, run_end)),
-                Echoed::NoHandle { error, .. } => return Err(error),
+                Echoed::Incomplete { error, .. } => return Err(error),
             }
         }
         Ok((run_end, run_end))
@@ -1493,12 +1450,16 @@ mod tests {
         let mut fw = nft_firewall();
         batched(&mut fw, &fake).unwrap();
         let inv = fake.invocations();
-        assert_eq!(inv.len(), 1, "{:?}", fake.commands());
-        assert_eq!(inv[0].0, ["nft", "-ae", "-f", "-"]);
-        let input = String::from_utf8(inv[0].1.clone().unwrap()).unwrap();
+        // The table its table and chain creates touch is listed first (it is absent, so they
+        // run as `create`), then one batch.
+        assert_eq!(inv.len(), 2, "{:?}", fake.commands());
+        assert_eq!(inv[0].0, ["nft", "-a", "list", "table", "ip", "T"]);
+        assert_eq!(inv[1].0, ["nft", "-ae", "-f", "-"]);
+        let input = String::from_utf8(inv[1].1.clone().unwrap()).unwrap();
+        assert_eq!(input.lines().next(), Some("create table ip T"));
         assert_eq!(
             input.lines().nth(1),
-            Some("add chain ip T C { type filter hook forward priority 0; policy accept; }")
+            Some("create chain ip T C { type filter hook forward priority 0; policy accept; }")
         );
         assert_eq!(
             input.lines().nth(4),
@@ -1509,7 +1470,7 @@ mod tests {
         let mut fw2 = nft_firewall();
         per_command(&mut fw2, &plain).unwrap();
         assert_eq!(rollbacks(&fw), rollbacks(&fw2));
-        assert_eq!(plain.commands().len(), 5);
+        assert_eq!(plain.commands().len(), 6);
     }
 
     #[test]
@@ -1560,52 +1521,15 @@ mod tests {
         assert!(err.contains("drop"), "{err}");
         assert_eq!(rollbacks(&fw), rollbacks(&fw2));
         // After the one failed batch, exactly the per-command sequence (with its rollback).
+        // The listing ran once, before the batch; the fallback reuses its facts.
         let cmds = batching.commands();
-        assert_eq!(cmds[0], ["nft", "-ae", "-f", "-"]);
-        assert_eq!(cmds[1..], plain.commands()[..]);
+        assert_eq!(cmds[0], ["nft", "-a", "list", "table", "ip", "T"]);
+        assert_eq!(cmds[1], ["nft", "-ae", "-f", "-"]);
+        assert_eq!(cmds[2..], plain.commands()[1..]);
+        assert_eq!(plain.commands()[0], cmds[0]);
         assert!(plain
             .transcript()
             .contains("delete \\\ntable \\\nip \\\nhandle \\\n1"));
-    }
-
-    #[test]
-    fn echo_mapping_takes_trailing_handles_and_spots_silent_creates() {
-        let creates: Vec<String> = [
-            "add table ip T",
-            "add chain ip T C { type filter hook forward priority 0; policy accept; }",
-            "add rule ip T C ip saddr 10.1.0.1 accept",
-            "insert rule ip T C accept",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let echo = "add table ip T # handle 3\n\
-            add chain ip T C { type filter hook forward priority filter; policy accept; } # handle 1\n\
-            add rule ip T C handle 4 ip saddr 10.1.0.1 accept # handle 2\n\
-            insert rule ip T C accept # handle 4\n\
-            # new generation 14 by process 3990 (nft)\n";
-        assert_eq!(
-            map_echo(&creates, echo),
-            [Some(3), Some(1), Some(2), Some(4)]
-        );
-        // The table existed already: nft printed nothing for it.
-        let echo = echo.lines().skip(1).collect::<Vec<_>>().join("\n");
-        assert_eq!(map_echo(&creates, &echo), [None, Some(1), Some(2), Some(4)]);
-    }
-
-    #[test]
-    fn silent_create_fails_like_the_per_command_path() {
-        // `add chain` of an existing chain echoes nothing (nft 1.0.6): no handle for it.
-        let lines = vec![
-            "add table ip T".to_string(),
-            "add chain ip T C".to_string(),
-            "add rule ip T C accept".to_string(),
-        ];
-        let got = map_echo(
-            &lines,
-            "add table ip T # handle 1\nadd rule ip T C handle 0 accept # handle 2\n",
-        );
-        assert_eq!(got, [Some(1), None, Some(2)]);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::executor::{Executor, Invocation, Output};
 use crate::firewall::Firewall;
 use crate::model::{Backend, Command, Layer, QueryContext, RollbackFlags, TransactionFlags};
+use crate::nft::{self, Echo};
 use crate::rollback;
 use crate::transcript::command_line;
 
@@ -75,7 +76,7 @@ pub(crate) fn argv_for(
     backend: Backend,
     auto_rollback: bool,
     cmd: &Command,
-) -> (Vec<String>, Option<rollback::NftCreate>, bool) {
+) -> (Vec<String>, Option<nft::NftCreate>, bool) {
     let (program, lead) = cmd.layer.program(backend);
     let mut argv = Vec::with_capacity(cmd.args.len() + 3);
     argv.push(program.to_string());
@@ -85,7 +86,7 @@ pub(crate) fn argv_for(
     if auto_rollback && cmd.layer != Layer::Tc {
         match backend {
             Backend::Nftables => {
-                nft_create = rollback::nft_create(&cmd.args);
+                nft_create = nft::nft_create(&cmd.args);
                 if nft_create.is_some() {
                     argv.push("-ae".to_string());
                 }
@@ -98,7 +99,50 @@ pub(crate) fn argv_for(
     (argv, nft_create, ipt_create)
 }
 
-/// Run one command and derive its inverse when it is an auto-rollback create.
+/// Run `argv` without input; the executor's own failure is an [`Error::Exec`].
+pub(crate) fn run_argv(exec: &dyn Executor, argv: &[String]) -> Result<Output> {
+    exec.run(Invocation { argv, stdin: None })
+        .map_err(|source| Error::Exec {
+            cmdline: command_line(argv),
+            source,
+        })
+}
+
+/// Make sure `existing` knows what `create`'s table held before this apply: list the table
+/// through the executor the first time a table or chain create touches it (so the CLI
+/// journals the listing like every command and can rebuild the same facts). A listing that
+/// cannot run, or fails other than with "no such table", fails the apply before anything of
+/// the create runs.
+pub(crate) fn learn_table(
+    existing: &mut nft::Existing,
+    create: &nft::NftCreate,
+    exec: &dyn Executor,
+) -> Result<()> {
+    let Some((family, table)) = existing.to_list(create) else {
+        return Ok(());
+    };
+    let argv = nft::listing_argv(&family, &table);
+    debug!(cmd = %command_line(&argv), "listing a table before creating in it");
+    let out = run_argv(exec, &argv)?;
+    existing
+        .record_listing(&family, &table, out.status, &out.stdout, &out.stderr)
+        .map_err(|source| Error::Listing {
+            cmdline: command_line(&argv),
+            source,
+        })
+}
+
+/// Whether `create` makes a table or chain that the facts say is absent: it then runs as
+/// `create`, which fails with "File exists" if someone made the object after the listing,
+/// instead of adopting theirs.
+pub(crate) fn absent_before(existing: &nft::Existing, create: &nft::NftCreate) -> bool {
+    create.object != nft::NftObject::Rule
+        && create.verb_word == "add"
+        && existing.exists(create) == Some(false)
+}
+
+/// Run one command and derive its inverse when it is an auto-rollback create. `existing`
+/// holds the facts of this apply ([`learn_table`]).
 pub(crate) fn run_command(
     backend: Backend,
     flags: TransactionFlags,
@@ -106,25 +150,25 @@ pub(crate) fn run_command(
     exec: &dyn Executor,
     observer: &dyn ApplyObserver,
     group: usize,
+    existing: &mut nft::Existing,
 ) -> Result<Ran> {
     let auto = flags.contains(TransactionFlags::AUTO_ROLLBACK);
-    let (argv, nft_create, ipt_create) = argv_for(backend, auto, cmd);
+    let (mut argv, nft_create, ipt_create) = argv_for(backend, auto, cmd);
     if backend == Backend::None {
         return Err(Error::BackendNotImplemented {
             cmdline: command_line(&argv),
         });
     }
+    if let Some(create) = &nft_create {
+        learn_table(existing, create, exec)?;
+        if absent_before(existing, create) {
+            argv.truncate(argv.len() - cmd.args.len());
+            argv.extend(nft::as_create(&cmd.args));
+        }
+    }
     observer.will_run(group, &argv);
     debug!(cmd = %command_line(&argv), "running firewall command");
-    let out: Output = exec
-        .run(Invocation {
-            argv: &argv,
-            stdin: None,
-        })
-        .map_err(|source| Error::Exec {
-            cmdline: command_line(&argv),
-            source,
-        })?;
+    let out: Output = run_argv(exec, &argv)?;
     if !out.success() {
         let is_list = backend == Backend::Nftables
             && cmd.layer != Layer::Tc
@@ -146,14 +190,18 @@ pub(crate) fn run_command(
         });
     }
     let inverse = if let Some(create) = nft_create {
-        let handle = rollback::parse_handle(&out.stdout).ok_or_else(|| Error::NoHandle {
-            cmdline: command_line(&argv),
-            stdout: out.stdout.clone(),
-        })?;
-        Some(
-            Command::new(cmd.layer, rollback::nft_inverse(&cmd.args, create, handle))
-                .with_appended(rollback::nft_is_append(&cmd.args, create)),
-        )
+        match nft::map_echo(std::slice::from_ref(&create), existing, &out.stdout)[0] {
+            Echo::Ours(handle) => {
+                Some(Command::new(cmd.layer, create.inverse(handle)).with_appended(create.appends))
+            }
+            Echo::Existed => None,
+            Echo::Unaccounted => {
+                return Err(Error::EchoIncomplete {
+                    cmdline: command_line(&argv),
+                    stdout: out.stdout,
+                })
+            }
+        }
     } else if ipt_create {
         Some(
             Command::new(cmd.layer, rollback::iptables_inverse(&cmd.args))
@@ -215,6 +263,7 @@ impl Firewall {
     /// [`Firewall::apply_with`] with [`APPLY_LOCK`] already held.
     fn apply_locked(&mut self, exec: &dyn Executor, options: ApplyOptions<'_>) -> Result<()> {
         self.preflight(exec)?;
+        self.existing = nft::Existing::default();
         let observer = options.observer.unwrap_or(&NoObserver);
         // The fast path (crate::batch) takes runs of groups it can apply as one kernel
         // transaction; everything else, and every failed batch, runs command by command.
@@ -312,7 +361,7 @@ impl Firewall {
                     index: i,
                 });
             }
-            let ran = run_command(backend, flags, cmd, exec, observer, gi)?;
+            let ran = run_command(backend, flags, cmd, exec, observer, gi, &mut self.existing)?;
             if let Some(inverse) = ran.inverse {
                 observer.inverse_recorded(gi, &inverse);
                 self.groups[gi].rollbacks.push(inverse);
@@ -373,9 +422,16 @@ impl Firewall {
             // Rollback commands are deletes; they never produce inverses, so the flags that
             // would trigger auto-rollback are not passed on.
             for cmd in &self.groups[j].rollbacks {
-                if let Err(err) =
-                    run_command(backend, TransactionFlags::empty(), cmd, exec, observer, j)
-                {
+                let mut none = nft::Existing::default();
+                if let Err(err) = run_command(
+                    backend,
+                    TransactionFlags::empty(),
+                    cmd,
+                    exec,
+                    observer,
+                    j,
+                    &mut none,
+                ) {
                     debug!(error = %err, "ignoring rollback failure");
                 }
             }

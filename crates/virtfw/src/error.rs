@@ -66,10 +66,21 @@ pub enum Error {
         source: ExecError,
     },
 
-    #[error(
-        "couldn't register rollback command - command '{cmdline}' had no valid handle in output ('{stdout}')"
-    )]
-    NoHandle { cmdline: String, stdout: String },
+    /// An nft create succeeded but its echo does not account for an object it made (the echo
+    /// is incomplete or garbled, e.g. its output file could not be written): the object may
+    /// exist with a handle nobody knows, so no inverse is guessed. Nothing of it is rolled back;
+    /// a caller that journals commands keeps its journal (the CLI exits 4).
+    #[error("nft applied {cmdline} but its echo does not account for what it created (got '{stdout}'); the object may exist with an unknown handle")]
+    EchoIncomplete { cmdline: String, stdout: String },
+
+    /// Listing a table before an `add table`/`add chain` (to know whether the object existed
+    /// already) failed for another reason than "no such table": nothing was created.
+    #[error("cannot tell what exists before {cmdline}: {source}")]
+    Listing {
+        cmdline: String,
+        #[source]
+        source: crate::nft::ListingFailed,
+    },
 
     #[error("query callback of {cmdline} failed: {message}")]
     Query { cmdline: String, message: String },

@@ -50,6 +50,9 @@ pub struct Firewall {
     pub(crate) groups: Vec<Group>,
     pub(crate) current_group: usize,
     pub(crate) error: Option<BuildError>,
+    /// What the tables an apply's `add table`/`add chain` touch held before it, and what it
+    /// created since (reset by every apply; see [`crate::nft::Existing`]).
+    pub(crate) existing: crate::nft::Existing,
 }
 
 impl Firewall {
@@ -61,6 +64,7 @@ impl Firewall {
             groups: Vec::new(),
             current_group: 0,
             error: None,
+            existing: Default::default(),
         }
     }
 
@@ -301,6 +305,7 @@ impl Firewall {
                 .collect(),
             current_group: self.current_group,
             error: self.error.clone(),
+            existing: Default::default(),
         }
     }
 

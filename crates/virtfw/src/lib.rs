@@ -72,6 +72,24 @@
 //! per-command path, and libvirt's network plans (all inserts), are unaffected, which the
 //! conformance suite checks byte for byte.
 //!
+//! * **Only what it created.** An auto-rollback `add table`/`add chain` of an object that
+//!   existed before the apply succeeds and records *no* inverse (nft 1.0.6 echoes nothing for
+//!   an existing table and the old handle for an existing chain). libvirt fails such an apply
+//!   ("no valid handle") or, on the chain, records the other owner's handle; virtfw adopts
+//!   nothing and deletes nothing it did not create. The decision rests on facts: before the
+//!   first table/chain create that touches a table in an apply, the engine lists that table
+//!   through the executor (`nft -a list table F T`; "No such file or directory" means absent;
+//!   a listing that fails otherwise fails the apply before anything is created), and an
+//!   object found absent is made with `create` instead of `add`, so one that someone else
+//!   makes in between fails the apply ("File exists") instead of being adopted. Only
+//!   transactions holding such creates pay for the listing. Echo lines are matched to creates
+//!   by object, family, table and chain using the trailing `# handle N` ([`nft::map_echo`]);
+//!   an echo that does not account for a new object is [`Error::EchoIncomplete`], never a
+//!   guess. The listing is journalled like every command, so the CLI's undo and `recover`
+//!   rebuild the same facts with the same function.
+//! * **Words, not items.** nft joins its argv with spaces; recognising a create and building
+//!   its inverse works on nft's words ([`nft::words`]), so `["add", "rule", "ip t c accept"]`
+//!   gets the same inverse as one word per item.
 //! * **Preflight.** Before anything runs, `apply` refuses a firewall with a builder error, an
 //!   empty command, backend `none`, or a program missing from `PATH`, so bad input never
 //!   half-applies. libvirt finds these mid-apply, after earlier groups ran.
@@ -105,6 +123,7 @@ pub mod executor;
 pub mod firewall;
 pub mod model;
 pub mod netns;
+pub mod nft;
 pub mod rollback;
 pub mod transcript;
 pub mod xml;

@@ -100,7 +100,7 @@ fn blamed(err: &Error) -> Option<&str> {
     match err {
         Error::CommandFailed { cmdline, .. }
         | Error::Exec { cmdline, .. }
-        | Error::NoHandle { cmdline, .. }
+        | Error::EchoIncomplete { cmdline, .. }
         | Error::Query { cmdline, .. } => Some(cmdline),
         _ => None,
     }
@@ -542,11 +542,15 @@ fn auto_rollback_nftables() {
     assert_eq!(
         ran,
         [
-            "nft -ae add table ip vt",
-            "nft -ae add chain ip vt input { type filter hook input priority 0; policy accept; }",
+            // Before the first table/chain create in a table: what it held (nothing), and
+            // the absent objects are made with `create` (decision: never adopt).
+            "nft -a list table ip vt",
+            "nft -ae create table ip vt",
+            "nft -ae create chain ip vt input { type filter hook input priority 0; policy accept; }",
             "nft -ae insert rule ip vt input iif lo counter accept",
+            "nft -a list table ip6 vt6",
             "nft -ae create table ip6 vt6",
-            "nft -ae add chain ip6 vt6 fwd",
+            "nft -ae create chain ip6 vt6 fwd",
             "nft -ae -n add rule ip6 vt6 fwd counter",
             "nft add set ip vt s { type ipv4_addr; }",
             "nft list table ip vt",
@@ -709,8 +713,9 @@ fn auto_rollback_during_failure_runs_inverses_in_creation_order() {
     assert_eq!(
         ran,
         [
-            "nft -ae add table ip vt",
-            "nft -ae add chain ip vt c",
+            "nft -a list table ip vt",
+            "nft -ae create table ip vt",
+            "nft -ae create chain ip vt c",
             "nft -ae add rule ip vt c jump missing",
             "nft delete table ip handle 1",
             "nft delete chain ip vt handle 2",
@@ -719,8 +724,9 @@ fn auto_rollback_during_failure_runs_inverses_in_creation_order() {
 }
 
 /// Per-command path only: the batching fake answers every create in a batch with a handle
-/// and cannot be scripted otherwise (the batch path's echo mapping has its own unit tests in
-/// `src/batch.rs`).
+/// and cannot be scripted otherwise (the echo map has its own unit tests in `src/nft.rs`).
+/// A create of a new object whose echo carries no handle for it is an error (libvirt: "no
+/// valid handle") and rolls back what was recorded before it.
 #[test]
 fn handle_parsing_failure_is_an_error_and_rolls_back() {
     let mut fw = Firewall::new(Backend::Nftables);
@@ -729,24 +735,25 @@ fn handle_parsing_failure_is_an_error_and_rolls_back() {
     fw.add_cmd(Layer::Ipv4, args("add chain ip vt c"));
     fw.add_cmd(Layer::Ipv4, args("add rule ip vt c accept"));
     let fake = FakeExecutor::new().on(
-        FakeExecutor::args_contain(&["-ae", "add", "chain"]),
-        FakeResponse::stdout("add chain ip vt c # handle \n"),
+        FakeExecutor::args_contain(&["-ae", "chain"]),
+        FakeResponse::stdout("create chain ip vt c # handle \n"),
     );
     let err = fw.apply(&fake).unwrap_err();
     match &err {
-        Error::NoHandle { cmdline, stdout } => {
-            assert_eq!(cmdline, "nft -ae add chain ip vt c");
-            assert_eq!(stdout, "add chain ip vt c # handle \n");
+        Error::EchoIncomplete { cmdline, stdout } => {
+            assert_eq!(cmdline, "nft -ae create chain ip vt c");
+            assert_eq!(stdout, "create chain ip vt c # handle \n");
         }
         other => panic!("unexpected error {other:?}"),
     }
-    assert!(err.to_string().contains("had no valid handle"));
+    assert!(err.to_string().contains("unknown handle"));
     let ran: Vec<String> = fake.commands().iter().map(|c| c.join(" ")).collect();
     assert_eq!(
         ran,
         [
-            "nft -ae add table ip vt",
-            "nft -ae add chain ip vt c",
+            "nft -a list table ip vt",
+            "nft -ae create table ip vt",
+            "nft -ae create chain ip vt c",
             "nft delete table ip handle 1",
         ]
     );
@@ -754,8 +761,11 @@ fn handle_parsing_failure_is_an_error_and_rolls_back() {
     let mut fw = Firewall::new(Backend::Nftables);
     fw.start_transaction(TransactionFlags::AUTO_ROLLBACK);
     fw.add_cmd(Layer::Ipv4, args("add table ip vt"));
-    let fake = FakeExecutor::new().on(|_: &[String]| true, FakeResponse::stdout(""));
-    assert!(matches!(fw.apply(&fake), Err(Error::NoHandle { .. })));
+    let fake = FakeExecutor::new().on(
+        FakeExecutor::args_contain(&["-ae"]),
+        FakeResponse::stdout(""),
+    );
+    assert!(matches!(fw.apply(&fake), Err(Error::EchoIncomplete { .. })));
 }
 
 #[test]

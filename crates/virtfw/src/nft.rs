@@ -1,0 +1,799 @@
+//! What virtfw knows about nft's language and output: the one place that decides what an nft
+//! command creates, what undoes it, which handle nft gave it, and what a listing says exists.
+//!
+//! Every path (per-command apply, batch apply, the CLI's undo of a failed apply, `recover`,
+//! `verify`) asks these functions, so they cannot disagree about ownership.
+//!
+//! * **Words, not arguments.** nft joins its argv with spaces and lexes the result, so
+//!   `["add", "rule", "ip t c accept"]` and `["add rule ip t c accept"]` are the same command.
+//!   Everything here works on [`words`] of the joined arguments (double-quoted strings are one
+//!   word).
+//! * **Echo.** A create run with `-ae` prints the created object followed by a trailing
+//!   `# handle N`. nft 1.0.6 prints *nothing* for `add table` of an existing table and prints
+//!   `add chain … # handle N` with the *existing* chain's handle for `add chain` of an existing
+//!   chain. An echo line therefore proves nothing about ownership on its own: [`map_echo`]
+//!   combines it with what the table held before (an [`Existing`], from a listing through the
+//!   executor) and never guesses.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// nft address families; a create without one defaults to `ip`, as nft itself does.
+pub const FAMILIES: [&str; 6] = ["ip", "ip6", "inet", "arp", "bridge", "netdev"];
+
+/// The kind of nft object a create makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NftObject {
+    Table,
+    Chain,
+    Rule,
+}
+
+impl NftObject {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NftObject::Table => "table",
+            NftObject::Chain => "chain",
+            NftObject::Rule => "rule",
+        }
+    }
+}
+
+/// nft's words of `args` joined with spaces (as nft itself joins its argv): whitespace
+/// separates, a double-quoted string is one word and keeps its quotes (so a word can be passed
+/// back to nft unchanged).
+pub fn words(args: &[String]) -> Vec<String> {
+    line_words(&args.join(" "))
+}
+
+/// nft's words of one command line; see [`words`].
+pub fn line_words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        if c == '"' {
+            quoted = !quoted;
+            cur.push(c);
+        } else if c.is_whitespace() && !quoted {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+        } else {
+            cur.push(c);
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// A word without its surrounding double quotes (how nft reads a name).
+fn name(word: &str) -> &str {
+    word.strip_prefix('"')
+        .and_then(|w| w.strip_suffix('"'))
+        .unwrap_or(word)
+}
+
+/// A recognised nft create of a table, chain or rule, in nft's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftCreate {
+    /// Index of the verb (`add`, `insert`, `create`) among the command's [`words`]; 0 when
+    /// no option precedes it.
+    pub verb: usize,
+    /// The verb as written.
+    pub verb_word: String,
+    pub object: NftObject,
+    /// The family (`ip` when the command names none).
+    pub family: String,
+    /// The table, as written (quotes kept).
+    pub table: String,
+    /// The chain (chain and rule creates), as written.
+    pub chain: Option<String>,
+    /// Whether a rule lands at the back of its chain (`add rule` with no `position`, `index`
+    /// or `handle` after the chain).
+    pub appends: bool,
+}
+
+/// The identity an echo line is matched on: object, family, table, chain (names unquoted).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CreateKey {
+    pub object: NftObject,
+    pub family: String,
+    pub table: String,
+    pub chain: String,
+}
+
+impl NftCreate {
+    /// The key echo lines of this create are matched on.
+    pub fn key(&self) -> CreateKey {
+        CreateKey {
+            object: self.object,
+            family: self.family.clone(),
+            table: name(&self.table).to_string(),
+            chain: self
+                .chain
+                .as_deref()
+                .filter(|_| self.object != NftObject::Table)
+                .map(name)
+                .unwrap_or_default()
+                .to_string(),
+        }
+    }
+
+    /// `delete <object> <family> [table] [chain] handle N`. The family is always named, so the
+    /// inverse stays right when read back later.
+    pub fn inverse(&self, handle: u64) -> Vec<String> {
+        let mut out = vec![
+            "delete".to_string(),
+            self.object.as_str().to_string(),
+            self.family.clone(),
+        ];
+        if self.object != NftObject::Table {
+            out.push(self.table.clone());
+        }
+        if self.object == NftObject::Rule {
+            out.extend(self.chain.clone());
+        }
+        out.push("handle".to_string());
+        out.push(handle.to_string());
+        out
+    }
+
+    /// The (family, table) this create touches, with unquoted names.
+    pub fn table_key(&self) -> (String, String) {
+        (self.family.clone(), name(&self.table).to_string())
+    }
+}
+
+/// Is this nft command (argv tail) a create of a table, chain or rule? Leading options are
+/// skipped (libvirt's rule); the verb and object are read from nft's [`words`].
+pub fn nft_create(args: &[String]) -> Option<NftCreate> {
+    parse_create(&words(args))
+}
+
+/// [`nft_create`] of one line of an `nft -f` batch.
+pub fn line_create(line: &str) -> Option<NftCreate> {
+    parse_create(&line_words(line))
+}
+
+fn parse_create(w: &[String]) -> Option<NftCreate> {
+    let verb = w.iter().position(|a| !a.starts_with('-'))?;
+    let verb_word = w[verb].as_str();
+    if !matches!(verb_word, "add" | "insert" | "create") {
+        return None;
+    }
+    let object = match w.get(verb + 1)?.as_str() {
+        "rule" => NftObject::Rule,
+        "chain" => NftObject::Chain,
+        "table" => NftObject::Table,
+        _ => return None,
+    };
+    let rest = &w[verb + 2..];
+    let (family, names) = match rest.first() {
+        Some(f) if FAMILIES.contains(&f.as_str()) => (f.clone(), &rest[1..]),
+        _ => ("ip".to_string(), rest),
+    };
+    let table = names.first()?.clone();
+    let chain = match object {
+        NftObject::Table => None,
+        _ => Some(names.get(1)?.clone()),
+    };
+    let appends = object == NftObject::Rule
+        && verb_word == "add"
+        && !matches!(
+            names.get(2).map(String::as_str),
+            Some("position" | "index" | "handle")
+        );
+    Some(NftCreate {
+        verb,
+        verb_word: verb_word.to_string(),
+        object,
+        family,
+        table,
+        chain,
+        appends,
+    })
+}
+
+/// `args` with the create's `add` verb replaced by `create`, which fails with "File exists"
+/// instead of adopting an object someone made after we listed its table. Items other than the
+/// one holding the verb are kept as they are.
+pub fn as_create(args: &[String]) -> Vec<String> {
+    let mut seen = 0;
+    let mut out = Vec::with_capacity(args.len());
+    let mut done = false;
+    for item in args {
+        let w = line_words(item);
+        if !done {
+            if let Some(k) = w.iter().position(|a| !a.starts_with('-')) {
+                done = true;
+                if w[k] == "add" {
+                    if w.len() == 1 {
+                        out.push("create".to_string());
+                    } else {
+                        let mut w = w;
+                        w[k] = "create".to_string();
+                        out.push(w.join(" "));
+                    }
+                    seen += 1;
+                    continue;
+                }
+            }
+        }
+        out.push(item.clone());
+    }
+    debug_assert!(seen <= 1);
+    out
+}
+
+/// The handle at the end of one echoed or listed line: its trailing `# handle N`. Only the
+/// trailing one counts: a rule's comment may contain `# handle 2`, and a batch echo carries a
+/// position `handle P` after the chain name.
+pub fn trailing_handle(line: &str) -> Option<u64> {
+    let line = line.trim_end();
+    let at = line.rfind("# handle ")?;
+    line[at + "# handle ".len()..].parse().ok()
+}
+
+/// The argv (program first) that lists one table with handles.
+pub fn listing_argv(family: &str, table: &str) -> Vec<String> {
+    ["nft", "-a", "list", "table", family, table]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// If `argv` (program first, any path) is a [`listing_argv`], its (family, table).
+pub fn listing_of(argv: &[String]) -> Option<(String, String)> {
+    match argv {
+        [p, a, l, t, family, table]
+            if p.rsplit('/').next() == Some("nft") && a == "-a" && l == "list" && t == "table" =>
+        {
+            Some((family.clone(), name(table).to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Whether a failed listing says the table does not exist.
+pub fn listing_says_absent(stderr: &str) -> bool {
+    stderr.contains("No such file or directory")
+}
+
+/// Handles found in one `nft -a list table …` listing.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TableListing {
+    pub table: Option<u64>,
+    /// Chain handle by (unquoted) name.
+    pub chains: BTreeMap<String, u64>,
+    /// Rule handles by chain name.
+    pub rules: BTreeMap<String, BTreeSet<u64>>,
+}
+
+impl TableListing {
+    /// Every chain and rule handle of the table.
+    pub fn object_handles(&self) -> BTreeSet<u64> {
+        self.chains
+            .values()
+            .copied()
+            .chain(self.rules.values().flatten().copied())
+            .collect()
+    }
+}
+
+/// Net brace depth change of a line, ignoring quoted strings and comments.
+fn brace_delta(line: &str) -> i32 {
+    let mut d = 0;
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '#' if !quoted => break,
+            '{' if !quoted => d += 1,
+            '}' if !quoted => d -= 1,
+            _ => {}
+        }
+    }
+    d
+}
+
+/// Parse `nft -a list table …` output. Tolerant: only block headers and trailing
+/// `# handle N` comments are read, so other software's sets, maps and rules never trip it.
+pub fn parse_listing(text: &str) -> TableListing {
+    let mut out = TableListing::default();
+    let mut depth: i32 = 0;
+    let mut chain: Option<String> = None;
+    for raw in text.lines() {
+        let line = raw.trim();
+        let w = line_words(line);
+        let delta = brace_delta(line);
+        match depth {
+            0 if w.first().map(String::as_str) == Some("table") => {
+                out.table = trailing_handle(line)
+            }
+            // A block opens at depth 1: a chain (remember it) or a set, map, … (skip it).
+            1 if delta > 0 => {
+                chain = None;
+                if let (Some("chain"), Some(n)) = (w.first().map(String::as_str), w.get(1)) {
+                    let n = name(n).to_string();
+                    if let Some(h) = trailing_handle(line) {
+                        out.chains.insert(n.clone(), h);
+                    }
+                    chain = Some(n);
+                }
+            }
+            2 => {
+                if let (Some(c), Some(h)) = (&chain, trailing_handle(line)) {
+                    out.rules.entry(c.clone()).or_default().insert(h);
+                }
+            }
+            _ => {}
+        }
+        depth = (depth + delta).max(0);
+        if depth <= 1 && delta < 0 {
+            chain = None;
+        }
+    }
+    out
+}
+
+/// One table of `nft -j list tables` output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedTable {
+    pub family: String,
+    pub name: String,
+    pub handle: u64,
+}
+
+/// The shape of nft's JSON output this crate reads; unknown keys and other entries (metainfo,
+/// chains, other software's objects) are ignored.
+#[derive(serde::Deserialize)]
+struct JsonDoc {
+    #[serde(default)]
+    nftables: Vec<JsonEntry>,
+}
+
+#[derive(serde::Deserialize)]
+struct JsonEntry {
+    #[serde(default)]
+    table: Option<JsonTable>,
+}
+
+#[derive(serde::Deserialize)]
+struct JsonTable {
+    family: Option<String>,
+    name: Option<String>,
+    handle: Option<u64>,
+}
+
+/// The tables in `nft -j list tables [FAMILY]` output (JSON because nft 1.0.6 prints no table
+/// handles in the text form of `list tables`, even with `-a`). `None` when the text is not
+/// nft's JSON document; entries without a family, name or handle are skipped.
+pub fn parse_tables_json(text: &str) -> Option<Vec<ListedTable>> {
+    let doc: JsonDoc = serde_json::from_str(text).ok()?;
+    Some(
+        doc.nftables
+            .into_iter()
+            .filter_map(|e| {
+                let t = e.table?;
+                Some(ListedTable {
+                    family: t.family?,
+                    name: t.name?,
+                    handle: t.handle?,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// What existed before an apply, per listed table, plus what the apply itself created since:
+/// the facts that decide whether an `add table`/`add chain` made something.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Existing {
+    /// (family, table) → its chains, or `None` when the table did not exist.
+    tables: BTreeMap<(String, String), Option<BTreeSet<String>>>,
+}
+
+/// A listing that neither showed the table nor said it is absent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("listing table {family} {table} failed (status {status}): {stderr}")]
+pub struct ListingFailed {
+    pub family: String,
+    pub table: String,
+    pub status: i32,
+    pub stderr: String,
+}
+
+impl Existing {
+    /// The (family, table) that must be listed before `create` runs, if any: table and chain
+    /// creates need facts; rules always echo their own new handle.
+    pub fn to_list(&self, create: &NftCreate) -> Option<(String, String)> {
+        let key = create.table_key();
+        (create.object != NftObject::Rule && !self.tables.contains_key(&key)).then_some(key)
+    }
+
+    /// Whether (family, table) was listed.
+    pub fn listed(&self, family: &str, table: &str) -> bool {
+        self.tables
+            .contains_key(&(family.to_string(), table.to_string()))
+    }
+
+    /// Record the outcome of [`listing_argv`] for (family, table): exit 0 with its output, or
+    /// a failure that says the table is absent. Any other failure is an error (and records
+    /// nothing). A table listed before keeps its first facts.
+    pub fn record_listing(
+        &mut self,
+        family: &str,
+        table: &str,
+        status: i32,
+        stdout: &str,
+        stderr: &str,
+    ) -> Result<(), ListingFailed> {
+        let facts = if status == 0 {
+            Some(parse_listing(stdout).chains.into_keys().collect())
+        } else if listing_says_absent(stderr) {
+            None
+        } else {
+            return Err(ListingFailed {
+                family: family.to_string(),
+                table: table.to_string(),
+                status,
+                stderr: stderr.trim_end().to_string(),
+            });
+        };
+        self.tables
+            .entry((family.to_string(), table.to_string()))
+            .or_insert(facts);
+        Ok(())
+    }
+
+    /// Whether the object `create` makes exists already (before the apply or made by it);
+    /// `None` when its table was never listed. Rules are never "existing".
+    pub fn exists(&self, create: &NftCreate) -> Option<bool> {
+        if create.object == NftObject::Rule {
+            return Some(false);
+        }
+        let chains = self.tables.get(&create.table_key())?;
+        Some(match (create.object, chains) {
+            (_, None) => false,
+            (NftObject::Table, Some(_)) => true,
+            (_, Some(chains)) => chains.contains(name(create.chain.as_deref().unwrap_or(""))),
+        })
+    }
+
+    /// Remember that this apply made what `create` creates (done by [`map_echo`] for every
+    /// create it finds ours; a batch planner uses it on a scratch copy).
+    pub fn note_created(&mut self, create: &NftCreate) {
+        // A rule says nothing about its table (nft would have refused it in a missing one).
+        if create.object == NftObject::Rule {
+            return;
+        }
+        let (family, table) = create.table_key();
+        let Some(entry) = self.tables.get_mut(&(family, table)) else {
+            return;
+        };
+        let chains = entry.get_or_insert_with(BTreeSet::new);
+        if create.object == NftObject::Chain {
+            chains.insert(name(create.chain.as_deref().unwrap_or("")).to_string());
+        }
+    }
+}
+
+/// What the echo of one nft run says about one of its creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// It created the object with this handle: its inverse is `delete … handle N`.
+    Ours(u64),
+    /// The table or chain existed before (or this apply made it earlier): no inverse.
+    Existed,
+    /// The echo does not account for it although it would have made a new object (echo
+    /// incomplete or garbled, or the table's facts are unknown): the object may exist with an
+    /// unknown handle.
+    Unaccounted,
+}
+
+/// Map the stdout of one successful `nft -ae` run (one create, or a batch of `creates` in
+/// input order) to each create's [`Echo`], and note what was created in `existing`.
+///
+/// Echo lines (those with a trailing `# handle N`; `# new generation` lines are skipped) are
+/// matched to creates by [`CreateKey`] in order. A table or chain that existed consumes a
+/// matching echo line if there is one (nft 1.0.6 echoes an existing chain with its old handle)
+/// and is [`Echo::Existed`] either way.
+pub fn map_echo(creates: &[NftCreate], existing: &mut Existing, stdout: &str) -> Vec<Echo> {
+    let echoes: Vec<(Option<CreateKey>, u64)> = stdout
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| trailing_handle(l).map(|h| (line_create(l).map(|c| c.key()), h)))
+        .collect();
+    let mut next = 0;
+    let mut out = Vec::with_capacity(creates.len());
+    for create in creates {
+        let key = create.key();
+        let matched = echoes
+            .get(next)
+            .filter(|(k, _)| k.as_ref() == Some(&key))
+            .map(|&(_, h)| h);
+        if matched.is_some() {
+            next += 1;
+        }
+        let echo = match (existing.exists(create), matched) {
+            (Some(true), _) => Echo::Existed,
+            (Some(false), Some(h)) => Echo::Ours(h),
+            // A table or chain whose table was never listed: an echo cannot tell whether it
+            // is the old handle or a new one.
+            (None, _) | (Some(false), None) => Echo::Unaccounted,
+        };
+        if matches!(echo, Echo::Ours(_)) {
+            existing.note_created(create);
+        }
+        out.push(echo);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    fn listed(tables: &[(&str, &str, Option<&str>)]) -> Existing {
+        let mut e = Existing::default();
+        for (f, t, listing) in tables {
+            match listing {
+                Some(text) => e.record_listing(f, t, 0, text, "").unwrap(),
+                None => e
+                    .record_listing(f, t, 1, "", "Error: No such file or directory\n")
+                    .unwrap(),
+            }
+        }
+        e
+    }
+
+    #[test]
+    fn words_join_items_and_keep_quotes() {
+        let one = v("add rule ip q c counter accept");
+        let several = vec![
+            "add".to_string(),
+            "rule".into(),
+            "ip q c counter accept".into(),
+        ];
+        let whole = vec!["add rule ip q c counter accept".to_string()];
+        assert_eq!(words(&several), one);
+        assert_eq!(words(&whole), one);
+        assert_eq!(
+            line_words(r#"add rule ip t c comment "a  b" accept"#),
+            vec!["add", "rule", "ip", "t", "c", "comment", "\"a  b\"", "accept"]
+        );
+        let c1 = nft_create(&one).unwrap();
+        assert_eq!(nft_create(&several).unwrap(), c1);
+        assert_eq!(nft_create(&whole).unwrap(), c1);
+        assert_eq!(c1.inverse(7), v("delete rule ip q c handle 7"));
+    }
+
+    #[test]
+    fn recognises_creates_and_builds_inverses() {
+        let c = nft_create(&v("-c add table ip t")).unwrap();
+        assert_eq!((c.verb, c.object), (1, NftObject::Table));
+        assert_eq!(nft_create(&v("list table ip t")), None);
+        assert_eq!(nft_create(&v("add set ip t s")), None);
+        assert_eq!(nft_create(&v("add")), None);
+        let c = nft_create(&v("add chain ip6 libvirt_network guest_input")).unwrap();
+        assert_eq!(c.inverse(7), v("delete chain ip6 libvirt_network handle 7"));
+        let c = nft_create(&v("add table ip libvirt_network")).unwrap();
+        assert_eq!(c.inverse(3), v("delete table ip handle 3"));
+        let c = nft_create(&v("add rule t c accept")).unwrap();
+        assert_eq!(c.inverse(4), v("delete rule ip t c handle 4"));
+        let c = nft_create(&v(
+            "insert rule ip libvirt_network guest_nat counter return",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.inverse(5309),
+            v("delete rule ip libvirt_network guest_nat handle 5309")
+        );
+    }
+
+    #[test]
+    fn recognises_appends() {
+        let append = |s: &str| nft_create(&v(s)).unwrap().appends;
+        assert!(append("add rule ip t c accept"));
+        assert!(append("add rule t c ip saddr 1.2.3.4 accept"));
+        assert!(append("-c add rule ip6 t c counter"));
+        assert!(!append("insert rule ip t c accept"));
+        assert!(!append("add rule ip t c position 4 accept"));
+        assert!(!append("add rule t c index 0 accept"));
+        assert!(!append("add rule inet t c handle 7 accept"));
+        assert!(!append("add chain ip t c"));
+        let joined = vec![
+            "add".to_string(),
+            "rule".into(),
+            "ip t c position 3 drop".into(),
+        ];
+        assert!(!nft_create(&joined).unwrap().appends);
+    }
+
+    #[test]
+    fn create_verb_replaces_only_the_verb() {
+        assert_eq!(as_create(&v("add table ip t")), v("create table ip t"));
+        assert_eq!(
+            as_create(&[
+                "add chain ip t c".to_string(),
+                "{ type filter hook input priority 0; }".into()
+            ]),
+            vec![
+                "create chain ip t c".to_string(),
+                "{ type filter hook input priority 0; }".into()
+            ]
+        );
+        assert_eq!(as_create(&v("-c add table t")), v("-c create table t"));
+    }
+
+    #[test]
+    fn trailing_handle_only() {
+        assert_eq!(
+            trailing_handle("add rule ip T C handle 2 ip saddr 10.2.0.2 accept # handle 3"),
+            Some(3)
+        );
+        assert_eq!(
+            trailing_handle(r##"add rule ip t c accept comment "x # handle 2" # handle 9"##),
+            Some(9)
+        );
+        assert_eq!(
+            trailing_handle(r##"add rule ip t c accept comment "# handle 2""##),
+            None
+        );
+        assert_eq!(trailing_handle("nothing"), None);
+    }
+
+    const LISTING: &str = "table inet myweb { # handle 5\n\
+        \tset s { # handle 2\n\t\ttype ipv4_addr\n\t\telements = { 1.2.3.4 }\n\t}\n\
+        \tchain input { # handle 1\n\t\ttype filter hook input priority filter; policy accept;\n\
+        \t\tip saddr @s counter packets 0 bytes 0 accept comment \"# handle 99\" # handle 3\n\t}\n}\n";
+
+    #[test]
+    fn listing_parse_is_tolerant() {
+        let l = parse_listing(LISTING);
+        assert_eq!(l.table, Some(5));
+        assert_eq!(l.chains.get("input"), Some(&1));
+        assert_eq!(l.rules["input"].iter().copied().collect::<Vec<_>>(), [3]);
+        assert!(!l.chains.contains_key("s"));
+        let text = "table ip t { # handle 1\n\tset s { # handle 4\n\t\ttype ipv4_addr\n\t\telements = { 1.1.1.1 }\n\t}\n\n\tchain c { # handle 1\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tip saddr { 1.2.3.4, 5.6.7.8 } accept # handle 3\n\t\tmeta mark 1 comment \"odd { text\" # handle 9\n\t}\n\tchain d { # handle 5\n\t\taccept # handle 6\n\t}\n}\n";
+        let h = parse_listing(text);
+        assert_eq!(h.table, Some(1));
+        assert_eq!(h.chains.get("c"), Some(&1));
+        assert_eq!(h.chains.get("d"), Some(&5));
+        assert_eq!(h.rules["c"].iter().copied().collect::<Vec<_>>(), vec![3, 9]);
+        assert_eq!(h.rules["d"].iter().copied().collect::<Vec<_>>(), vec![6]);
+        assert!(!h.rules.contains_key("s"));
+    }
+
+    /// nft 1.0.6, per command: an existing table echoes nothing, an existing chain echoes its
+    /// old handle; both are "existed", a new rule in it is ours.
+    #[test]
+    fn existing_table_and_chain_are_not_ours() {
+        let mut e = listed(&[("inet", "myweb", Some(LISTING))]);
+        let table = nft_create(&v("add table inet myweb")).unwrap();
+        assert_eq!(map_echo(&[table], &mut e, ""), [Echo::Existed]);
+        let chain = nft_create(&v("add chain inet myweb input")).unwrap();
+        assert_eq!(
+            map_echo(
+                std::slice::from_ref(&chain),
+                &mut e,
+                "add chain inet myweb input { type filter hook input priority filter; policy accept; } # handle 1\n# new generation 9 by process 1 (nft)\n"
+            ),
+            [Echo::Existed]
+        );
+        // A future nft that echoes nothing for it: the same answer.
+        assert_eq!(map_echo(&[chain], &mut e, ""), [Echo::Existed]);
+        let rule = nft_create(&v("add rule inet myweb input accept")).unwrap();
+        assert_eq!(
+            map_echo(
+                &[rule],
+                &mut e,
+                "add rule inet myweb input accept # handle 4\n"
+            ),
+            [Echo::Ours(4)]
+        );
+    }
+
+    #[test]
+    fn batch_echo_skips_silent_creates_and_positions() {
+        let mut e = listed(&[(
+            "ip",
+            "T",
+            Some("table ip T { # handle 1\n\tchain C { # handle 2\n\t}\n}\n"),
+        )]);
+        let creates: Vec<NftCreate> = [
+            "add table ip T",
+            "add chain ip T C",
+            "add chain ip T D { type filter hook forward priority 0; policy accept; }",
+            "add rule ip T D ip saddr 10.1.0.1 accept",
+            "add rule ip T C handle 2 accept comment \"# handle 2\"",
+        ]
+        .iter()
+        .map(|s| line_create(s).unwrap())
+        .collect();
+        let echo = "add chain ip T C # handle 2\n\
+            add chain ip T D { type filter hook forward priority filter; policy accept; } # handle 3\n\
+            add rule ip T D ip saddr 10.1.0.1 accept # handle 4\n\
+            add rule ip T C handle 2 accept comment \"# handle 2\" # handle 5\n\
+            # new generation 14 by process 3990 (nft)\n";
+        assert_eq!(
+            map_echo(&creates, &mut e, echo),
+            [
+                Echo::Existed,
+                Echo::Existed,
+                Echo::Ours(3),
+                Echo::Ours(4),
+                Echo::Ours(5)
+            ]
+        );
+        // What this apply made is remembered: a second `add chain` of D is not ours either.
+        let again = line_create("add chain ip T D").unwrap();
+        assert_eq!(
+            map_echo(&[again], &mut e, "add chain ip T D # handle 3\n"),
+            [Echo::Existed]
+        );
+    }
+
+    #[test]
+    fn incomplete_echo_is_unaccounted_never_guessed() {
+        let mut e = listed(&[("ip", "t", None)]);
+        let creates: Vec<NftCreate> =
+            ["add table ip t", "add chain ip t c", "add rule ip t c drop"]
+                .iter()
+                .map(|s| line_create(s).unwrap())
+                .collect();
+        // The echo file lost its tail (e.g. ENOSPC): only the table is accounted for.
+        assert_eq!(
+            map_echo(&creates, &mut e.clone(), "add table ip t # handle 8\n"),
+            [Echo::Ours(8), Echo::Unaccounted, Echo::Unaccounted]
+        );
+        // Garbled: no line matches.
+        assert_eq!(
+            map_echo(&creates, &mut e.clone(), "garbage # handle 3\n"),
+            [Echo::Unaccounted; 3]
+        );
+        // A table never listed: an echo cannot prove it new.
+        let mut blind = Existing::default();
+        assert_eq!(
+            map_echo(&creates[..1], &mut blind, "add table ip t # handle 8\n"),
+            [Echo::Unaccounted]
+        );
+        assert_eq!(
+            map_echo(&creates, &mut e, "add table ip t # handle 8\nadd chain ip t c # handle 1\nadd rule ip t c drop # handle 2\n"),
+            [Echo::Ours(8), Echo::Ours(1), Echo::Ours(2)]
+        );
+    }
+
+    #[test]
+    fn table_list_json_is_read_tolerantly() {
+        let t = parse_tables_json(
+            r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "ip", "name": "a", "handle": 4, "flags": ["dormant"]}}, {"table": {"family": "ip6", "name": "b", "handle": 5}}, {"table": {"family": "ip", "name": "c"}}, {"chain": {}}]}"#,
+        )
+        .unwrap();
+        let got: Vec<(&str, &str, u64)> = t
+            .iter()
+            .map(|t| (t.family.as_str(), t.name.as_str(), t.handle))
+            .collect();
+        assert_eq!(got, [("ip", "a", 4), ("ip6", "b", 5)]);
+        assert_eq!(parse_tables_json("not json"), None);
+    }
+
+    #[test]
+    fn listing_failure_other_than_absent_is_an_error() {
+        let mut e = Existing::default();
+        assert!(e
+            .record_listing("ip", "t", 1, "", "Error: Operation not permitted")
+            .is_err());
+        assert!(!e.listed("ip", "t"));
+        assert_eq!(
+            listing_of(&listing_argv("inet", "myweb")),
+            Some(("inet".to_string(), "myweb".to_string()))
+        );
+    }
+}
