@@ -23,7 +23,7 @@ use virtfw::{ApplyOptions, Executor, Firewall};
 
 use crate::error::CliResult;
 use crate::exec::JournalExecutor;
-use crate::journal::{self, Journal, OpHeader, Record};
+use crate::journal::{self, Journal, OpHeader, OpKind, Record};
 use crate::state::StateDir;
 use crate::undo::{self, UndoCmd};
 
@@ -59,7 +59,25 @@ impl Operation {
         lock_fd: RawFd,
     ) -> CliResult<Operation> {
         let journal = Arc::new(Journal::begin(state, header)?);
-        Operation::with(journal, netns, lock_fd)
+        let op = Operation::with(journal, netns, lock_fd)?;
+        if header.kind == OpKind::Remove {
+            op.witness(&header.document);
+        }
+        Ok(op)
+    }
+
+    /// Before a removal deletes anything: list each iptables chain its plan deletes from, in
+    /// the journal. Recovery settles a delete this removal is killed during by counting rules
+    /// against these listings (`undo::settle_interrupted`); `--check` cannot, when someone
+    /// else has an identical rule. Best effort: without a witness recovery falls back to
+    /// `--check`.
+    fn witness(&self, plan: &str) {
+        let Ok(plan) = Firewall::from_xml(plan, "journal") else {
+            return;
+        };
+        for argv in undo::witnesses(&plan) {
+            let _ = self.probe(&argv);
+        }
     }
 
     /// Continue the operation of an existing journal (recovery appends to it, so a recovery

@@ -718,6 +718,21 @@ fn witness_argv((layer, table, chain): &(Layer, String, String)) -> Vec<String> 
     argv
 }
 
+/// The witness listings (see [`settle_interrupted`]) of every chain `plan`'s iptables-family
+/// deletes work on, each once: what a removal lists before its first delete.
+pub(crate) fn witnesses(plan: &Firewall) -> Vec<Vec<String>> {
+    if plan.backend() != Backend::Iptables {
+        return Vec::new();
+    }
+    let chains: BTreeSet<(Layer, String, String)> = plan
+        .groups()
+        .iter()
+        .flat_map(|g| g.actions())
+        .filter_map(|cmd| chain_of(&argv_of(plan, cmd)))
+        .collect();
+    chains.iter().map(witness_argv).collect()
+}
+
 /// How many rules a `-S CHAIN` listing shows.
 fn rule_count(listing: &str) -> usize {
     listing.lines().filter(|l| l.starts_with("-A ")).count()
@@ -731,9 +746,11 @@ fn rule_count(listing: &str) -> usize {
 /// journalled: the listing lands in the journal), and a delete interrupted in that pass is
 /// settled by counting: the chain held `before` rules at the pass's start, `k` deletes of it
 /// completed after, and the next pass's witness (or, for the last pass, this one's) shows
-/// `after`. `after + k + 1 == before`: it took effect, and is dropped from `cmds`. Anything
-/// else (no witness, as for a delete of `remove` itself; or the chain changed by someone
-/// else) leaves it to run behind its `--check`, as before.
+/// `after`. `after + k + 1 == before`: it took effect, and is dropped from `cmds`. A removal
+/// takes its witnesses before its first delete (`witnesses`, from `Operation::begin`), so a
+/// delete of `remove` itself is settled the same way. Anything else (no witness; a restore
+/// batch ran in between; the chain changed by someone else) leaves it to run behind its
+/// `--check`, as before.
 ///
 /// Takes this pass's witnesses with `probe` (before any of its deletes run) for every chain
 /// `cmds` deletes from, and returns `cmds` without the settled deletes.
@@ -801,6 +818,13 @@ fn settle_interrupted(
         let Some(before) = witness(*wseq) else {
             continue;
         };
+        let batch_between = records[w..i].iter().any(|r| {
+            matches!(r, Record::Start { argv, .. }
+                if argv.first().is_some_and(|p| base(p).ends_with("-restore")))
+        });
+        if batch_between {
+            continue;
+        }
         let k = records[w..i]
             .iter()
             .filter(|r| match r {

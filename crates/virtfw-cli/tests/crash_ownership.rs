@@ -21,6 +21,9 @@
 mod common;
 use common::*;
 
+use std::process::Stdio;
+use std::time::Duration;
+
 /// Extra kill points from `VIRTFW_CRASH_RUNS` (see the module docs).
 fn more_points() -> u64 {
     std::env::var("VIRTFW_CRASH_RUNS")
@@ -193,7 +196,7 @@ fn ipt_apply_killed_after_the_first_per_command_insert() {
 }
 
 /// Apply completely, kill `remove` after its `at`-th command of `only`, then recover.
-fn ipt_remove_killed(per_command: bool, at: u64, only: &str) {
+fn ipt_remove_killed(per_command: bool, point: &str) {
     let s = ipt_setup("vfw-criptr");
     let o = s.env.run(&["apply", path_of(&s.file)]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -201,26 +204,40 @@ fn ipt_remove_killed(per_command: bool, at: u64, only: &str) {
     if per_command {
         args.insert(0, "--no-batch");
     }
-    kill_after(s.env.dir.path(), s.virtfw(&args), at, Some(only));
+    let path = matching_wrappers(s.env.dir.path(), WRAPPED);
+    let mut remove = s.env.cmd(&args);
+    remove.env("PATH", &path).env(STALL_MATCH, point);
+    kill_after(s.env.dir.path(), remove, 1, None);
     s.env.recover();
     s.assert_as_before(&format!(
-        "remove (per_command {per_command}) killed after {only} #{at}"
+        "remove (per_command {per_command}) killed after `{point}`"
     ));
 }
 
 #[test]
 fn ipt_remove_killed_after_the_removal_restore() {
-    ipt_remove_killed(false, 1, "iptables-restore");
+    // The first restore of the removal to finish (IPv4 and IPv6 run side by side).
+    ipt_remove_killed(false, "-w --noflush");
 }
 
 #[test]
 fn ipt_remove_killed_after_the_first_per_command_delete() {
-    ipt_remove_killed(true, 1, "iptables");
+    ipt_remove_killed(true, "--delete");
+}
+
+#[test]
+fn ipt_remove_per_command_killed_after_deleting_our_twin() {
+    ipt_remove_killed(true, "--delete FORWARD -s 10.7.0.1/32");
+}
+
+#[test]
+fn ipt_remove_per_command_killed_after_deleting_our_twin_in_a_custom_chain() {
+    ipt_remove_killed(true, "--delete OTHERS -d 10.7.0.2/32");
 }
 
 /// Kill `apply` after its restore batch, then kill `recover` after its `at`-th command,
-/// then recover again.
-fn ipt_recover_killed(at: u64) {
+/// then recover again; `false` when recover ran fewer commands (it then completed).
+fn ipt_recover_killed(at: u64) -> bool {
     let s = ipt_setup("vfw-cripts");
     let args = ["apply", path_of(&s.file)];
     kill_after(
@@ -229,9 +246,12 @@ fn ipt_recover_killed(at: u64) {
         1,
         Some("iptables-restore"),
     );
-    kill_after(s.env.dir.path(), s.virtfw(&["recover"]), at, None);
+    if !try_kill_after(s.env.dir.path(), s.virtfw(&["recover"]), at, None) {
+        return false;
+    }
     s.env.recover();
     s.assert_as_before(&format!("recover killed after its command #{at}"));
+    true
 }
 
 /// Kill `apply` (`per_command`: after its first insert, else after its restore batch), then
@@ -284,7 +304,62 @@ fn ipt_recover_of_a_per_command_apply_killed_after_deleting_our_twin() {
 #[test]
 fn ipt_recover_killed_at_more_points() {
     for at in 1..=more_points() {
-        ipt_recover_killed(at);
+        if !ipt_recover_killed(at) {
+            break;
+        }
+    }
+}
+
+/// `VIRTFW_CRASH_RUNS` only: kill `apply` (even runs `--no-batch`) at a random moment, then
+/// recover, and remove when the plan was stored; then the same with `remove` killed.
+#[test]
+fn ipt_random_kills() {
+    let runs = more_points() * 4;
+    if runs == 0 {
+        return;
+    }
+    let mut rng = Rng::new();
+    for run in 0..runs {
+        let s = ipt_setup("vfw-criptx");
+        let per_command = run % 2 == 0;
+        let mut args = vec!["apply", path_of(&s.file)];
+        if per_command {
+            args.insert(0, "--no-batch");
+        }
+        let delay = rng.below(400);
+        let mut child = s
+            .virtfw(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = child.kill();
+        let _ = child.wait();
+        s.env.recover();
+        let mut what = format!("apply killed after {delay} ms");
+        if plan_exists(&s.env, "ipt") {
+            let n = args.len();
+            args[n - 2] = "remove";
+            args[n - 1] = "ipt";
+            let delay = rng.below(300);
+            let mut child = s
+                .virtfw(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(delay));
+            let _ = child.kill();
+            let _ = child.wait();
+            s.env.recover();
+            what = format!("remove killed after {delay} ms");
+            if plan_exists(&s.env, "ipt") {
+                let o = s.env.run(&["remove", "ipt"]);
+                assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+            }
+        }
+        s.assert_as_before(&format!("run {run} (per_command {per_command}, {what})"));
     }
 }
 
@@ -393,32 +468,25 @@ impl NftSetup {
     }
 }
 
-/// Where to kill: right after the `nth` command containing this text, or (`At`) after the
-/// `nth` nft invocation.
-#[derive(Clone, Copy, Debug)]
-enum Point {
-    Match(&'static str),
-    At(u64),
-}
-
 impl NftSetup {
-    /// Run `args` and kill it at `point`.
-    fn kill(&self, args: &[&str], point: Point) {
-        match point {
-            Point::Match(text) => {
-                let path = matching_wrappers(self.env.dir.path(), WRAPPED);
-                let mut cmd = self.env.cmd(args);
-                cmd.env("PATH", &path).env(STALL_MATCH, text);
-                kill_after(self.env.dir.path(), cmd, 1, None);
-            }
-            Point::At(at) => kill_after(self.env.dir.path(), self.virtfw(args), at, Some("nft")),
-        }
+    /// Run `args` and kill it right after its first command whose arguments contain `point`.
+    fn kill(&self, args: &[&str], point: &str) {
+        let path = matching_wrappers(self.env.dir.path(), WRAPPED);
+        let mut cmd = self.env.cmd(args);
+        cmd.env("PATH", &path).env(STALL_MATCH, point);
+        kill_after(self.env.dir.path(), cmd, 1, None);
+    }
+
+    /// Run `args` and kill it after its `at`-th nft invocation; `false` when it ran fewer
+    /// (it then completed).
+    fn try_kill(&self, args: &[&str], at: u64) -> bool {
+        try_kill_after(self.env.dir.path(), self.virtfw(args), at, Some("nft"))
     }
 }
 
 /// Kill apply at `point`, then recover; `ours` when something of ours existed by then (the
 /// recovery must then have run undo commands).
-fn nft_apply_killed(per_command: bool, point: Point, ours: bool) {
+fn nft_apply_killed(per_command: bool, point: &str, ours: bool) {
     let s = nft_setup("vfw-crnfta");
     let mut args = vec!["apply", path_of(&s.file)];
     if per_command {
@@ -426,46 +494,58 @@ fn nft_apply_killed(per_command: bool, point: Point, ours: bool) {
     }
     s.kill(&args, point);
     let undone = s.env.recover();
-    assert!(!ours || undone > 0, "{point:?}: recover undid nothing");
+    assert!(!ours || undone > 0, "`{point}`: recover undid nothing");
     s.assert_as_before(&format!(
-        "apply (per_command {per_command}) killed at {point:?}"
+        "apply (per_command {per_command}) killed at `{point}`"
     ));
 }
 
 #[test]
 fn nft_apply_killed_after_its_batch() {
-    nft_apply_killed(false, Point::Match("-ae -f -"), true);
+    nft_apply_killed(false, "-ae -f -", true);
 }
 
 #[test]
 fn nft_apply_per_command_killed_after_the_existing_table_add() {
-    nft_apply_killed(true, Point::Match("add table ip handmade"), false);
+    nft_apply_killed(true, "add table ip handmade", false);
 }
 
 #[test]
 fn nft_apply_per_command_killed_after_the_existing_chain_add() {
-    nft_apply_killed(true, Point::Match("chain ip handmade hc"), false);
+    nft_apply_killed(true, "chain ip handmade hc", false);
 }
 
 #[test]
 fn nft_apply_per_command_killed_after_our_chain() {
-    nft_apply_killed(true, Point::Match("chain ip handmade ours"), true);
+    nft_apply_killed(true, "chain ip handmade ours", true);
 }
 
 #[test]
 fn nft_apply_per_command_killed_after_our_rule_in_the_hand_made_chain() {
-    nft_apply_killed(true, Point::Match("rule ip handmade hc"), true);
+    nft_apply_killed(true, "rule ip handmade hc", true);
 }
 
 #[test]
 fn nft_apply_killed_at_more_points() {
-    for at in 1..=more_points() {
-        nft_apply_killed(true, Point::At(at), false);
-        nft_apply_killed(false, Point::At(at.min(2)), false);
+    for per_command in [true, false] {
+        for at in 1..=more_points() {
+            let s = nft_setup("vfw-crnftm");
+            let mut args = vec!["apply", path_of(&s.file)];
+            if per_command {
+                args.insert(0, "--no-batch");
+            }
+            if !s.try_kill(&args, at) {
+                break;
+            }
+            s.env.recover();
+            s.assert_as_before(&format!(
+                "apply (per_command {per_command}) killed at nft #{at}"
+            ));
+        }
     }
 }
 
-fn nft_remove_killed(per_command: bool, point: Point) {
+fn nft_remove_killed(per_command: bool, point: &str) {
     let s = nft_setup("vfw-crnftr");
     let o = s.env.run(&["apply", path_of(&s.file)]);
     assert_eq!(o.status.code(), Some(0), "apply: {}", text(&o));
@@ -476,69 +556,55 @@ fn nft_remove_killed(per_command: bool, point: Point) {
     s.kill(&args, point);
     s.env.recover();
     s.assert_as_before(&format!(
-        "remove (per_command {per_command}) killed at {point:?}"
+        "remove (per_command {per_command}) killed at `{point}`"
     ));
 }
 
 #[test]
 fn nft_remove_killed_after_its_batch() {
-    nft_remove_killed(false, Point::Match("-f -"));
+    nft_remove_killed(false, "-f -");
 }
 
 #[test]
 fn nft_remove_per_command_killed_after_deleting_our_rule_in_the_hand_made_chain() {
-    nft_remove_killed(true, Point::Match("delete rule ip handmade hc"));
+    nft_remove_killed(true, "delete rule ip handmade hc");
 }
 
 #[test]
 fn nft_remove_per_command_killed_after_deleting_our_chain() {
-    nft_remove_killed(true, Point::Match("delete chain ip handmade"));
+    nft_remove_killed(true, "delete chain ip handmade");
 }
 
 /// Kill a per-command apply after its last rule, then `recover` at `point`, then recover.
-fn nft_recover_killed(point: Point) {
+fn nft_recover_killed(point: &str) {
     let s = nft_setup("vfw-crnfts");
     let args = ["--no-batch", "apply", path_of(&s.file)];
-    s.kill(&args, Point::Match("counter drop"));
+    s.kill(&args, "counter drop");
     s.kill(&["recover"], point);
     s.env.recover();
-    s.assert_as_before(&format!("recover killed at {point:?}"));
+    s.assert_as_before(&format!("recover killed at `{point}`"));
 }
 
 #[test]
 fn nft_recover_killed_after_deleting_our_rule_in_the_hand_made_chain() {
-    nft_recover_killed(Point::Match("delete rule ip handmade hc"));
+    nft_recover_killed("delete rule ip handmade hc");
 }
 
 #[test]
 fn nft_recover_killed_after_deleting_our_chain() {
-    nft_recover_killed(Point::Match("delete chain ip handmade"));
+    nft_recover_killed("delete chain ip handmade");
 }
 
 #[test]
 fn nft_recover_killed_at_more_points() {
     for at in 1..=more_points() {
-        nft_recover_killed(Point::At(at));
+        let s = nft_setup("vfw-crnftn");
+        let args = ["--no-batch", "apply", path_of(&s.file)];
+        s.kill(&args, "counter drop");
+        if !s.try_kill(&["recover"], at) {
+            break;
+        }
+        s.env.recover();
+        s.assert_as_before(&format!("recover killed at nft #{at}"));
     }
-}
-
-/// Known to fail: `remove` itself takes no witness listing before its per-command deletes, so
-/// recovery cannot tell whether the interrupted delete of a rule someone else also has took
-/// effect, and runs it again behind `--check`, which finds theirs. The fix is for `remove`
-/// to list each chain its plan deletes from before running it (`undo::settle_interrupted`
-/// then settles it as it does for an undo pass); `commands.rs` is not this change's file.
-#[test]
-#[ignore = "remove takes no witness listing before its deletes (see the doc comment)"]
-fn ipt_remove_per_command_killed_after_deleting_our_twin() {
-    let s = ipt_setup("vfw-criptz");
-    let o = s.env.run(&["apply", path_of(&s.file)]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let path = matching_wrappers(s.env.dir.path(), WRAPPED);
-    let mut remove = s.env.cmd(&["--no-batch", "remove", "ipt"]);
-    remove
-        .env("PATH", &path)
-        .env(STALL_MATCH, "--delete FORWARD -s 10.7.0.1/32");
-    kill_after(s.env.dir.path(), remove, 1, None);
-    s.env.recover();
-    s.assert_as_before("remove killed after deleting our twin");
 }

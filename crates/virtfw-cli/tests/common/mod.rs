@@ -518,3 +518,24 @@ pub fn matching_wrappers(dir: &Path, programs: &[&str]) -> String {
         std::env::var("PATH").unwrap_or_default()
     )
 }
+
+/// [`kill_after`], unless `cmd` exits before its `at`-th wrapped invocation: then `false`
+/// (it ran fewer commands than that) and nothing is killed.
+pub fn try_kill_after(dir: &Path, mut cmd: Command, at: u64, only: Option<&str>) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let stall = Stall::new(dir);
+    stall.arm(&mut cmd, at, only);
+    let mut child = cmd.spawn().unwrap();
+    let marker = stall.dir.join("stalled");
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&marker) {
+            stall.kill(&mut child, text.trim().parse().unwrap());
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
