@@ -43,171 +43,114 @@ const WRAPPED: &[&str] = &[
 
 // ---- iptables ------------------------------------------------------------------------------
 
-/// Someone else's rules (argv, split at spaces); three are identical to rules of ours. Each
-/// twin stands where a delete by specification (which removes the first match) leaves the
-/// chain's order as it was: first in a chain we insert into, last in one we append to (a
-/// twin with other rules between it and our appended copy comes back reordered: see the
-/// report).
-const IPT_OTHERS: &[&str] = &[
-    "iptables -w -N OTHERS",
-    "iptables -w -A OTHERS -d 10.7.0.8/32 -j ACCEPT",
-    "iptables -w -A OTHERS -d 10.7.0.2/32 -j DROP",
-    "iptables -w -A FORWARD -s 10.7.0.1/32 -j ACCEPT",
-    "iptables -w -A FORWARD -s 10.7.0.9/32 -j DROP",
-    "iptables -w -t nat -A POSTROUTING -s 10.7.9.0/24 -j MASQUERADE",
-    "ip6tables -w -A FORWARD -s fd00:7::1/128 -j ACCEPT",
-];
-
-const IPT_TWINS: &[&str] = &[
-    "-A OTHERS -d 10.7.0.2/32 -j DROP",
-    "-A FORWARD -s 10.7.0.1/32 -j ACCEPT",
-    "-A FORWARD -s fd00:7::1/128 -j ACCEPT",
-];
-
-/// Our transaction (it succeeds when not killed): creates in filter (built-in and custom
-/// chain), nat and IPv6 filter, over two auto-rollback groups.
+/// Our transaction (it succeeds when not killed): `common::IPT_OURS` over two auto-rollback
+/// groups, the second inheriting the first's rollback.
 fn ipt_tx() -> String {
-    let group0 = [
-        action(
-            "ipv4",
-            &["-I", "FORWARD", "-s", "10.7.0.1/32", "-j", "ACCEPT"],
-        ),
-        action(
-            "ipv4",
-            &[
-                "--table",
-                "filter",
-                "--append",
-                "OTHERS",
-                "-d",
-                "10.7.0.2/32",
-                "-j",
-                "DROP",
-            ],
-        ),
-        action(
-            "ipv4",
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-s",
-                "10.7.0.0/24",
-                "-j",
-                "MASQUERADE",
-            ],
-        ),
-        action(
-            "ipv6",
-            &["-I", "FORWARD", "-s", "fd00:7::1/128", "-j", "ACCEPT"],
-        ),
-    ]
-    .concat();
-    let group1 = [
-        action(
-            "ipv4",
-            &["-A", "FORWARD", "-d", "10.7.0.3/32", "-j", "ACCEPT"],
-        ),
-        action(
-            "ipv6",
-            &["-A", "FORWARD", "-d", "fd00:7::3/128", "-j", "DROP"],
-        ),
-    ]
-    .concat();
     format!(
         "<firewall name='ipt' backend='iptables'>\
-         <group autoRollback='yes'>{group0}</group>\
-         <group autoRollback='yes'><rollback inheritPrevious='yes'/>{group1}</group>\
-         </firewall>"
+         <group autoRollback='yes'>{}</group>\
+         <group autoRollback='yes'><rollback inheritPrevious='yes'/>{}</group>\
+         </firewall>",
+        ipt_ours(0..4),
+        ipt_ours(4..IPT_OURS.len())
     )
 }
 
-struct IptSetup {
+/// A namespace holding someone else's objects, our transaction, and the wrappers.
+struct Setup {
     env: Env,
     path: String,
     file: std::path::PathBuf,
+    /// Our plan's name.
+    plan: &'static str,
+    /// iptables: `iptables-save` (twins checked one by one); nftables: `nft -s list ruleset`.
+    iptables: bool,
     before: String,
 }
 
-fn ipt_setup(prefix: &str) -> IptSetup {
-    let env = Env::new(prefix);
-    env.prime_iptables();
-    for argv in IPT_OTHERS {
-        env.by_hand(&argv.split(' ').collect::<Vec<_>>());
+impl Setup {
+    fn new(env: Env, plan: &'static str, tx: &str, iptables: bool, before: String) -> Setup {
+        let path = wrappers(env.dir.path(), WRAPPED);
+        let file = env.write("tx.xml", tx);
+        Setup {
+            env,
+            path,
+            file,
+            plan,
+            iptables,
+            before,
+        }
     }
-    let before = env.ipt_save();
-    let path = wrappers(env.dir.path(), WRAPPED);
-    let file = env.write("ipt.xml", &ipt_tx());
-    IptSetup {
-        env,
-        path,
-        file,
-        before,
-    }
-}
 
-impl IptSetup {
     fn virtfw(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = self.env.cmd(args);
         cmd.env("PATH", &self.path);
         cmd
     }
 
-    /// After recovery: exactly the state before, every twin once, no journal, no plan.
+    /// Run `args` and kill it right after its first command whose arguments contain `point`.
+    fn kill(&self, args: &[&str], point: &str) {
+        let path = matching_wrappers(self.env.dir.path(), WRAPPED);
+        let mut cmd = self.env.cmd(args);
+        cmd.env("PATH", &path).env(STALL_MATCH, point);
+        kill_after(self.env.dir.path(), cmd, 1, None);
+    }
+
+    /// Run `args` and kill it after its `at`-th invocation of `only` (any wrapped program when
+    /// `None`); `false` when it ran fewer (it then completed).
+    fn try_kill(&self, args: &[&str], at: u64, only: Option<&str>) -> bool {
+        try_kill_after(self.env.dir.path(), self.virtfw(args), at, only)
+    }
+
+    /// After recovery: exactly the state before (every twin once), no journal, no plan.
     fn assert_as_before(&self, what: &str) {
-        let after = self.env.ipt_save();
-        for twin in IPT_TWINS {
+        if self.iptables {
+            assert_ipt_as_before(&self.before, &self.env.ipt_save(), what);
+        } else {
             assert_eq!(
-                count_lines(&after, twin),
-                1,
-                "{what}: someone else's `{twin}` is gone or ours is left:\n{after}"
+                self.env.nft_state(),
+                self.before,
+                "{what}: the ruleset differs"
             );
         }
-        assert_eq!(after, self.before, "{what}: iptables-save differs");
         assert_eq!(self.env.journals(), 0, "{what}: journal left behind");
-        assert!(!plan_exists(&self.env, "ipt"), "{what}: a plan is left");
+        assert!(!plan_exists(&self.env, self.plan), "{what}: a plan is left");
     }
 }
 
-/// Kill `apply` after its `at`-th command of `only`, then recover.
-fn ipt_apply_killed(per_command: bool, at: u64, only: &str) {
-    let s = ipt_setup("vfw-cripta");
-    let mut args = vec!["apply", path_of(&s.file)];
-    if per_command {
-        args.insert(0, "--no-batch");
+fn ipt_setup(prefix: &str) -> Setup {
+    let env = Env::new(prefix);
+    let before = env.add_ipt_others();
+    Setup::new(env, "ipt", &ipt_tx(), true, before)
+}
+
+impl Setup {
+    /// The argv of `virtfw [--no-batch] VERB ARG`.
+    fn args<'a>(&'a self, per_command: bool, verb: &'a str, arg: &'a str) -> Vec<&'a str> {
+        let mut args = vec![verb, arg];
+        if per_command {
+            args.insert(0, "--no-batch");
+        }
+        args
     }
-    kill_after(s.env.dir.path(), s.virtfw(&args), at, Some(only));
+}
+
+/// Kill `apply` right after its command containing `point`, then recover; `ours` when
+/// something of ours existed by then (the recovery must then have run undo commands).
+fn apply_killed(s: Setup, per_command: bool, point: &str, ours: bool) {
+    s.kill(&s.args(per_command, "apply", path_of(&s.file)), point);
     let undone = s.env.recover();
-    assert!(undone > 0, "recover found nothing to undo");
+    assert!(!ours || undone > 0, "`{point}`: recover undid nothing");
     s.assert_as_before(&format!(
-        "apply (per_command {per_command}) killed after {only} #{at}"
+        "apply (per_command {per_command}) killed after `{point}`"
     ));
 }
 
-#[test]
-fn ipt_apply_killed_after_a_restore_committed() {
-    ipt_apply_killed(false, 1, "iptables-restore");
-}
-
-#[test]
-fn ipt_apply_killed_after_the_first_per_command_insert() {
-    ipt_apply_killed(true, 1, "iptables");
-}
-
-/// Apply completely, kill `remove` after its `at`-th command of `only`, then recover.
-fn ipt_remove_killed(per_command: bool, point: &str) {
-    let s = ipt_setup("vfw-criptr");
+/// Apply completely, kill `remove` right after its command containing `point`, recover.
+fn remove_killed(s: Setup, per_command: bool, point: &str) {
     let o = s.env.run(&["apply", path_of(&s.file)]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let mut args = vec!["remove", "ipt"];
-    if per_command {
-        args.insert(0, "--no-batch");
-    }
-    let path = matching_wrappers(s.env.dir.path(), WRAPPED);
-    let mut remove = s.env.cmd(&args);
-    remove.env("PATH", &path).env(STALL_MATCH, point);
-    kill_after(s.env.dir.path(), remove, 1, None);
+    assert_eq!(o.status.code(), Some(0), "apply: {}", text(&o));
+    s.kill(&s.args(per_command, "remove", s.plan), point);
     s.env.recover();
     s.assert_as_before(&format!(
         "remove (per_command {per_command}) killed after `{point}`"
@@ -215,24 +158,48 @@ fn ipt_remove_killed(per_command: bool, point: &str) {
 }
 
 #[test]
+fn ipt_apply_killed_after_a_restore_committed() {
+    // The first restore to finish (IPv4 and IPv6 run side by side).
+    apply_killed(ipt_setup("vfw-cripta"), false, "-w --noflush", true);
+}
+
+#[test]
+fn ipt_apply_killed_after_the_first_per_command_insert() {
+    apply_killed(
+        ipt_setup("vfw-cripta"),
+        true,
+        "-I FORWARD -s 10.7.0.1/32",
+        true,
+    );
+}
+
+#[test]
 fn ipt_remove_killed_after_the_removal_restore() {
-    // The first restore of the removal to finish (IPv4 and IPv6 run side by side).
-    ipt_remove_killed(false, "-w --noflush");
+    // The first restore of the removal to finish.
+    remove_killed(ipt_setup("vfw-criptr"), false, "-w --noflush");
 }
 
 #[test]
 fn ipt_remove_killed_after_the_first_per_command_delete() {
-    ipt_remove_killed(true, "--delete");
+    remove_killed(ipt_setup("vfw-criptr"), true, "--delete");
 }
 
 #[test]
 fn ipt_remove_per_command_killed_after_deleting_our_twin() {
-    ipt_remove_killed(true, "--delete FORWARD -s 10.7.0.1/32");
+    remove_killed(
+        ipt_setup("vfw-criptr"),
+        true,
+        "--delete FORWARD -s 10.7.0.1/32",
+    );
 }
 
 #[test]
 fn ipt_remove_per_command_killed_after_deleting_our_twin_in_a_custom_chain() {
-    ipt_remove_killed(true, "--delete OTHERS -d 10.7.0.2/32");
+    remove_killed(
+        ipt_setup("vfw-criptr"),
+        true,
+        "--delete OTHERS -d 10.7.0.2/32",
+    );
 }
 
 /// Kill `apply` after its restore batch, then kill `recover` after its `at`-th command,
@@ -246,7 +213,7 @@ fn ipt_recover_killed(at: u64) -> bool {
         1,
         Some("iptables-restore"),
     );
-    if !try_kill_after(s.env.dir.path(), s.virtfw(&["recover"]), at, None) {
+    if !s.try_kill(&["recover"], at, None) {
         return false;
     }
     s.env.recover();
@@ -271,10 +238,7 @@ fn ipt_recover_killed_after(per_command: bool, undo: &str) {
             Some("iptables-restore"),
         );
     }
-    let path = matching_wrappers(s.env.dir.path(), WRAPPED);
-    let mut recover = s.env.cmd(&["recover"]);
-    recover.env("PATH", &path).env(STALL_MATCH, undo);
-    kill_after(s.env.dir.path(), recover, 1, None);
+    s.kill(&["recover"], undo);
     s.env.recover();
     s.assert_as_before(&format!(
         "apply (per_command {per_command}) killed, then recover killed after `{undo}`"
@@ -319,16 +283,11 @@ fn ipt_random_kills() {
         return;
     }
     let mut rng = Rng::new();
-    for run in 0..runs {
-        let s = ipt_setup("vfw-criptx");
-        let per_command = run % 2 == 0;
-        let mut args = vec!["apply", path_of(&s.file)];
-        if per_command {
-            args.insert(0, "--no-batch");
-        }
-        let delay = rng.below(400);
+    // Run `args` and kill it after a random time under `max` ms; then recover.
+    let mut kill_randomly = |s: &Setup, args: &[&str], max: u64| {
+        let delay = rng.below(max);
         let mut child = s
-            .virtfw(&args)
+            .virtfw(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -337,22 +296,15 @@ fn ipt_random_kills() {
         let _ = child.kill();
         let _ = child.wait();
         s.env.recover();
+        delay
+    };
+    for run in 0..runs {
+        let s = ipt_setup("vfw-criptx");
+        let per_command = run % 2 == 0;
+        let delay = kill_randomly(&s, &s.args(per_command, "apply", path_of(&s.file)), 400);
         let mut what = format!("apply killed after {delay} ms");
         if plan_exists(&s.env, "ipt") {
-            let n = args.len();
-            args[n - 2] = "remove";
-            args[n - 1] = "ipt";
-            let delay = rng.below(300);
-            let mut child = s
-                .virtfw(&args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            std::thread::sleep(Duration::from_millis(delay));
-            let _ = child.kill();
-            let _ = child.wait();
-            s.env.recover();
+            let delay = kill_randomly(&s, &s.args(per_command, "remove", "ipt"), 300);
             what = format!("remove killed after {delay} ms");
             if plan_exists(&s.env, "ipt") {
                 let o = s.env.run(&["remove", "ipt"]);
@@ -411,13 +363,6 @@ fn nft_tx() -> String {
     )
 }
 
-struct NftSetup {
-    env: Env,
-    path: String,
-    file: std::path::PathBuf,
-    before: String,
-}
-
 /// `# handle N` of the line of `listing` (an `nft -a` listing) that starts with `start`.
 fn handle_of(listing: &str, start: &str) -> u64 {
     let line = listing
@@ -432,7 +377,7 @@ fn handle_of(listing: &str, start: &str) -> u64 {
         .unwrap()
 }
 
-fn nft_setup(prefix: &str) -> NftSetup {
+fn nft_setup(prefix: &str) -> Setup {
     let env = Env::new(prefix);
     let hand = env.write("hand.nft", NFT_HANDMADE);
     env.by_hand(&["nft", "-f", path_of(&hand)]);
@@ -443,86 +388,42 @@ fn nft_setup(prefix: &str) -> NftSetup {
         "the handles are not arranged to collide:\n{listing}"
     );
     let before = env.nft_state();
-    let path = wrappers(env.dir.path(), WRAPPED);
-    let file = env.write("nftown.xml", &nft_tx());
-    NftSetup {
-        env,
-        path,
-        file,
-        before,
-    }
-}
-
-impl NftSetup {
-    fn virtfw(&self, args: &[&str]) -> std::process::Command {
-        let mut cmd = self.env.cmd(args);
-        cmd.env("PATH", &self.path);
-        cmd
-    }
-
-    fn assert_as_before(&self, what: &str) {
-        let after = self.env.nft_state();
-        assert_eq!(after, self.before, "{what}: the ruleset differs");
-        assert_eq!(self.env.journals(), 0, "{what}: journal left behind");
-        assert!(!plan_exists(&self.env, "nftown"), "{what}: a plan is left");
-    }
-}
-
-impl NftSetup {
-    /// Run `args` and kill it right after its first command whose arguments contain `point`.
-    fn kill(&self, args: &[&str], point: &str) {
-        let path = matching_wrappers(self.env.dir.path(), WRAPPED);
-        let mut cmd = self.env.cmd(args);
-        cmd.env("PATH", &path).env(STALL_MATCH, point);
-        kill_after(self.env.dir.path(), cmd, 1, None);
-    }
-
-    /// Run `args` and kill it after its `at`-th nft invocation; `false` when it ran fewer
-    /// (it then completed).
-    fn try_kill(&self, args: &[&str], at: u64) -> bool {
-        try_kill_after(self.env.dir.path(), self.virtfw(args), at, Some("nft"))
-    }
-}
-
-/// Kill apply at `point`, then recover; `ours` when something of ours existed by then (the
-/// recovery must then have run undo commands).
-fn nft_apply_killed(per_command: bool, point: &str, ours: bool) {
-    let s = nft_setup("vfw-crnfta");
-    let mut args = vec!["apply", path_of(&s.file)];
-    if per_command {
-        args.insert(0, "--no-batch");
-    }
-    s.kill(&args, point);
-    let undone = s.env.recover();
-    assert!(!ours || undone > 0, "`{point}`: recover undid nothing");
-    s.assert_as_before(&format!(
-        "apply (per_command {per_command}) killed at `{point}`"
-    ));
+    Setup::new(env, "nftown", &nft_tx(), false, before)
 }
 
 #[test]
 fn nft_apply_killed_after_its_batch() {
-    nft_apply_killed(false, "-ae -f -", true);
+    apply_killed(nft_setup("vfw-crnfta"), false, "-ae -f -", true);
 }
 
 #[test]
 fn nft_apply_per_command_killed_after_the_existing_table_add() {
-    nft_apply_killed(true, "add table ip handmade", false);
+    apply_killed(
+        nft_setup("vfw-crnfta"),
+        true,
+        "add table ip handmade",
+        false,
+    );
 }
 
 #[test]
 fn nft_apply_per_command_killed_after_the_existing_chain_add() {
-    nft_apply_killed(true, "chain ip handmade hc", false);
+    apply_killed(nft_setup("vfw-crnfta"), true, "chain ip handmade hc", false);
 }
 
 #[test]
 fn nft_apply_per_command_killed_after_our_chain() {
-    nft_apply_killed(true, "chain ip handmade ours", true);
+    apply_killed(
+        nft_setup("vfw-crnfta"),
+        true,
+        "chain ip handmade ours",
+        true,
+    );
 }
 
 #[test]
 fn nft_apply_per_command_killed_after_our_rule_in_the_hand_made_chain() {
-    nft_apply_killed(true, "rule ip handmade hc", true);
+    apply_killed(nft_setup("vfw-crnfta"), true, "rule ip handmade hc", true);
 }
 
 #[test]
@@ -534,7 +435,7 @@ fn nft_apply_killed_at_more_points() {
             if per_command {
                 args.insert(0, "--no-batch");
             }
-            if !s.try_kill(&args, at) {
+            if !s.try_kill(&args, at, Some("nft")) {
                 break;
             }
             s.env.recover();
@@ -545,34 +446,19 @@ fn nft_apply_killed_at_more_points() {
     }
 }
 
-fn nft_remove_killed(per_command: bool, point: &str) {
-    let s = nft_setup("vfw-crnftr");
-    let o = s.env.run(&["apply", path_of(&s.file)]);
-    assert_eq!(o.status.code(), Some(0), "apply: {}", text(&o));
-    let mut args = vec!["remove", "nftown"];
-    if per_command {
-        args.insert(0, "--no-batch");
-    }
-    s.kill(&args, point);
-    s.env.recover();
-    s.assert_as_before(&format!(
-        "remove (per_command {per_command}) killed at `{point}`"
-    ));
-}
-
 #[test]
 fn nft_remove_killed_after_its_batch() {
-    nft_remove_killed(false, "-f -");
+    remove_killed(nft_setup("vfw-crnftr"), false, "-f -");
 }
 
 #[test]
 fn nft_remove_per_command_killed_after_deleting_our_rule_in_the_hand_made_chain() {
-    nft_remove_killed(true, "delete rule ip handmade hc");
+    remove_killed(nft_setup("vfw-crnftr"), true, "delete rule ip handmade hc");
 }
 
 #[test]
 fn nft_remove_per_command_killed_after_deleting_our_chain() {
-    nft_remove_killed(true, "delete chain ip handmade");
+    remove_killed(nft_setup("vfw-crnftr"), true, "delete chain ip handmade");
 }
 
 /// Kill a per-command apply after its last rule, then `recover` at `point`, then recover.
@@ -601,7 +487,7 @@ fn nft_recover_killed_at_more_points() {
         let s = nft_setup("vfw-crnftn");
         let args = ["--no-batch", "apply", path_of(&s.file)];
         s.kill(&args, "counter drop");
-        if !s.try_kill(&["recover"], at) {
+        if !s.try_kill(&["recover"], at, Some("nft")) {
             break;
         }
         s.env.recover();

@@ -12,70 +12,6 @@
 mod common;
 use common::*;
 
-/// Someone else's rules; the first of each family's list has a twin in our transaction.
-const OTHERS: &[&[&str]] = &[
-    &["iptables", "-w", "-N", "OTHERS"],
-    &[
-        "iptables",
-        "-w",
-        "-A",
-        "OTHERS",
-        "-d",
-        "10.7.0.2/32",
-        "-j",
-        "DROP",
-    ],
-    &[
-        "iptables",
-        "-w",
-        "-A",
-        "FORWARD",
-        "-s",
-        "10.7.0.1/32",
-        "-j",
-        "ACCEPT",
-    ],
-    &[
-        "iptables",
-        "-w",
-        "-A",
-        "FORWARD",
-        "-s",
-        "10.7.0.9/32",
-        "-j",
-        "DROP",
-    ],
-    &[
-        "iptables",
-        "-w",
-        "-t",
-        "nat",
-        "-A",
-        "POSTROUTING",
-        "-s",
-        "10.7.9.0/24",
-        "-j",
-        "MASQUERADE",
-    ],
-    &[
-        "ip6tables",
-        "-w",
-        "-A",
-        "FORWARD",
-        "-s",
-        "fd00:7::1/128",
-        "-j",
-        "ACCEPT",
-    ],
-];
-
-/// The twins, as `iptables-save` prints them.
-const TWINS: &[&str] = &[
-    "-A OTHERS -d 10.7.0.2/32 -j DROP",
-    "-A FORWARD -s 10.7.0.1/32 -j ACCEPT",
-    "-A FORWARD -s fd00:7::1/128 -j ACCEPT",
-];
-
 /// Where the transaction fails.
 #[derive(Clone, Copy, Debug)]
 enum Failure {
@@ -88,54 +24,9 @@ enum Failure {
     InheritingGroup,
 }
 
-/// Our transaction: creates in filter (built-in and custom chain), nat and IPv6 filter, then
-/// the failure.
+/// Our transaction: every rule of `common::IPT_OURS`, then the failure.
 fn tx(failure: Failure) -> String {
-    let ours = [
-        action(
-            "ipv4",
-            &["-I", "FORWARD", "-s", "10.7.0.1/32", "-j", "ACCEPT"],
-        ),
-        action(
-            "ipv4",
-            &[
-                "--table",
-                "filter",
-                "--append",
-                "OTHERS",
-                "-d",
-                "10.7.0.2/32",
-                "-j",
-                "DROP",
-            ],
-        ),
-        action(
-            "ipv4",
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-s",
-                "10.7.0.0/24",
-                "-j",
-                "MASQUERADE",
-            ],
-        ),
-        action(
-            "ipv4",
-            &["-A", "FORWARD", "-d", "10.7.0.3/32", "-j", "ACCEPT"],
-        ),
-        action(
-            "ipv6",
-            &["-I", "FORWARD", "-s", "fd00:7::1/128", "-j", "ACCEPT"],
-        ),
-        action(
-            "ipv6",
-            &["-A", "FORWARD", "-d", "fd00:7::3/128", "-j", "DROP"],
-        ),
-    ]
-    .concat();
+    let ours = ipt_ours(0..IPT_OURS.len());
     let (rollback, failing) = match failure {
         Failure::FirstSection => ("", action("ipv4", &["-A", "NOSUCHCHAIN", "-j", "ACCEPT"])),
         Failure::SecondSection => (
@@ -157,14 +48,7 @@ fn tx(failure: Failure) -> String {
 
 fn failed_apply_keeps_the_twins(failure: Failure, per_command: bool) {
     let env = Env::new("vfw-iptown");
-    env.prime_iptables();
-    for argv in OTHERS {
-        env.by_hand(argv);
-    }
-    let before = env.ipt_save();
-    for twin in TWINS {
-        assert_eq!(count_lines(&before, twin), 1, "{before}");
-    }
+    let before = env.add_ipt_others();
     let file = env.write("own.xml", &tx(failure));
     let mut args = vec!["apply", path_of(&file)];
     if per_command {
@@ -172,26 +56,13 @@ fn failed_apply_keeps_the_twins(failure: Failure, per_command: bool) {
     }
     let o = env.run(&args);
     assert_eq!(o.status.code(), Some(1), "{failure:?}: {}", text(&o));
-    let after = env.ipt_save();
-    for twin in TWINS {
-        assert_eq!(
-            count_lines(&after, twin),
-            1,
-            "{failure:?} (per_command {per_command}): someone else's `{twin}` is gone or doubled:\n{after}\n{}",
-            text(&o)
-        );
-    }
-    assert_eq!(
-        after,
-        before,
-        "{failure:?} (per_command {per_command}): iptables-save differs after the failed apply\n{}",
-        text(&o)
+    assert_ipt_as_before(
+        &before,
+        &env.ipt_save(),
+        &format!("{failure:?} (per_command {per_command}): {}", text(&o)),
     );
     assert!(!plan_exists(&env, "own"));
-    let journals = std::fs::read_dir(env.state().join("journal"))
-        .unwrap()
-        .count();
-    assert_eq!(journals, 0, "journal left behind");
+    assert_eq!(env.journals(), 0, "journal left behind");
 }
 
 #[test]

@@ -539,3 +539,73 @@ pub fn try_kill_after(dir: &Path, mut cmd: Command, at: u64, only: Option<&str>)
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// Someone else's iptables rules for the ownership tests (argv, split at spaces); the three of
+/// [`IPT_TWINS`] are identical to rules of [`IPT_OURS`]. Each twin stands where a delete by
+/// specification (which removes the first match) leaves the chain's order as it was: first in
+/// a chain we insert into, last in one we append to.
+pub const IPT_OTHERS: &[&str] = &[
+    "iptables -w -N OTHERS",
+    "iptables -w -A OTHERS -d 10.7.0.8/32 -j ACCEPT",
+    "iptables -w -A OTHERS -d 10.7.0.2/32 -j DROP",
+    "iptables -w -A FORWARD -s 10.7.0.1/32 -j ACCEPT",
+    "iptables -w -A FORWARD -s 10.7.0.9/32 -j DROP",
+    "iptables -w -t nat -A POSTROUTING -s 10.7.9.0/24 -j MASQUERADE",
+    "ip6tables -w -A FORWARD -s fd00:7::1/128 -j ACCEPT",
+];
+
+/// The rules of [`IPT_OTHERS`] we have a twin of, as `iptables-save` prints them.
+pub const IPT_TWINS: &[&str] = &[
+    "-A OTHERS -d 10.7.0.2/32 -j DROP",
+    "-A FORWARD -s 10.7.0.1/32 -j ACCEPT",
+    "-A FORWARD -s fd00:7::1/128 -j ACCEPT",
+];
+
+/// Our creates (layer, args split at spaces): filter (a built-in and someone else's custom
+/// chain, with and without `--table`), nat, IPv6 filter.
+pub const IPT_OURS: &[(&str, &str)] = &[
+    ("ipv4", "-I FORWARD -s 10.7.0.1/32 -j ACCEPT"),
+    (
+        "ipv4",
+        "--table filter --append OTHERS -d 10.7.0.2/32 -j DROP",
+    ),
+    ("ipv4", "-t nat -A POSTROUTING -s 10.7.0.0/24 -j MASQUERADE"),
+    ("ipv6", "-I FORWARD -s fd00:7::1/128 -j ACCEPT"),
+    ("ipv4", "-A FORWARD -d 10.7.0.3/32 -j ACCEPT"),
+    ("ipv6", "-A FORWARD -d fd00:7::3/128 -j DROP"),
+];
+
+/// The `<action>`s of `IPT_OURS[range]`.
+pub fn ipt_ours(range: std::ops::Range<usize>) -> String {
+    IPT_OURS[range]
+        .iter()
+        .map(|(layer, args)| action(layer, &args.split(' ').collect::<Vec<_>>()))
+        .collect()
+}
+
+impl Env {
+    /// Prime iptables and add [`IPT_OTHERS`] by hand; returns [`Env::ipt_save`] after.
+    pub fn add_ipt_others(&self) -> String {
+        self.prime_iptables();
+        for argv in IPT_OTHERS {
+            self.by_hand(&argv.split(' ').collect::<Vec<_>>());
+        }
+        let before = self.ipt_save();
+        for twin in IPT_TWINS {
+            assert_eq!(count_lines(&before, twin), 1, "{before}");
+        }
+        before
+    }
+}
+
+/// `after` has each of [`IPT_TWINS`] exactly once and equals `before`.
+pub fn assert_ipt_as_before(before: &str, after: &str, what: &str) {
+    for twin in IPT_TWINS {
+        assert_eq!(
+            count_lines(after, twin),
+            1,
+            "{what}: someone else's `{twin}` is gone or ours is left:\n{after}"
+        );
+    }
+    assert_eq!(after, before, "{what}: iptables-save differs");
+}
