@@ -448,12 +448,13 @@ impl<'a> IptCommands<'a> {
                     answers.push(None);
                     continue;
                 };
-                let (argv, check) = if creates {
-                    let undo = ipt_delete(run.layer, cmd.args());
-                    (undo.argv, rollback::iptables_check(cmd.args()))
+                // What a later pass runs for this line: the create's undo, or the plan's delete.
+                let argv = if creates {
+                    ipt_delete(run.layer, cmd.args()).argv
                 } else {
-                    (argv_of(fw, cmd), rollback::iptables_check(cmd.args()))
+                    argv_of(fw, cmd)
                 };
+                let check = rollback::iptables_check(cmd.args());
                 if let Some(n) = started.get_mut(&argv).filter(|n| **n > 0) {
                     *n -= 1;
                     continue;
@@ -545,6 +546,25 @@ fn restore_created(
     out
 }
 
+/// Does `mark` start the undo of an operation (the engine's rollback, the CLI's undo after a
+/// failed apply, a recovery pass)? Commands after it are undo commands.
+fn is_undo_mark(mark: &str) -> bool {
+    ["rollback", "undo", "recover"]
+        .iter()
+        .any(|m| mark.starts_with(m))
+}
+
+/// The exit status of every command with a `done` record, by sequence number.
+fn done_statuses(records: &[Record]) -> HashMap<u64, i32> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Done { seq, status } => Some((*seq, *status)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Argvs (with multiplicity) of undo commands that already ran to completion:
 ///
 /// * every command that completed after the first rollback/undo/recover mark;
@@ -554,7 +574,8 @@ fn restore_created(
 ///   `created`, in journal order, so the transaction's own delete of a rule it creates later
 ///   never counts;
 /// * the deletes of a restore run are those of its committed sections (`restore_deletes`,
-///   by record), counted on its `done` record.
+///   by record; settled by asking the kernel when it has no `done` record), counted where it
+///   started.
 fn completed_undos(
     records: &[Record],
     created: &[Created],
@@ -579,11 +600,7 @@ fn completed_undos(
     };
     for rec in records {
         match rec {
-            Record::Mark { mark } if !started => {
-                started = ["rollback", "undo", "recover"]
-                    .iter()
-                    .any(|m| mark.starts_with(m));
-            }
+            Record::Mark { mark } if !started => started = is_undo_mark(mark),
             Record::Start { seq, argv, .. } => {
                 for c in created.iter().filter(|c| c.seq == *seq) {
                     *ours.entry(&c.undo.argv).or_default() += 1;
@@ -622,11 +639,7 @@ fn started_undos(records: &[Record]) -> HashMap<Vec<String>, usize> {
     let mut out: HashMap<Vec<String>, usize> = HashMap::new();
     for rec in records {
         match rec {
-            Record::Mark { mark } if !started => {
-                started = ["rollback", "undo", "recover"]
-                    .iter()
-                    .any(|m| mark.starts_with(m));
-            }
+            Record::Mark { mark } if !started => started = is_undo_mark(mark),
             Record::Start { argv, .. } if started => *out.entry(argv.clone()).or_default() += 1,
             _ => {}
         }
@@ -642,13 +655,7 @@ fn restore_deletes(
     map: &dyn Fn(&RestoreRun) -> Vec<Vec<String>>,
     settle: Option<&dyn Fn(&mut RestoreRun)>,
 ) -> HashMap<u64, Vec<Vec<String>>> {
-    let done: HashMap<u64, i32> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Done { seq, status } => Some((*seq, *status)),
-            _ => None,
-        })
-        .collect();
+    let done = done_statuses(records);
     records
         .iter()
         .filter_map(|r| match r {
@@ -773,24 +780,14 @@ fn settle_interrupted(
             (argv, count)
         })
         .collect();
-    let done: HashMap<u64, i32> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Done { seq, status } => Some((*seq, *status)),
-            _ => None,
-        })
-        .collect();
+    let done = done_statuses(records);
     let witness = |seq: u64| -> Option<usize> {
         (done.get(&seq) == Some(&0)).then_some(())?;
         std::fs::read_to_string(cmd_file(dir, seq, "out"))
             .ok()
             .map(|t| rule_count(&t))
     };
-    let is_mark = |r: &Record| {
-        matches!(r, Record::Mark { mark } if ["rollback", "undo", "recover"]
-            .iter()
-            .any(|m| mark.starts_with(m)))
-    };
+    let is_mark = |r: &Record| matches!(r, Record::Mark { mark } if is_undo_mark(mark));
     let mut took_effect: HashMap<Vec<String>, usize> = HashMap::new();
     for (i, rec) in records.iter().enumerate() {
         let Record::Start { seq, argv, .. } = rec else {
