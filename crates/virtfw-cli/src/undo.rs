@@ -1208,30 +1208,29 @@ mod tests {
         ]
     }
 
-    #[test]
-    fn batch_echo_maps_trailing_handles_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            cmd_file(dir.path(), 0, "in"),
-            "add chain ip t c\nadd rule ip t c accept\nadd rule ip t c drop\n",
-        )
-        .unwrap();
-        std::fs::write(
-            cmd_file(dir.path(), 0, "out"),
-            "add chain ip t c # handle 1\nadd rule ip t c handle 3 accept # handle 2\nadd rule ip t c drop # handle 3\n# new generation 5 by process 9 (nft)\n",
-        )
-        .unwrap();
-        std::fs::write(
-            cmd_file(dir.path(), 9, "out"),
-            "table ip t { # handle 4\n}\n",
-        )
-        .unwrap();
-        let records = listed_then(9, 0, 0, "nft -ae -f -", true);
-        let undo: Vec<_> = undo_apply(&tx(), dir.path(), &records, &no_probe)
+    /// The undo of one `nft -ae -f -` batch with `input` and `echo`, after the engine's
+    /// listing of `ip t` printed `listing`; killed before its `done` record.
+    fn batch_undo(dir: &Path, listing: &str, input: &str, echo: &str) -> Vec<Vec<String>> {
+        std::fs::write(cmd_file(dir, 0, "out"), listing).unwrap();
+        std::fs::write(cmd_file(dir, 1, "in"), input).unwrap();
+        std::fs::write(cmd_file(dir, 1, "out"), echo).unwrap();
+        let records = listed_then(0, 0, 1, "nft -ae -f -", true);
+        undo_apply(&tx(), dir, &records, &no_probe)
             .unwrap()
             .into_iter()
             .map(|u| u.argv)
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn batch_echo_maps_trailing_handles_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let undo = batch_undo(
+            dir.path(),
+            "table ip t { # handle 4\n}\n",
+            "add chain ip t c\nadd rule ip t c accept\nadd rule ip t c drop\n",
+            "add chain ip t c # handle 1\nadd rule ip t c handle 3 accept # handle 2\nadd rule ip t c drop # handle 3\n# new generation 5 by process 9 (nft)\n",
+        );
         assert_eq!(
             undo,
             vec![
@@ -1248,27 +1247,12 @@ mod tests {
     #[test]
     fn hand_made_table_and_chain_get_no_inverse() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            cmd_file(dir.path(), 0, "out"),
+        let undo = batch_undo(
+            dir.path(),
             "table ip t { # handle 1\n\tchain c { # handle 1\n\t\taccept # handle 2\n\t}\n}\n",
-        )
-        .unwrap();
-        std::fs::write(
-            cmd_file(dir.path(), 1, "in"),
             "add table ip t\nadd chain ip t c\ncreate chain ip t mine\nadd rule ip t c accept comment \"# handle 2\"\nadd rule ip t mine accept\n",
-        )
-        .unwrap();
-        std::fs::write(
-            cmd_file(dir.path(), 1, "out"),
             "add chain ip t c # handle 1\ncreate chain ip t mine # handle 5\nadd rule ip t c accept comment \"# handle 2\" # handle 6\nadd rule ip t mine accept # handle 7\n# new generation 3 by process 9 (nft)\n",
-        )
-        .unwrap();
-        let records = listed_then(0, 0, 1, "nft -ae -f -", true);
-        let undo: Vec<_> = undo_apply(&tx(), dir.path(), &records, &no_probe)
-            .unwrap()
-            .into_iter()
-            .map(|u| u.argv)
-            .collect();
+        );
         assert_eq!(
             undo,
             vec![
@@ -1277,9 +1261,15 @@ mod tests {
                 v("nft delete chain ip t handle 5"),
             ]
         );
-        // Killed before its `done` record: the same answer from the echo.
-        let undo = undo_apply(&tx(), dir.path(), &records[..3], &no_probe).unwrap();
-        assert_eq!(undo.len(), 3);
+        // Completed (exit 0): the same answer.
+        let mut records = listed_then(0, 0, 1, "nft -ae -f -", true);
+        records.push(Record::Done { seq: 1, status: 0 });
+        assert_eq!(
+            undo_apply(&tx(), dir.path(), &records, &no_probe)
+                .unwrap()
+                .len(),
+            3
+        );
     }
 
     /// A create that completed (exit 0) but whose echo file lost what it made: its handle is

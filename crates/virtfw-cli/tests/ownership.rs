@@ -22,6 +22,13 @@ fn vfw(env: &Env, per_command: bool, args: &[&str]) -> std::process::Output {
     env.run(&all)
 }
 
+/// [`vfw`], which must exit 0.
+fn ok(env: &Env, per_command: bool, args: &[&str]) -> std::process::Output {
+    let o = vfw(env, per_command, args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    o
+}
+
 fn nft_script(env: &Env, script: &str) {
     let path = env.write("hand.nft", script);
     env.ns.run(&["nft", "-f", path_of(&path)]).unwrap();
@@ -81,27 +88,23 @@ fn same_transaction_under_two_names() {
         nft_script(&env, DECOYS);
         let file = env.write("web.xml", &web_xml());
         let before = ruleset(&env);
-        let o = vfw(
+        ok(
             &env,
             per_command,
             &["apply", path_of(&file), "--name", "web"],
         );
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let after_web = ruleset(&env);
-        let o = vfw(
+        ok(
             &env,
             per_command,
             &["apply", path_of(&file), "--name", "web2"],
         );
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let deletes = plan_deletes(&env, "web2");
         assert_eq!(deletes.len(), 1, "{deletes:?}");
         assert!(deletes[0].starts_with("delete rule inet myweb input handle "));
-        let o = vfw(&env, per_command, &["remove", "web2"]);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        ok(&env, per_command, &["remove", "web2"]);
         assert_eq!(ruleset(&env), after_web, "per_command={per_command}");
-        let o = vfw(&env, per_command, &["remove", "web"]);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        ok(&env, per_command, &["remove", "web"]);
         assert_eq!(ruleset(&env), before, "per_command={per_command}");
     }
 }
@@ -127,12 +130,11 @@ fn failed_re_add_and_removal_in_the_other_order() {
             ),
         );
         let before = ruleset(&env);
-        let o = vfw(
+        ok(
             &env,
             per_command,
             &["apply", path_of(&file), "--name", "web"],
         );
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let after_web = ruleset(&env);
         let o = vfw(
             &env,
@@ -143,17 +145,14 @@ fn failed_re_add_and_removal_in_the_other_order() {
         assert_eq!(ruleset(&env), after_web, "per_command={per_command}");
         assert!(!plan_exists(&env, "web2"));
 
-        let o = vfw(
+        ok(
             &env,
             per_command,
             &["apply", path_of(&file), "--name", "web2"],
         );
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-        let o = vfw(&env, per_command, &["remove", "web"]);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        ok(&env, per_command, &["remove", "web"]);
         assert_eq!(ruleset(&env), before);
-        let o = vfw(&env, per_command, &["remove", "web2"]);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let o = ok(&env, per_command, &["remove", "web2"]);
         assert!(
             stdout(&o).contains("1 object(s) were already gone"),
             "{}",
@@ -280,11 +279,62 @@ fn hand_made_objects_survive_apply_and_remove() {
         nft_script(&env, HAND_MADE);
         let file = env.write("hm.xml", &hand_made_tx());
         let before = ruleset(&env);
-        let o = vfw(&env, per_command, &["apply", path_of(&file)]);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        ok(&env, per_command, &["apply", path_of(&file)]);
         assert_eq!(plan_deletes(&env, "hm").len(), 3);
-        let o = vfw(&env, per_command, &["remove", "hm"]);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        ok(&env, per_command, &["remove", "hm"]);
+        assert_eq!(ruleset(&env), before, "per_command={per_command}");
+    }
+}
+
+/// An `nft` whose echo is lost (as when its output file cannot be written): the create
+/// committed but its handle is unknown. virtfw never guesses: `apply` exits 4 and keeps its
+/// journal, and `recover` refuses the same way instead of dropping it; nothing else is
+/// touched.
+#[test]
+fn lost_echo_keeps_the_journal_and_exits_4() {
+    for per_command in [true, false] {
+        let env = Env::new("vfw-cli-own-echo");
+        nft_script(&env, DECOYS);
+        let before = ruleset(&env);
+        let file = env.write("web.xml", &web_xml());
+        let bin = env.dir.path().join("lost-echo");
+        std::fs::create_dir_all(&bin).unwrap();
+        let script = format!(
+            "#!/bin/bash\ncase \" $* \" in *\" -ae \"*) exec {nft} \"$@\" >/dev/null ;; esac\nexec {nft} \"$@\"\n",
+            nft = real("nft")
+        );
+        let wrapper = bin.join("nft");
+        std::fs::write(&wrapper, script).unwrap();
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let mut args = vec!["apply", path_of(&file), "--name", "web"];
+        if per_command {
+            args.insert(0, "--no-batch");
+        }
+        let o = env.cmd(&args).env("PATH", &path).output().unwrap();
+        assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+        assert!(stderr(&o).contains("echo"), "{}", text(&o));
+        assert!(!plan_exists(&env, "web"));
+        let journals = || {
+            std::fs::read_dir(env.state().join("journal"))
+                .unwrap()
+                .count()
+        };
+        assert_eq!(journals(), 1, "the journal is kept");
+        let o = env.cmd(&["recover"]).env("PATH", &path).output().unwrap();
+        assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+        assert_eq!(journals(), 1, "recover keeps it too");
+        // What existed before is untouched; the object with the unknown handle is reported,
+        // not deleted by guess.
+        let now = ruleset(&env);
+        assert!(now.contains("table inet myweb"), "{now}");
+        env.ns
+            .run(&["nft", "delete", "table", "inet", "myweb"])
+            .unwrap();
         assert_eq!(ruleset(&env), before, "per_command={per_command}");
     }
 }
