@@ -15,8 +15,9 @@
 //!   echoed handles with creates by position would delete. Compared: `nft -s list ruleset`.
 //!
 //! Kill points are named by the command they follow (`common::matching_wrappers`), so they
-//! stay put when a listing is added before a command. A few per backend by default;
-//! `VIRTFW_CRASH_RUNS=N` adds the numbered points 1..N/4 of apply (nft) and recover.
+//! stay put when a listing is added before a command. A few per backend by default, and two
+//! runs killed at a random moment; `VIRTFW_CRASH_RUNS=N` makes that N runs and adds the
+//! numbered kill points 1..N/4 of apply (nft) and recover.
 
 mod common;
 use common::*;
@@ -274,14 +275,14 @@ fn ipt_recover_killed_at_more_points() {
     }
 }
 
-/// `VIRTFW_CRASH_RUNS` only: kill `apply` (even runs `--no-batch`) at a random moment, then
-/// recover, and remove when the plan was stored; then the same with `remove` killed.
-#[test]
-fn ipt_random_kills() {
-    let runs = more_points() * 4;
-    if runs == 0 {
-        return;
-    }
+/// Kill `apply` (even runs `--no-batch`) at a random moment, then
+/// recover; when the plan was stored, kill `remove` likewise, recover, and remove what is
+/// left. `setup` makes a fresh namespace for each run. Two runs, or `VIRTFW_CRASH_RUNS`.
+fn random_kills(setup: &dyn Fn() -> Setup) {
+    let runs = std::env::var("VIRTFW_CRASH_RUNS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(2);
     let mut rng = Rng::new();
     // Run `args` and kill it after a random time under `max` ms; then recover.
     let mut kill_randomly = |s: &Setup, args: &[&str], max: u64| {
@@ -299,20 +300,25 @@ fn ipt_random_kills() {
         delay
     };
     for run in 0..runs {
-        let s = ipt_setup("vfw-criptx");
+        let s = setup();
         let per_command = run % 2 == 0;
         let delay = kill_randomly(&s, &s.args(per_command, "apply", path_of(&s.file)), 400);
         let mut what = format!("apply killed after {delay} ms");
-        if plan_exists(&s.env, "ipt") {
-            let delay = kill_randomly(&s, &s.args(per_command, "remove", "ipt"), 300);
+        if plan_exists(&s.env, s.plan) {
+            let delay = kill_randomly(&s, &s.args(per_command, "remove", s.plan), 300);
             what = format!("remove killed after {delay} ms");
-            if plan_exists(&s.env, "ipt") {
-                let o = s.env.run(&["remove", "ipt"]);
+            if plan_exists(&s.env, s.plan) {
+                let o = s.env.run(&["remove", s.plan]);
                 assert_eq!(o.status.code(), Some(0), "{}", text(&o));
             }
         }
         s.assert_as_before(&format!("run {run} (per_command {per_command}, {what})"));
     }
+}
+
+#[test]
+fn ipt_random_kills() {
+    random_kills(&|| ipt_setup("vfw-criptx"));
 }
 
 // ---- nftables ------------------------------------------------------------------------------
@@ -493,4 +499,9 @@ fn nft_recover_killed_at_more_points() {
         s.env.recover();
         s.assert_as_before(&format!("recover killed at nft #{at}"));
     }
+}
+
+#[test]
+fn nft_random_kills() {
+    random_kills(&|| nft_setup("vfw-crnftx"));
 }
