@@ -1470,4 +1470,41 @@ mod tests {
             }]
         );
     }
+
+    /// A removal restore batch virtfw was killed during: its section committed iff some rule
+    /// of it is gone (someone else's identical rule keeps the other answering "there"); a
+    /// committed section's deletes are done and are not run again.
+    #[test]
+    fn killed_removal_restore_is_settled_by_any_rule_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Firewall::from_xml(
+            "<firewall backend='iptables'><group ignoreErrors='yes'>\
+             <action layer='ipv4'><args><item>--delete</item><item>FWD</item><item>-s</item><item>1.1.1.1</item><item>-j</item><item>ACCEPT</item></args></action>\
+             <action layer='ipv4'><args><item>--delete</item><item>FWD</item><item>-s</item><item>2.2.2.2</item><item>-j</item><item>ACCEPT</item></args></action>\
+             </group></firewall>",
+            "p.xml",
+        )
+        .unwrap();
+        std::fs::write(
+            cmd_file(dir.path(), 0, "in"),
+            "*filter\n--delete FWD -s 1.1.1.1 -j ACCEPT\n--delete FWD -s 2.2.2.2 -j ACCEPT\nCOMMIT\n",
+        )
+        .unwrap();
+        let records = vec![Record::Start {
+            seq: 0,
+            group: Some(0),
+            argv: v("iptables-restore -w --noflush"),
+            stdin: true,
+        }];
+        // 1.1.1.1 has a twin (still there), 2.2.2.2 is gone: the section committed.
+        let twin_only = |argv: &[String]| {
+            (argv == v("iptables -w --check FWD -s 1.1.1.1 -j ACCEPT").as_slice()).then(String::new)
+        };
+        let undo = undo_remove(&plan, dir.path(), &records, &twin_only);
+        assert!(undo.is_empty(), "{undo:?}");
+        // Both there: it did not commit; both deletes run, behind their checks.
+        let undo = undo_remove(&plan, dir.path(), &records, &no_probe);
+        assert_eq!(undo.len(), 2, "{undo:?}");
+        assert!(undo.iter().all(|u| u.check.is_some()));
+    }
 }
