@@ -699,10 +699,11 @@ fn drop_completed(
         .collect()
 }
 
-/// The (layer, table, chain) an iptables-family rule delete works on.
+/// The (layer, table, chain) an iptables or ip6tables rule delete works on (ebtables has no
+/// `-S` listing to witness with).
 fn chain_of(argv: &[String]) -> Option<(Layer, String, String)> {
     let layer = ipt_layer(argv.first()?)?;
-    if !rollback::iptables_is_delete(argv) {
+    if layer == Layer::Ethernet || !rollback::iptables_is_delete(argv) {
         return None;
     }
     let mut table = "filter".to_string();
