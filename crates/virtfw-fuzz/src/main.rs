@@ -35,6 +35,9 @@ struct RunArgs {
     /// Largest input the mutator builds, in bytes.
     #[arg(long, default_value_t = runner::DEFAULT_MAX_LEN)]
     max_len: usize,
+    /// Deepest nesting one mutation builds (lower it to look past a known deep-input bug).
+    #[arg(long, default_value_t = virtfw_fuzz::mutate::DEFAULT_MAX_NESTING)]
+    max_nesting: usize,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +105,7 @@ fn config(target: &'static Target, corpus: PathBuf, args: &RunArgs, seed: u64) -
             runs: args.runs,
         },
         max_len: args.max_len,
+        max_nesting: args.max_nesting,
     }
 }
 
@@ -161,18 +165,28 @@ fn run_all(jobs: usize, root: PathBuf, args: &RunArgs) -> bool {
             let queue = Arc::clone(&queue);
             let exe = exe.clone();
             std::thread::spawn(move || {
-                let mut clean = true;
+                let (mut passed, mut failed) = (0, 0);
                 loop {
                     let Some(cfg) = queue.lock().expect("queue").pop() else {
-                        return clean;
+                        return (passed, failed);
                     };
-                    let result = runner::supervise(&exe, &cfg);
-                    clean &= report(&cfg, &result);
+                    if report(&cfg, &runner::supervise(&exe, &cfg)) {
+                        passed += 1;
+                    } else {
+                        failed += 1;
+                    }
                 }
             })
         })
         .collect();
-    workers.into_iter().all(|w| w.join().unwrap_or(false))
+    let results: Vec<(usize, usize)> = workers
+        .into_iter()
+        .map(|w| w.join().unwrap_or((0, 1)))
+        .collect();
+    let passed: usize = results.iter().map(|r| r.0).sum();
+    let failed: usize = results.iter().map(|r| r.1).sum();
+    println!("fuzz: {passed} passed, {failed} failed");
+    failed == 0
 }
 
 fn main() -> ExitCode {

@@ -55,6 +55,8 @@ pub struct RunConfig {
     pub seed: u64,
     pub budget: Budget,
     pub max_len: usize,
+    /// Deepest nesting one mutation builds ([`crate::mutate::DEFAULT_MAX_NESTING`]).
+    pub max_nesting: usize,
 }
 
 /// The directory of the checked-in corpus (`crates/virtfw-fuzz/corpus`).
@@ -129,17 +131,22 @@ pub fn work(cfg: &RunConfig, running: &Path) -> io::Result<Result<WorkerStats, u
     if seeds.is_empty() {
         seeds.push(Vec::new());
     }
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(running)?;
+    let open = |path: &Path| {
+        OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(path)
+    };
+    let file = open(running)?;
+    let counter = open(&count_file(running))?;
     let run = cfg.target.run;
     let budget = cfg.budget;
     let max_len = cfg
         .max_len
         .max(seeds.iter().map(Vec::len).max().unwrap_or(0));
-    let mut mutator = Mutator::new(cfg.seed, cfg.target.dictionary, max_len);
+    let mut mutator =
+        Mutator::new(cfg.seed, cfg.target.dictionary, max_len).with_max_nesting(cfg.max_nesting);
     let deadline = Instant::now() + Duration::from_secs(budget.seconds);
     let outcome = on_target_stack(
         cfg.target.name.to_string(),
@@ -165,6 +172,7 @@ pub fn work(cfg: &RunConfig, running: &Path) -> io::Result<Result<WorkerStats, u
             while let Some(input) = next(executions) {
                 record(&file, &input)?;
                 executions += 1;
+                counter.write_all_at(&executions.to_le_bytes(), 0)?;
                 if std::panic::catch_unwind(|| run(&input)).is_err() {
                     return Ok(Err(executions));
                 }
@@ -178,6 +186,17 @@ pub fn work(cfg: &RunConfig, running: &Path) -> io::Result<Result<WorkerStats, u
         executions,
         corpus_inputs,
     }))
+}
+
+/// The file beside `running` that holds the number of executions so far (8 bytes, little
+/// endian), so a run that died by a signal can still be replayed with `--runs`.
+fn count_file(running: &Path) -> PathBuf {
+    running.with_extension("count")
+}
+
+fn read_count(running: &Path) -> Option<u64> {
+    let bytes = fs::read(count_file(running)).ok()?;
+    Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
 }
 
 /// Leave `input` in the running file before it is executed.
@@ -198,6 +217,7 @@ pub fn worker_main(cfg: &RunConfig) -> i32 {
     match work(cfg, &running) {
         Ok(Ok(stats)) => {
             let _ = fs::remove_file(&running);
+            let _ = fs::remove_file(count_file(&running));
             println!(
                 "executions={} corpus={}",
                 stats.executions, stats.corpus_inputs
@@ -269,6 +289,8 @@ pub fn supervise(exe: &Path, cfg: &RunConfig) -> RunResult {
         .arg(&cfg.crashes)
         .arg("--max-len")
         .arg(cfg.max_len.to_string())
+        .arg("--max-nesting")
+        .arg(cfg.max_nesting.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -305,7 +327,8 @@ pub fn supervise(exe: &Path, cfg: &RunConfig) -> RunResult {
     } else {
         describe(status)
     };
-    let executions = executions_of(&stdout);
+    let executions = executions_of(&stdout).or_else(|| read_count(&running));
+    let _ = fs::remove_file(count_file(&running));
     match fs::read(&running) {
         Ok(data) => {
             let file = running.with_file_name(format!("crash-{:016x}", content_hash(&data)));
