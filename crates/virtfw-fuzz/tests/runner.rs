@@ -46,21 +46,32 @@ fn run_target(target: &str, dir: &Path, input: &[u8], extra: &[&str]) -> Output 
     fuzz(&args)
 }
 
+/// Run `target` from a one-file corpus holding `input`; the run must fail with a crash report
+/// naming the target and a saved file under the crash directory. Returns the report and the
+/// file.
+fn expect_crash(target: &str, dir: &Path, input: &[u8], extra: &[&str]) -> (String, PathBuf) {
+    let out = run_target(target, dir, input, extra);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "no crash:\n{stderr}");
+    assert!(stderr.contains(&format!("{target}: CRASH")), "{stderr}");
+    let file = saved_file(&stderr);
+    assert!(
+        file.starts_with(dir.join("crashes").join(target)),
+        "{stderr}"
+    );
+    (stderr, file)
+}
+
 #[test]
 fn a_panicking_input_is_saved_and_named() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_target(
+    let (stderr, file) = expect_crash(
         "selftest_panic",
         dir.path(),
         b"xxPANICxx",
         &["--seconds", "30", "--seed", "1"],
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("selftest_panic: CRASH"), "{stderr}");
     assert!(stderr.contains("panicked"), "{stderr}");
-    let file = saved_file(&stderr);
-    assert!(file.starts_with(dir.path().join("crashes/selftest_panic")));
     assert_eq!(fs::read(&file).unwrap(), b"xxPANICxx");
     // Nothing else is left behind: the running file became the crash file.
     let left: Vec<_> = fs::read_dir(dir.path().join("crashes/selftest_panic"))
@@ -77,33 +88,27 @@ fn a_panicking_input_is_saved_and_named() {
 #[test]
 fn a_stack_overflow_leaves_its_input_and_fails_the_run() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_target(
+    let (stderr, file) = expect_crash(
         "selftest_overflow",
         dir.path(),
         b"go DEEP",
         &["--seconds", "30", "--seed", "2"],
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("selftest_overflow: CRASH"), "{stderr}");
     assert!(stderr.contains("killed by signal"), "{stderr}");
     assert!(stderr.contains("overflowed its stack"), "{stderr}");
-    let file = saved_file(&stderr);
+    assert!(stderr.contains("after 1 executions"), "{stderr}");
     assert_eq!(fs::read(&file).unwrap(), b"go DEEP");
 }
 
 #[test]
 fn mutation_finds_a_dictionary_word_and_the_seed_replays_it() {
     let found = |dir: &Path| {
-        let out = run_target(
+        let (stderr, file) = expect_crash(
             "selftest_panic",
             dir,
             b"hello world",
             &["--seconds", "60", "--runs", "100000", "--seed", "42"],
         );
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!out.status.success(), "no crash found:\n{stderr}");
-        let file = saved_file(&stderr);
         let data = fs::read(&file).unwrap();
         assert!(data.windows(5).any(|w| w == b"PANIC"));
         (file.file_name().unwrap().to_owned(), stderr)
