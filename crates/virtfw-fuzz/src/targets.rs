@@ -360,6 +360,9 @@ pub fn status_xml(data: &[u8]) {
         "removal plan changed on a round trip\n{xml}"
     );
     assert_eq!(xml, again.to_xml(), "status to_xml is not stable");
+    // What `network stop` runs: the stored plan, or libvirt's legacy deletions without one.
+    let _ = status.backend();
+    assert_round_trip(&status.removal_plan(), "status removal plan");
 }
 
 /// The decimal digits of `n` must appear in `text` right after a `# handle ` marker (leading
