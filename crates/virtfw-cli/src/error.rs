@@ -143,6 +143,7 @@ impl CliError {
             | Error::UnknownBackend(_)
             | Error::UnknownLayer(_)
             | Error::Xml { .. }
+            | Error::UnsafeArgument { .. }
             | Error::Exec {
                 source: ExecError::NotFound { .. } | ExecError::Netns { .. },
                 ..

@@ -58,11 +58,14 @@ pub(crate) fn staleness(boot_id: &str, netns: Option<&str>, netns_id: &str) -> O
 impl Plan {
     /// The removal firewall, parsed; errors name the plan file.
     pub(crate) fn removal_firewall(&self, path: &Path) -> CliResult<Firewall> {
-        Firewall::from_xml(&self.removal, &path.display().to_string()).map_err(|e| {
-            CliError::CorruptPlan {
+        Firewall::from_xml(&self.removal, &path.display().to_string()).map_err(|e| match e {
+            // Well-formed, but an argument would change meaning when run: bad input (exit 2)
+            // on every path, as when it comes from a transaction file.
+            e @ virtfw::Error::UnsafeArgument { .. } => CliError::Input(e),
+            e => CliError::CorruptPlan {
                 path: path.to_path_buf(),
                 message: e.to_string(),
-            }
+            },
         })
     }
 

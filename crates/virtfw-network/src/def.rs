@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 use roxmltree::Node;
-use virtfw::xml::parse_document;
+use virtfw::xml::{parse_document_with, Limits};
 
 use crate::error::{NetworkError, Result};
 
@@ -158,7 +158,8 @@ pub struct NetworkDef {
 impl NetworkDef {
     /// Parse a document whose root is `<network>`; `source_name` prefixes errors.
     pub fn from_xml(text: &str, source_name: &str) -> Result<Self> {
-        let doc = parse_document(text).map_err(|e| NetworkError::syntax(source_name, e))?;
+        let doc = parse_document_with(text, Limits::DEFINITION)
+            .map_err(|e| NetworkError::syntax(source_name, e))?;
         let root = doc.root_element();
         if !root.has_tag_name("network") {
             return Err(NetworkError::at(
@@ -218,7 +219,52 @@ fn child<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
     node.children().find(|c| c.has_tag_name(name))
 }
 
+/// Whether `name` is an interface name the kernel accepts that also stays one word of an nft
+/// or iptables command; `Err` says what is wrong.
+///
+/// The kernel's rules (`dev_valid_name`): 1 to 15 bytes (`IFNAMSIZ` with its NUL), not `.` or
+/// `..`, no `/`, `:` or whitespace. Interface names go unquoted into nft and iptables argv
+/// (`iif virbr0`, `-o eth0`), and nft joins its argv into text, so any character with a meaning
+/// there must be refused as well: `<forward dev='lo accept ; flush ruleset #'/>` once wiped a
+/// namespace's whole ruleset, and a bridge `lo#` made rules without their verdict. So only
+/// ASCII letters, digits, `_`, `-` and `.` are accepted (what real names use: `virbr0`,
+/// `br-lan`, `eth0.100`), not as the first character `-` (read as an option). This also keeps
+/// out `*` and `+` (nft and iptables wildcards), `@` and `$` (nft set and variable
+/// references), quotes, braces, `;`, `#` and `\`.
+pub fn check_ifname(name: &str) -> std::result::Result<(), &'static str> {
+    if name.is_empty() || name.len() > 15 {
+        return Err("an interface name has 1 to 15 bytes");
+    }
+    if name == "." || name == ".." {
+        return Err("'.' and '..' are not interface names");
+    }
+    if name.starts_with('-') {
+        return Err("an interface name must not start with '-'");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err(
+            "only ASCII letters, digits, '_', '-' and '.' are accepted: the name goes into nft and iptables commands as one word",
+        );
+    }
+    Ok(())
+}
+
 impl Parser<'_> {
+    /// Check the interface name `value` of attribute `dev` of `node` (`<element>`).
+    fn ifname(&self, node: Node, element: &str, value: &str) -> Result<()> {
+        check_ifname(value).map_err(|why| {
+            self.err(
+                node,
+                format!(
+                    "invalid interface name {value:?} in attribute 'dev' of <{element}>: {why}"
+                ),
+            )
+        })
+    }
+
     fn err(&self, node: Node, message: impl Into<String>) -> NetworkError {
         NetworkError::at(self.source_name, pos(node), message)
     }
@@ -306,12 +352,10 @@ impl Parser<'_> {
                 ),
             ));
         }
-        if bridge.len() > 15 || bridge.contains(['/', ' ', '\t', '\n', ':']) {
+        if let Err(why) = check_ifname(bridge) {
             return Err(self.err(
                 bridge_node.unwrap_or(node),
-                format!(
-                    "invalid bridge name '{bridge}' (at most 15 characters, no '/', ':' or blanks)"
-                ),
+                format!("invalid interface name {bridge:?} in attribute 'name' of <bridge>: {why}"),
             ));
         }
 
@@ -348,17 +392,23 @@ impl Parser<'_> {
                 )
             })?,
         };
-        let dev = fwd
+        // Every interface name given is checked (not only the one used), with its element.
+        let mut dev = None;
+        let attr = fwd
             .attribute("dev")
             .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .or_else(|| {
-                fwd.children()
-                    .filter(|c| c.has_tag_name("interface"))
-                    .find_map(|i| i.attribute("dev"))
-                    .map(|d| d.trim().to_string())
-            });
+            .filter(|s| !s.is_empty());
+        if let Some(d) = attr {
+            self.ifname(fwd, "forward", d)?;
+            dev = Some(d.to_string());
+        }
+        for iface in fwd.children().filter(|c| c.has_tag_name("interface")) {
+            if let Some(d) = iface.attribute("dev") {
+                let d = d.trim();
+                self.ifname(iface, "interface", d)?;
+                dev.get_or_insert_with(|| d.to_string());
+            }
+        }
         let mut nat = NatDef::default();
         if let Some(natnode) = child(fwd, "nat") {
             if mode != ForwardMode::Nat {

@@ -253,6 +253,7 @@ impl Firewall {
         if let Some(err) = &self.error {
             return Err(Error::Build(err.clone()));
         }
+        crate::validate::check_firewall(self)?;
         let mut programs = BTreeSet::new();
         for (gi, group) in self.groups.iter().enumerate() {
             for (ci, cmd) in group.actions.iter().chain(&group.rollbacks).enumerate() {

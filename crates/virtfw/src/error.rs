@@ -87,6 +87,25 @@ pub enum Error {
         column: u32,
         message: String,
     },
+
+    /// An argument that would change meaning when commands are joined into a batch (see
+    /// [`crate::validate`]); refused before anything runs, on both apply paths.
+    #[error(
+        "{}argument {item} ({value:?}) of {} {command} in group {group} is refused: {reason}",
+        .location.as_ref().map(|l| format!("{}:{}:{}: ", l.source_name, l.line, l.column)).unwrap_or_default(),
+        if *.rollback { "rollback command" } else { "command" }
+    )]
+    UnsafeArgument {
+        /// The `<item>` it was read from, when it came from a file.
+        location: Option<crate::validate::ItemLocation>,
+        group: usize,
+        /// Index among the group's actions, or among its rollbacks when `rollback`.
+        command: usize,
+        rollback: bool,
+        item: usize,
+        value: String,
+        reason: crate::validate::UnsafeReason,
+    },
 }
 
 impl Error {

@@ -107,6 +107,7 @@ pub mod model;
 pub mod netns;
 pub mod rollback;
 pub mod transcript;
+pub mod validate;
 pub mod xml;
 
 pub use engine::{ApplyObserver, ApplyOptions};

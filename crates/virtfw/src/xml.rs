@@ -15,8 +15,16 @@ use roxmltree::{Document, Node};
 use crate::error::{Error, Result};
 use crate::firewall::{Firewall, Group};
 use crate::model::{Backend, Command, Layer, RollbackFlags, TransactionFlags};
+use crate::validate;
 
-fn escape(s: &str) -> String {
+/// Escape `s` for element text (`attribute == false`) or a single-quoted attribute value.
+///
+/// Besides the five markup characters, every character an XML parser would normalise is
+/// written as a character reference, so that what is read back is what was written: a raw CR
+/// in text is read as LF (line-end normalisation), and TAB, LF and CR in an attribute value
+/// are read as spaces (attribute-value normalisation). libvirt's own documents contain none of
+/// them, so its golden files stay byte-identical.
+fn escape(s: &str, attribute: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -25,6 +33,9 @@ fn escape(s: &str) -> String {
             '&' => out.push_str("&amp;"),
             '\'' => out.push_str("&apos;"),
             '"' => out.push_str("&quot;"),
+            '\r' => out.push_str("&#13;"),
+            '\n' if attribute => out.push_str("&#10;"),
+            '\t' if attribute => out.push_str("&#9;"),
             c => out.push(c),
         }
     }
@@ -42,7 +53,7 @@ fn write_action(out: &mut String, pad: &str, cmd: &Command, show_ignore: bool) {
     out.push_str(">\n");
     let _ = writeln!(out, "{pad}  <args>");
     for arg in &cmd.args {
-        let _ = writeln!(out, "{pad}    <item>{}</item>", escape(arg));
+        let _ = writeln!(out, "{pad}    <item>{}</item>", escape(arg, false));
     }
     let _ = writeln!(out, "{pad}  </args>");
     let _ = writeln!(out, "{pad}</action>");
@@ -72,8 +83,128 @@ impl SyntaxError {
     }
 }
 
-/// Parse `text` as an XML document, with the position of a syntax error.
+/// How big and how deep a document may be before it is parsed.
+///
+/// roxmltree parses recursively: a document nested some 12,500 elements deep overflowed the
+/// 8 MiB main stack of a release build and aborted the process instead of failing, and a debug
+/// build on a 2 MiB thread (the test harness's) overflowed at about 375 levels. So the depth is
+/// measured first by a streaming scan that does not recurse, and the size before that. The
+/// limits are far above any real document (a 10,000-rule plan is a few MB; libvirt's and
+/// virtfw's documents nest fewer than 10 elements) and well below what the parser takes on a
+/// 2 MiB stack even unoptimised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest accepted text, in bytes.
+    pub max_bytes: usize,
+    /// Deepest accepted element nesting (the root element is depth 1).
+    pub max_depth: usize,
+}
+
+impl Limits {
+    /// Plans, transactions, status files, journals.
+    pub const DOCUMENT: Limits = Limits {
+        max_bytes: 256 << 20,
+        max_depth: 128,
+    };
+    /// Network definitions: lower than [`Limits::DOCUMENT`], because a status file wraps the
+    /// definition in more levels (`<networkstatus>`) and more text (the removal plan), and a
+    /// network that starts must always be stoppable.
+    pub const DEFINITION: Limits = Limits {
+        max_bytes: 64 << 20,
+        max_depth: 64,
+    };
+}
+
+/// The 1-based line and column of byte `offset` of `text`.
+fn text_pos(text: &str, offset: usize) -> (u32, u32) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[start..]).chars().count() + 1;
+    (line as u32, column as u32)
+}
+
+/// Refuse `text` if it is larger or deeper than `limits`, or declares a document type (a DTD's
+/// entities could expand to more depth than the text shows; none of virtfw's or libvirt's
+/// documents has one). The scan is a loop over quick-xml's events, never recursive.
+fn check_limits(text: &str, limits: Limits) -> std::result::Result<(), SyntaxError> {
+    let at = |offset: usize, message: String| {
+        let (line, column) = text_pos(text, offset);
+        SyntaxError {
+            line,
+            column,
+            message,
+        }
+    };
+    if text.len() > limits.max_bytes {
+        return Err(at(
+            0,
+            format!(
+                "document is {} bytes, more than the limit of {} bytes",
+                text.len(),
+                limits.max_bytes
+            ),
+        ));
+    }
+    let mut reader = quick_xml::Reader::from_str(text);
+    reader.config_mut().check_end_names = false;
+    let mut depth = 0usize;
+    loop {
+        let start = reader.buffer_position() as usize;
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Start(_)) => {
+                depth += 1;
+                if depth > limits.max_depth {
+                    return Err(at(
+                        start,
+                        format!(
+                            "elements nest more than {} deep (the limit for this document)",
+                            limits.max_depth
+                        ),
+                    ));
+                }
+            }
+            Ok(quick_xml::events::Event::End(_)) => depth = depth.saturating_sub(1),
+            Ok(quick_xml::events::Event::DocType(_)) => {
+                return Err(at(
+                    start,
+                    "document type declarations (<!DOCTYPE …>) are not accepted".into(),
+                ))
+            }
+            Ok(quick_xml::events::Event::Eof) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => {
+                // Malformed: roxmltree reports it in its own words, but only if it cannot nest
+                // deeper than allowed before it gets there. Each further level needs a '<'.
+                let offset = reader.buffer_position() as usize;
+                let rest = text.as_bytes()[offset.min(text.len())..]
+                    .iter()
+                    .filter(|&&b| b == b'<')
+                    .count();
+                if depth + rest <= limits.max_depth {
+                    return Ok(());
+                }
+                return Err(at(offset, e.to_string()));
+            }
+        }
+    }
+}
+
+/// Parse `text` as an XML document within [`Limits::DOCUMENT`], with the position of a syntax
+/// error.
 pub fn parse_document(text: &str) -> std::result::Result<Document<'_>, SyntaxError> {
+    parse_document_with(text, Limits::DOCUMENT)
+}
+
+/// [`parse_document`] within `limits`, checked before the document is parsed.
+pub fn parse_document_with(
+    text: &str,
+    limits: Limits,
+) -> std::result::Result<Document<'_>, SyntaxError> {
+    check_limits(text, limits)?;
     Document::parse(text).map_err(|e| SyntaxError {
         line: e.pos().row,
         column: e.pos().col,
@@ -94,7 +225,7 @@ impl Firewall {
         let mut out = String::new();
         let _ = write!(out, "{pad}<firewall");
         if let Some(name) = &self.name {
-            let _ = write!(out, " name='{}'", escape(name));
+            let _ = write!(out, " name='{}'", escape(name, true));
         }
         let _ = write!(out, " backend='{}'", self.backend);
         if self.groups.is_empty() {
@@ -119,6 +250,13 @@ impl Firewall {
             let inherit = group
                 .rollback_flags
                 .contains(RollbackFlags::INHERIT_PREVIOUS);
+            // A group without actions is kept by the reader only when it has a <rollback>
+            // (libvirt's reader skips an action-less <group>): write one, even empty, so that
+            // reading gives back exactly these groups and group indices stay the same (the
+            // CLI's journal copy of a transaction is read back to undo a failed apply).
+            if group.actions.is_empty() && group.rollbacks.is_empty() && !inherit {
+                let _ = writeln!(out, "{inner}<rollback/>");
+            }
             if !group.rollbacks.is_empty() || inherit {
                 let _ = write!(out, "{inner}<rollback");
                 if inherit {
@@ -172,7 +310,20 @@ fn tristate(node: Node, attr: &str, source: &str) -> Result<Option<bool>> {
     }
 }
 
-fn parse_action(node: Node, source: &str, group_ignores: bool) -> Result<Option<Command>> {
+/// Where a command sits in the firewall being read, to name it in errors.
+struct Slot {
+    backend: Backend,
+    group: usize,
+    command: usize,
+    rollback: bool,
+}
+
+fn parse_action(
+    node: Node,
+    source: &str,
+    group_ignores: bool,
+    slot: Slot,
+) -> Result<Option<Command>> {
     let pos = || node.document().text_pos_at(node.range().start);
     let Some(args) = node.children().find(|c| c.has_tag_name("args")) else {
         return Ok(None);
@@ -184,9 +335,9 @@ fn parse_action(node: Node, source: &str, group_ignores: bool) -> Result<Option<
         .ok_or_else(|| Error::xml(source, pos(), "<action> is missing its 'layer' attribute"))?
         .parse()
         .map_err(|e: Error| Error::xml(source, pos(), e.to_string()))?;
-    let items: Vec<String> = args
-        .children()
-        .filter(|c| c.has_tag_name("item"))
+    let item_nodes: Vec<Node> = args.children().filter(|c| c.has_tag_name("item")).collect();
+    let items: Vec<String> = item_nodes
+        .iter()
         .map(|c| c.text().unwrap_or("").to_string())
         .collect();
     if items.is_empty() {
@@ -194,6 +345,24 @@ fn parse_action(node: Node, source: &str, group_ignores: bool) -> Result<Option<
             source,
             node.document().text_pos_at(args.range().start),
             "Invalid firewall command has 0 arguments",
+        ));
+    }
+    if let Err(refused) = validate::check_command(slot.backend, layer, &items) {
+        let at = node
+            .document()
+            .text_pos_at(item_nodes[refused.item].range().start);
+        let location = validate::ItemLocation {
+            source_name: source.to_string(),
+            line: at.row,
+            column: at.col,
+        };
+        return Err(validate::unsafe_error(
+            refused,
+            &items,
+            slot.group,
+            slot.command,
+            slot.rollback,
+            Some(location),
         ));
     }
     Ok(Some(
@@ -249,8 +418,15 @@ pub fn parse_firewall_element(node: Node, source: &str) -> Result<Firewall> {
             ..Group::default()
         };
         let ignores = flags.contains(TransactionFlags::IGNORE_ERRORS);
+        let slot = |command, rollback| Slot {
+            backend,
+            group: fw.groups.len(),
+            command,
+            rollback,
+        };
         for anode in gnode.children().filter(|c| c.has_tag_name("action")) {
-            if let Some(cmd) = parse_action(anode, source, ignores)? {
+            let at = slot(group.actions.len(), false);
+            if let Some(cmd) = parse_action(anode, source, ignores, at)? {
                 group.actions.push(cmd);
             }
         }
@@ -259,7 +435,8 @@ pub fn parse_firewall_element(node: Node, source: &str) -> Result<Firewall> {
                 group.rollback_flags |= RollbackFlags::INHERIT_PREVIOUS;
             }
             for anode in rnode.children().filter(|c| c.has_tag_name("action")) {
-                if let Some(cmd) = parse_action(anode, source, true)? {
+                let at = slot(group.rollbacks.len(), true);
+                if let Some(cmd) = parse_action(anode, source, true, at)? {
                     group.rollbacks.push(cmd);
                 }
             }
