@@ -66,7 +66,12 @@ pub fn default_corpus_root() -> PathBuf {
 
 /// Where crashing inputs go by default: `target/fuzz-crashes` of the workspace.
 pub fn default_crash_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/fuzz-crashes")
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .nth(2)
+        .unwrap_or(manifest)
+        .join("target/fuzz-crashes")
 }
 
 /// A seed for a run that was not given one: different every run, printed so it can be given.
