@@ -10,7 +10,7 @@
 
 use std::io::Write;
 
-use virtfw::{batch, rollback, Backend, Firewall};
+use virtfw::{batch, rollback, validate, Backend, FakeExecutor, Firewall, Layer, TransactionFlags};
 use virtfw_network::{lifecycle, nftables, NetworkDef, NetworkStatus};
 
 /// One fuzz target: its name (also its corpus directory), the function, and words the
@@ -201,6 +201,19 @@ const ARG_WORDS: &[&str] = &[
     "\"",
     ";",
     "#",
+    "{",
+    "}",
+    "{ type filter hook input priority 0 ; }",
+    "*filter",
+    "COMMIT",
+    ":INPUT",
+    "-",
+    "\r",
+    "\0",
+    "\t",
+    "lo#",
+    "comment",
+    "\"# handle 2\"",
 ];
 
 /// Every fuzz target, in the order `virtfw-fuzz list` shows them.
@@ -238,6 +251,11 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "command_args",
         run: command_args,
+        dictionary: ARG_WORDS,
+    },
+    Target {
+        name: "command_validation",
+        run: command_validation,
         dictionary: ARG_WORDS,
     },
     Target {
@@ -481,6 +499,57 @@ pub fn command_args(data: &[u8]) {
             check.iter().any(|a| a == "--check"),
             "iptables check form {check:?} has no --check"
         );
+    }
+}
+
+/// The argument check that keeps both apply paths equal (`validate::check_command`): the first
+/// byte picks the backend and layer, the rest is one argument per line. Whatever it decides,
+/// the file path (`to_xml` then `from_xml`) and the API path (`apply`) decide the same, so a
+/// command is never accepted on one path and refused on the other; an accepted command survives
+/// being stored as XML unchanged.
+pub fn command_validation(data: &[u8]) {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let backend = if selector & 1 == 0 {
+        Backend::Nftables
+    } else {
+        Backend::Iptables
+    };
+    let layer =
+        [Layer::Ipv4, Layer::Ipv6, Layer::Ethernet, Layer::Tc][usize::from(selector >> 1) % 4];
+    let args: Vec<String> = text(rest).split('\n').map(str::to_string).collect();
+    let verdict = validate::check_command(backend, layer, &args);
+    let mut fw = Firewall::new(backend);
+    fw.start_transaction(TransactionFlags::empty());
+    fw.add_cmd(layer, &args);
+    let xml = fw.to_xml();
+    match Firewall::from_xml(&xml, "validation.xml") {
+        Ok(back) => {
+            assert!(
+                verdict.is_ok(),
+                "from_xml accepted {args:?}, which check_command refuses: {verdict:?}"
+            );
+            assert_eq!(
+                shape(&fw),
+                shape(&back),
+                "an accepted command changed in XML\n{xml}"
+            );
+        }
+        Err(e) => assert!(
+            verdict.is_err(),
+            "check_command accepts {args:?}, but its stored form does not read back: {e}\n{xml}"
+        ),
+    }
+    let applied = fw.apply(&FakeExecutor::new());
+    if let Err(refused) = &verdict {
+        assert!(
+            matches!(applied, Err(virtfw::Error::UnsafeArgument { item, .. }) if item == refused.item),
+            "apply of {args:?} gave {applied:?}, check_command refused item {}",
+            refused.item
+        );
+    } else if let Err(virtfw::Error::UnsafeArgument { .. }) = applied {
+        panic!("apply refused {args:?}, which check_command accepts: {applied:?}");
     }
 }
 
