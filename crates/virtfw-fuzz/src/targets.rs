@@ -10,8 +10,10 @@
 
 use std::io::Write;
 
-use virtfw::{batch, rollback, validate, Backend, FakeExecutor, Firewall, Layer, TransactionFlags};
-use virtfw_network::{lifecycle, nftables, NetworkDef, NetworkStatus};
+use virtfw::{
+    batch, nft, rollback, validate, Backend, FakeExecutor, Firewall, Layer, TransactionFlags,
+};
+use virtfw_network::{lifecycle, NetworkDef, NetworkStatus};
 
 /// One fuzz target: its name (also its corpus directory), the function, and words the
 /// mutator splices in because the parser gives them meaning.
@@ -239,6 +241,11 @@ pub const TARGETS: &[Target] = &[
         dictionary: OUTPUT_WORDS,
     },
     Target {
+        name: "nft_echo_map",
+        run: nft_echo_map,
+        dictionary: OUTPUT_WORDS,
+    },
+    Target {
         name: "nft_listing",
         run: nft_listing,
         dictionary: OUTPUT_WORDS,
@@ -396,57 +403,101 @@ fn handle_is_echoed(text: &str, n: u64) -> bool {
     })
 }
 
-/// nft's echo of a create (`nft -ae …`), single command and batch line: the handle read is one
-/// nft printed, and on a one-line echo both readers name the same handle. A rule whose comment
-/// holds `# handle 2` must not make the per-command reader take the 2 (issue 8, item 3).
+/// nft's echo of a create (`nft -ae …`), single command and batch line: the handle read is the
+/// `# handle` that ends its line, so a rule whose comment holds `# handle 2` cannot make it
+/// read the 2 (issue 8, item 3).
 pub fn nft_echo(data: &[u8]) {
     let text = text(data);
-    if let Some(h) = rollback::parse_handle(&text) {
-        assert!(
-            handle_is_echoed(&text, h),
-            "parse_handle read {h}, which no `# handle` in the echo shows"
-        );
-    }
     for line in text.lines() {
-        if let Some(h) = rollback::parse_trailing_handle(line) {
+        if let Some(h) = nft::trailing_handle(line) {
             assert!(
                 handle_is_echoed(line, h)
                     && line.trim_end().ends_with(|c: char| c.is_ascii_digit()),
-                "parse_trailing_handle read {h}, which is not the `# handle` ending {line:?}"
-            );
-        }
-    }
-    // A single command's echo is one line plus nft's `# new generation` comment: the
-    // per-command reader must name the handle that line ends in.
-    let mut echoed = text.lines().filter(|l| !l.starts_with('#'));
-    if let (Some(line), None) = (echoed.next(), echoed.next()) {
-        if let (Some(first), Some(last)) = (
-            rollback::parse_handle(&text),
-            rollback::parse_trailing_handle(line),
-        ) {
-            assert_eq!(
-                first, last,
-                "the per-command and the batch reader disagree on the handle of {line:?}"
+                "trailing_handle read {h}, which is not the `# handle` ending {line:?}"
             );
         }
     }
 }
 
-/// `nft -a list table …` as the network code reads it: every handle found is one printed at the
-/// end of a rule line, and every chain named is one the listing declares.
+/// The batch echo map (`nft::map_echo`): the input is the batch's create lines, a line `---`,
+/// nft's stdout, and optionally `---` and the `nft -a list table` output of every touched
+/// table before the batch (without it, each touched table was absent). An object that existed
+/// before is never ours, and a handle called ours is one nft printed (issue 8, item 1).
+pub fn nft_echo_map(data: &[u8]) {
+    let text = text(data);
+    let mut parts = text.split("\n---\n");
+    let (batch, stdout, before) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next(),
+    );
+    let creates: Vec<nft::NftCreate> = batch.lines().filter_map(nft::line_create).collect();
+    let mut existing = nft::Existing::default();
+    for c in &creates {
+        let (family, table) = c.table_key();
+        let recorded = match before {
+            Some(listing) => existing.record_listing(&family, &table, 0, listing, ""),
+            None => {
+                existing.record_listing(&family, &table, 1, "", "Error: No such file or directory")
+            }
+        };
+        recorded.expect("a listing with status 0, or one that says absent, is recorded");
+    }
+    let facts = existing.clone();
+    let echoes = nft::map_echo(&creates, &mut existing, stdout);
+    assert_eq!(echoes.len(), creates.len(), "one answer per create");
+    for (c, e) in creates.iter().zip(&echoes) {
+        if facts.exists(c) == Some(true) {
+            assert_eq!(
+                *e,
+                nft::Echo::Existed,
+                "{c:?} existed before, yet it is called {e:?}"
+            );
+        }
+        if let nft::Echo::Ours(h) = e {
+            assert!(
+                handle_is_echoed(stdout, *h),
+                "{c:?} was given handle {h}, which the echo does not show"
+            );
+        }
+    }
+}
+
+/// `nft -a list table …` (and `nft -j list tables`) as verify, the undo and the network code
+/// read them: every chain and handle found is in the listing.
 pub fn nft_listing(data: &[u8]) {
     let text = text(data);
-    for (chain, handles) in nftables::rule_handles(&text) {
+    let listing = nft::parse_listing(&text);
+    for (chain, h) in &listing.chains {
         assert!(
-            text.split_whitespace().any(|w| w == chain),
-            "rule_handles invented chain {chain:?}"
+            handle_is_echoed(&text, *h),
+            "parse_listing read handle {h} for chain {chain:?}, which the listing does not show"
+        );
+    }
+    for (chain, handles) in &listing.rules {
+        assert!(
+            text.contains(chain.as_str()),
+            "parse_listing invented chain {chain:?}"
         );
         for h in handles {
             assert!(
-                handle_is_echoed(&text, h),
-                "rule_handles read handle {h} in chain {chain:?}, which the listing does not show"
+                handle_is_echoed(&text, *h),
+                "parse_listing read handle {h} in chain {chain:?}, which the listing does not show"
             );
         }
+    }
+    if let Some(h) = listing.table {
+        assert!(
+            handle_is_echoed(&text, h),
+            "table handle {h} is not in the listing"
+        );
+    }
+    for t in nft::parse_tables_json(&text).unwrap_or_default() {
+        assert!(
+            text.contains(&t.handle.to_string()),
+            "parse_tables_json read handle {} that the JSON does not hold",
+            t.handle
+        );
     }
 }
 
@@ -460,13 +511,18 @@ pub fn tool_errors(data: &[u8]) {
             "error_line read line {n}, which the message does not show"
         );
     }
-    if batch::failure_is_missing(&text) {
-        let prefixed = format!("nft: warning\n{text}");
-        assert!(
-            batch::failure_is_missing(&prefixed),
-            "failure_is_missing depends on the message's first line"
-        );
-    }
+    // A kind is a property of the message, not of where it sits.
+    let prefixed = format!("nft: warning\n{text}");
+    assert_eq!(
+        virtfw::nft::failure_kind(&text),
+        virtfw::nft::failure_kind(&prefixed),
+        "nft::failure_kind depends on the message's first line"
+    );
+    assert_eq!(
+        virtfw::xtables::failure_kind(&text),
+        virtfw::xtables::failure_kind(&prefixed),
+        "xtables::failure_kind depends on the message's first line"
+    );
 }
 
 /// The classifiers that decide what a command creates and what undoes it (one argument per
@@ -475,15 +531,30 @@ pub fn tool_errors(data: &[u8]) {
 pub fn command_args(data: &[u8]) {
     let text = text(data);
     let args: Vec<String> = text.split('\n').map(str::to_string).collect();
-    if let Some(create) = rollback::nft_create(&args) {
-        let _ = rollback::nft_is_append(&args, create);
-        let inverse = rollback::nft_inverse(&args, create, 42);
+    let words = nft::words(&args);
+    assert_eq!(
+        nft::line_words(&words.join(" ")),
+        words,
+        "nft words are not stable when joined again"
+    );
+    if let Some(create) = nft::nft_create(&args) {
+        let inverse = create.inverse(42);
         assert_eq!(inverse.first().map(String::as_str), Some("delete"));
         assert_eq!(
             inverse[inverse.len() - 2..],
             ["handle".to_string(), "42".to_string()],
             "nft inverse {inverse:?} does not end in `handle 42`"
         );
+        let strict = nft::nft_create(&nft::as_create(&args));
+        if create.verb_word == "add" {
+            let strict = strict.expect("as_create keeps a create");
+            assert_eq!(strict.verb_word, "create");
+            assert_eq!(
+                strict.key(),
+                create.key(),
+                "as_create changed what is created"
+            );
+        }
     }
     if rollback::iptables_is_create(&args) {
         let _ = rollback::iptables_is_append(&args);

@@ -336,6 +336,14 @@ impl Parser<'_> {
         if name.contains('/') {
             return Err(self.err(node, format!("network name '{name}' must not contain '/'")));
         }
+        // The name names the status file and is written back into it: a control character
+        // (a line break, say) would not read back as written.
+        if name.chars().any(char::is_control) {
+            return Err(self.err(
+                node,
+                format!("network name {name:?} must not contain control characters"),
+            ));
+        }
         let ipv6 = self.yes_no(node, "ipv6")?.unwrap_or(false);
 
         let (forward, forward_dev, nat) = match child(node, "forward") {
