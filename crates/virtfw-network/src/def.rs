@@ -19,14 +19,21 @@ use crate::error::{NetworkError, Result};
 pub enum ForwardMode {
     /// No `<forward>` element: an isolated network.
     None,
+    /// `nat`: guests reach outside through masquerading (libvirt's default network).
     Nat,
+    /// `route`: guests' addresses are routed outside unchanged.
     Route,
     /// A routed network whose firewall is left entirely to the administrator.
     Open,
+    /// `bridge`: guests join an existing host bridge (no rules).
     Bridge,
+    /// `private` (macvtap; no rules).
     Private,
+    /// `vepa` (macvtap; no rules).
     Vepa,
+    /// `passthrough` (macvtap; no rules).
     Passthrough,
+    /// `hostdev` (SR-IOV devices; no rules).
     Hostdev,
 }
 
@@ -85,9 +92,11 @@ pub struct NatDef {
     pub ipv6: bool,
     /// `<address start end>`: SNAT to this address (range) instead of masquerading.
     pub address_start: Option<IpAddr>,
+    /// The end of that range (`None`: a single address).
     pub address_end: Option<IpAddr>,
     /// `<port start end>` as written; both 0 (absent) means libvirt's default 1024-65535.
     pub port_start: u32,
+    /// The end of the port range.
     pub port_end: u32,
 }
 
@@ -123,9 +132,11 @@ pub struct IpDef {
 }
 
 impl IpDef {
+    /// Whether this is an IPv4 `<ip>`.
     pub fn is_ipv4(&self) -> bool {
         matches!(self.address, IpNet::V4(_))
     }
+    /// Whether this is an IPv6 `<ip>`.
     pub fn is_ipv6(&self) -> bool {
         matches!(self.address, IpNet::V6(_))
     }
@@ -138,14 +149,18 @@ impl IpDef {
 /// A parsed `<network>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkDef {
+    /// `<name>`: names the status file too.
     pub name: String,
     /// `<bridge name>`; required for every virtual mode (virtfw does not invent names).
     pub bridge: String,
+    /// `<forward mode>`.
     pub forward: ForwardMode,
     /// `<forward dev>` or the first `<forward><interface dev>`: the upstream device rules are
     /// restricted to.
     pub forward_dev: Option<String>,
+    /// `<forward><nat>`: the NAT address and port ranges.
     pub nat: NatDef,
+    /// Every `<ip>`, in document order (libvirt's rules follow it).
     pub ips: Vec<IpDef>,
     /// `<network ipv6='yes'>`: IPv6 between guests even without an IPv6 address.
     pub ipv6: bool,
@@ -335,6 +350,14 @@ impl Parser<'_> {
             .to_string();
         if name.contains('/') {
             return Err(self.err(node, format!("network name '{name}' must not contain '/'")));
+        }
+        // The name names the status file and is written back into it: a control character
+        // (a line break, say) would not read back as written.
+        if name.chars().any(char::is_control) {
+            return Err(self.err(
+                node,
+                format!("network name {name:?} must not contain control characters"),
+            ));
         }
         let ipv6 = self.yes_no(node, "ipv6")?.unwrap_or(false);
 

@@ -2,14 +2,19 @@
 //! column of the element at fault, because the reader is an operator fixing an XML file.
 
 /// Everything that can go wrong between a network definition and the rules in the kernel.
+/// Everything starting, stopping or describing a network can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
     /// The network definition (or status file) is malformed or asks for something unsupported.
     #[error("{source_name}:{line}:{column}: {message}")]
     Definition {
+        /// The file (or other source) at fault.
         source_name: String,
+        /// 1-based line of the element at fault.
         line: u32,
+        /// 1-based column.
         column: u32,
+        /// What is wrong.
         message: String,
     },
 
@@ -26,13 +31,20 @@ pub enum NetworkError {
     /// needs that family.
     #[error("global {family} firewall setup failed: {message}")]
     GlobalSetup {
+        /// `IPv4` or `IPv6`.
         family: &'static str,
+        /// Why the setup failed.
         message: String,
     },
 
     /// Creating, configuring or deleting the bridge failed.
     #[error("bridge {bridge}: {message}")]
-    Bridge { bridge: String, message: String },
+    Bridge {
+        /// The bridge's name.
+        bridge: String,
+        /// What `ip` said.
+        message: String,
+    },
 
     /// No firewall backend can be used on this host.
     #[error("{0}")]

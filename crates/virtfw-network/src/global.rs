@@ -21,7 +21,9 @@ pub fn setup_firewall(backend: Backend, layer: Layer) -> Firewall {
 /// The outcome of the setup, per family.
 #[derive(Debug)]
 pub struct GlobalSetup {
+    /// The IPv4 setup's outcome (its error as text: it is reported with each network needing it).
     pub ipv4: Result<(), String>,
+    /// The IPv6 setup's outcome.
     pub ipv6: Result<(), String>,
 }
 

@@ -20,6 +20,8 @@
 //! assert!(text.contains("masquerade"));
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod def;
 pub mod error;

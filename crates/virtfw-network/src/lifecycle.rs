@@ -344,7 +344,9 @@ fn delete_stopped_bridge(br: &str, exec: &dyn Executor) -> Result<()> {
 /// a later stop falls back to the legacy deletions, as in libvirt) and the error, if any.
 #[derive(Debug)]
 pub struct Reloaded {
+    /// The status to store.
     pub status: NetworkStatus,
+    /// Why adding the rules again failed, if it did.
     pub error: Option<NetworkError>,
 }
 
@@ -417,6 +419,7 @@ pub struct RuleCheck {
 }
 
 impl RuleCheck {
+    /// Whether every rule of the plan is in the kernel.
     pub fn all_present(&self) -> bool {
         self.missing.is_empty()
     }

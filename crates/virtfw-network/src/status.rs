@@ -21,6 +21,7 @@ pub const REMOVAL_NAME: &str = "fwRemoval";
 /// A running network as recorded in its status file.
 #[derive(Debug)]
 pub struct NetworkStatus {
+    /// The definition the network was started from (libvirt keeps it in the status file).
     pub def: NetworkDef,
     /// The stored removal plan, if the network was started with one.
     pub removal: Option<Firewall>,

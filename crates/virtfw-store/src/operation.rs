@@ -23,7 +23,7 @@ use virtfw::{ApplyOptions, Executor, Firewall};
 
 use crate::error::{Result, StoreError};
 use crate::exec::{Children, JournalExecutor};
-use crate::journal::{self, Journal, OpHeader, Record};
+use crate::journal::{self, Journal, OpHeader, OpKind, Record};
 use crate::state::StateDir;
 use crate::undo::{self, UndoCmd};
 
@@ -59,7 +59,25 @@ impl Operation {
         children: Children,
     ) -> Result<Operation> {
         let journal = Arc::new(Journal::begin(state, header)?);
-        Operation::with(journal, netns, children)
+        let op = Operation::with(journal, netns, children)?;
+        if header.kind == OpKind::Remove {
+            op.witness(&header.document);
+        }
+        Ok(op)
+    }
+
+    /// Before a removal deletes anything: list each iptables chain its plan deletes from, in
+    /// the journal. Recovery settles a delete this removal is killed during by counting rules
+    /// against these listings (`undo::settle_interrupted`); `--check` cannot, when someone
+    /// else has an identical rule. Best effort: without a witness recovery falls back to
+    /// `--check`.
+    fn witness(&self, plan: &str) {
+        let Ok(plan) = Firewall::from_xml(plan, "journal") else {
+            return;
+        };
+        for argv in undo::witnesses(&plan) {
+            let _ = self.probe(&argv);
+        }
     }
 
     /// Continue the operation of an existing journal (recovery appends to it, so a recovery
@@ -165,16 +183,28 @@ impl Operation {
         self.run_undo(&cmds)
     }
 
+    /// Run a check or listing (journalled like every command): its output if it succeeded.
+    fn probe(&self, argv: &[String]) -> Option<String> {
+        self.exec
+            .run(Invocation { argv, stdin: None })
+            .ok()
+            .filter(|o| o.success())
+            .map(|o| o.stdout)
+    }
+
     /// Undo everything of `tx` that phase `phase` left in the kernel, journalled in that phase
     /// after `mark` (`undo` after the engine failed to apply `tx` and ran libvirt's rollback,
     /// which may leave earlier groups applied; `recover` in recovery).
     pub(crate) fn undo_apply(&self, tx: &Firewall, phase: &str, mark: &str) -> Result<UndoStats> {
-        self.undo_phase(phase, mark, |records| {
-            undo::undo_apply(tx, self.dir(), records).map_err(|e| crate::StoreError::State {
+        let records = self.reenter(phase, mark)?;
+        let probe = |argv: &[String]| self.probe(argv);
+        let cmds = undo::undo_apply(tx, self.dir(), &records, &probe).map_err(|e| {
+            crate::StoreError::State {
                 path: self.dir().to_path_buf(),
                 message: e.to_string(),
-            })
-        })
+            }
+        })?;
+        self.run_undo(&cmds)
     }
 
     /// Finish the removal by `plan` that phase `phase` began, after `mark`: its commands not
@@ -185,7 +215,9 @@ impl Operation {
         phase: &str,
         mark: &str,
     ) -> Result<UndoStats> {
-        self.undo_phase(phase, mark, |records| Ok(undo::undo_remove(plan, records)))
+        let records = self.reenter(phase, mark)?;
+        let probe = |argv: &[String]| self.probe(argv);
+        self.run_undo(&undo::undo_remove(plan, self.dir(), &records, &probe))
     }
 
     /// Store the result in the journal: the commit point of a network operation.

@@ -296,6 +296,9 @@ pub enum UnsafeReason {
         "it contains a {0} character, which would end a line of a batch file and split the command"
     )]
     LineBreak(&'static str),
+    /// Another control character (its code point), which no XML document can hold.
+    #[error("it contains the control character U+{0:04X}, which a removal plan (XML) cannot hold")]
+    Control(u32),
     /// An empty item under nft.
     #[error("it is empty: nft joins its arguments with spaces, so an empty one vanishes and moves every later word")]
     Empty,

@@ -245,7 +245,12 @@ pub fn as_create(args: &[String]) -> Vec<String> {
 pub fn trailing_handle(line: &str) -> Option<u64> {
     let line = line.trim_end();
     let at = line.rfind("# handle ")?;
-    line[at + "# handle ".len()..].parse().ok()
+    let digits = &line[at + "# handle ".len()..];
+    // Digits only: `u64::from_str` would also take a sign (`+3`), which nft never prints.
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// The argv (program first) that lists one table with handles.

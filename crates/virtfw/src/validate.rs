@@ -99,6 +99,12 @@ pub fn check_command(backend: Backend, layer: Layer, args: &[String]) -> Result<
                 return refuse(i, UnsafeReason::LineBreak(name));
             }
         }
+        // Other control characters (TAB aside, which every path treats as the space it is):
+        // XML 1.0 cannot hold them even as character references, so a removal plan that
+        // recorded one could never be read back.
+        if let Some(c) = a.chars().find(|&c| c != '\t' && c.is_control()) {
+            return refuse(i, UnsafeReason::Control(c as u32));
+        }
     }
     if layer == Layer::Tc {
         return Ok(());

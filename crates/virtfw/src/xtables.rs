@@ -211,7 +211,10 @@ pub(crate) fn restore_argv(layer: Layer) -> Vec<String> {
 
 /// The input of one restore process made of several sections, each `*table`, its lines,
 /// `COMMIT`; with the (first, last) input line numbers (1-based) each section occupies.
-pub(crate) fn family_input(parts: &[(&str, Vec<&str>)]) -> (String, Vec<(usize, usize)>) {
+///
+/// Public (with [`parse_family_input`] and [`restore_committed`]) so that a journal reader
+/// decides which sections of a journalled restore run committed by the engine's own rule.
+pub fn family_input(parts: &[(&str, Vec<&str>)]) -> (String, Vec<(usize, usize)>) {
     let mut input = String::new();
     let mut spans = Vec::with_capacity(parts.len());
     let mut line = 1;
@@ -229,6 +232,66 @@ pub(crate) fn family_input(parts: &[(&str, Vec<&str>)]) -> (String, Vec<(usize, 
         line = last + 1;
     }
     (input, spans)
+}
+
+/// The section (table) and line an iptables-family command becomes in the batch path's
+/// `*-restore` input, exactly as [`family_input`] writes it; `None` for a command the batch
+/// path never sends through a restore program.
+///
+/// Public so that a journal reader can map each line of a journalled restore input back to
+/// the transaction command it was made from (the CLI's undo derives every undo argv from that
+/// command, identical to the engine's rollback argv, never from the restore text).
+pub fn restore_form(layer: Layer, args: &[String]) -> Option<(String, String)> {
+    restore_line(layer, args).map(|l| (l.table, l.line))
+}
+
+/// A restore input read back by [`parse_family_input`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreInput {
+    /// (table, lines) of each `*table … COMMIT` section, in input order.
+    pub sections: Vec<(String, Vec<String>)>,
+    /// The (first, last) input line (1-based) of each section, as [`family_input`] returns.
+    pub spans: Vec<(usize, usize)>,
+}
+
+/// The sections of a restore input that [`family_input`] wrote, with its spans; `None` when
+/// `input` is not exactly such an input (it is written back and compared, so a section read
+/// here is one the program was given).
+pub fn parse_family_input(input: &str) -> Option<RestoreInput> {
+    let mut sections: Vec<(String, Vec<String>)> = Vec::new();
+    let mut open = false;
+    for line in input.lines() {
+        match line.strip_prefix('*') {
+            Some(table) if !open => {
+                sections.push((table.to_string(), Vec::new()));
+                open = true;
+            }
+            _ if open && line == "COMMIT" => open = false,
+            _ if open => sections.last_mut()?.1.push(line.to_string()),
+            _ => return None,
+        }
+    }
+    if open {
+        return None;
+    }
+    let parts: Vec<(&str, Vec<&str>)> = sections
+        .iter()
+        .map(|(t, lines)| (t.as_str(), lines.iter().map(String::as_str).collect()))
+        .collect();
+    let (written, spans) = family_input(&parts);
+    (written == input).then_some(RestoreInput { sections, spans })
+}
+
+/// How many leading sections of a restore run with section `spans` (from [`family_input`])
+/// committed, as far as its exit tells: all on exit 0; after a failure blaming one of its
+/// lines, the sections before that line's section (the program stops there). `None`: a
+/// failure that names no line of the input, which only the kernel can settle (the engine asks
+/// `--check`).
+pub fn restore_committed(spans: &[(usize, usize)], status: i32, stderr: &str) -> Option<usize> {
+    if status == 0 {
+        return Some(spans.len());
+    }
+    blamed(spans, stderr).map(|(k, _)| k)
 }
 
 /// Where a failed multi-section restore stopped: the section (index into the parts) holding

@@ -420,3 +420,192 @@ pub fn without_counters(text: &str) -> String {
     }
     out
 }
+
+impl Env {
+    /// `iptables-save` and `ip6tables-save` of the namespace without their timestamp comment
+    /// lines: what the iptables ownership tests compare, rule for rule and with multiplicity.
+    pub fn ipt_save(&self) -> String {
+        let mut out = String::new();
+        for program in ["iptables-save", "ip6tables-save"] {
+            let text = self.ns.run(&[program]).unwrap();
+            for line in text.lines().filter(|l| !l.starts_with('#')) {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Run an iptables-family command in the namespace as "someone else" (not through virtfw).
+    pub fn by_hand(&self, argv: &[&str]) {
+        self.ns
+            .run(argv)
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    }
+}
+
+/// How many lines of `text` are exactly `line`.
+pub fn count_lines(text: &str, line: &str) -> usize {
+    text.lines().filter(|l| *l == line).count()
+}
+
+/// Run `cmd` (a virtfw command with the [`wrappers`] first on PATH) until its `at`-th wrapped
+/// invocation (of `only`, or of any wrapped program) has run, then kill it with SIGKILL, and
+/// the stalled command too: a deterministic kill -9 right after a known command.
+pub fn kill_after(dir: &Path, mut cmd: Command, at: u64, only: Option<&str>) {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let stall = Stall::new(dir);
+    stall.arm(&mut cmd, at, only);
+    let mut child = cmd.spawn().unwrap();
+    let stalled = stall.wait(&mut child);
+    stall.kill(&mut child, stalled);
+}
+
+impl Env {
+    /// `nft -s list ruleset` of the namespace (stateless: no counter values).
+    pub fn nft_state(&self) -> String {
+        self.ns.run(&["nft", "-s", "list", "ruleset"]).unwrap()
+    }
+
+    /// `virtfw --json recover`, which must succeed; returns how many undo commands it ran.
+    pub fn recover(&self) -> u64 {
+        let o = self.run(&["--json", "recover"]);
+        assert_eq!(o.status.code(), Some(0), "recover: {}", text(&o));
+        recovered_commands(&o)
+    }
+
+    /// How many journals are pending.
+    pub fn journals(&self) -> usize {
+        std::fs::read_dir(self.state().join("journal"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+/// Environment variable of [`matching_wrappers`]: only invocations whose arguments, joined
+/// with spaces, contain this text are counted towards [`STALL_AT`].
+pub const STALL_MATCH: &str = "VIRTFW_STALL_MATCH";
+
+/// Like [`wrappers`] (in `dir/matchbin`, without the random delay), but the stall counts only
+/// the invocations whose arguments contain [`STALL_MATCH`]: a kill right after one particular
+/// command (say, the delete of one rule), wherever it falls in the sequence.
+pub fn matching_wrappers(dir: &Path, programs: &[&str]) -> String {
+    let bin = dir.join("matchbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for &program in programs {
+        let real = real(program);
+        let script = format!(
+            "#!/bin/bash\n\
+             if [ -n \"${STALL_AT}\" ] && [[ \"$*\" == *\"${STALL_MATCH}\"* ]]; then\n\
+             \x20 exec 9>>\"${STALL_DIR}/lock\"; flock 9\n\
+             \x20 n=$(( $(cat \"${STALL_DIR}/count\" 2>/dev/null || echo 0) + 1 ))\n\
+             \x20 echo $n >\"${STALL_DIR}/count\"; exec 9>&-\n\
+             \x20 if [ \"$n\" -eq \"${STALL_AT}\" ]; then\n\
+             \x20   {real} \"$@\"; echo $$ >\"${STALL_DIR}/stalled.tmp\"\n\
+             \x20   mv \"${STALL_DIR}/stalled.tmp\" \"${STALL_DIR}/stalled\"; exec sleep 120\n\
+             \x20 fi\n\
+             fi\n\
+             exec {real} \"$@\"\n"
+        );
+        let p = bin.join(program);
+        std::fs::write(&p, script).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// [`kill_after`], unless `cmd` exits before its `at`-th wrapped invocation: then `false`
+/// (it ran fewer commands than that) and nothing is killed.
+pub fn try_kill_after(dir: &Path, mut cmd: Command, at: u64, only: Option<&str>) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let stall = Stall::new(dir);
+    stall.arm(&mut cmd, at, only);
+    let mut child = cmd.spawn().unwrap();
+    let marker = stall.dir.join("stalled");
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&marker) {
+            stall.kill(&mut child, text.trim().parse().unwrap());
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Someone else's iptables rules for the ownership tests (argv, split at spaces); the three of
+/// [`IPT_TWINS`] are identical to rules of [`IPT_OURS`]. Each twin stands where a delete by
+/// specification (which removes the first match) leaves the chain's order as it was: first in
+/// a chain we insert into, last in one we append to.
+pub const IPT_OTHERS: &[&str] = &[
+    "iptables -w -N OTHERS",
+    "iptables -w -A OTHERS -d 10.7.0.8/32 -j ACCEPT",
+    "iptables -w -A OTHERS -d 10.7.0.2/32 -j DROP",
+    "iptables -w -A FORWARD -s 10.7.0.1/32 -j ACCEPT",
+    "iptables -w -A FORWARD -s 10.7.0.9/32 -j DROP",
+    "iptables -w -t nat -A POSTROUTING -s 10.7.9.0/24 -j MASQUERADE",
+    "ip6tables -w -A FORWARD -s fd00:7::1/128 -j ACCEPT",
+];
+
+/// The rules of [`IPT_OTHERS`] we have a twin of, as `iptables-save` prints them.
+pub const IPT_TWINS: &[&str] = &[
+    "-A OTHERS -d 10.7.0.2/32 -j DROP",
+    "-A FORWARD -s 10.7.0.1/32 -j ACCEPT",
+    "-A FORWARD -s fd00:7::1/128 -j ACCEPT",
+];
+
+/// Our creates (layer, args split at spaces): filter (a built-in and someone else's custom
+/// chain, with and without `--table`), nat, IPv6 filter.
+pub const IPT_OURS: &[(&str, &str)] = &[
+    ("ipv4", "-I FORWARD -s 10.7.0.1/32 -j ACCEPT"),
+    (
+        "ipv4",
+        "--table filter --append OTHERS -d 10.7.0.2/32 -j DROP",
+    ),
+    ("ipv4", "-t nat -A POSTROUTING -s 10.7.0.0/24 -j MASQUERADE"),
+    ("ipv6", "-I FORWARD -s fd00:7::1/128 -j ACCEPT"),
+    ("ipv4", "-A FORWARD -d 10.7.0.3/32 -j ACCEPT"),
+    ("ipv6", "-A FORWARD -d fd00:7::3/128 -j DROP"),
+];
+
+/// The `<action>`s of `IPT_OURS[range]`.
+pub fn ipt_ours(range: std::ops::Range<usize>) -> String {
+    IPT_OURS[range]
+        .iter()
+        .map(|(layer, args)| action(layer, &args.split(' ').collect::<Vec<_>>()))
+        .collect()
+}
+
+impl Env {
+    /// Prime iptables and add [`IPT_OTHERS`] by hand; returns [`Env::ipt_save`] after.
+    pub fn add_ipt_others(&self) -> String {
+        self.prime_iptables();
+        for argv in IPT_OTHERS {
+            self.by_hand(&argv.split(' ').collect::<Vec<_>>());
+        }
+        let before = self.ipt_save();
+        for twin in IPT_TWINS {
+            assert_eq!(count_lines(&before, twin), 1, "{before}");
+        }
+        before
+    }
+}
+
+/// `after` has each of [`IPT_TWINS`] exactly once and equals `before`.
+pub fn assert_ipt_as_before(before: &str, after: &str, what: &str) {
+    for twin in IPT_TWINS {
+        assert_eq!(
+            count_lines(after, twin),
+            1,
+            "{what}: someone else's `{twin}` is gone or ours is left:\n{after}"
+        );
+    }
+    assert_eq!(after, before, "{what}: iptables-save differs");
+}

@@ -70,6 +70,10 @@ use plan::{classify, Kind};
 
 pub use crate::failure::error_line;
 pub use crate::observer::IgnoredCounter;
+/// The restore-input helpers a journal reader needs, under the names they had here.
+pub use crate::xtables::{
+    family_input, parse_family_input, restore_committed, restore_form, RestoreInput,
+};
 
 /// Environment variable that, set to anything but empty or `0`, asks the `virtfw` command (and
 /// any program that reads it with [`disabled_by_env`]) for the per-command path.

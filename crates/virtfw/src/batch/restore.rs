@@ -59,15 +59,11 @@ pub(super) fn run_family(exec: &dyn Executor, sections: &[&Section<'_>]) -> usiz
         })
         .collect();
     let (input, spans) = family_input(&parts);
-    match run_batch(exec, &restore_argv(sections[0].layer), &input) {
-        Ok(out) if out.success() => return sections.len(),
-        Ok(out) => {
-            if let Some((k, _)) = blamed(&spans, &out.stderr) {
-                return k;
-            }
-            warn!(stderr = %out.stderr.trim_end(), "restore failed without naming a line; checking what committed");
+    if let Ok(out) = run_batch(exec, &restore_argv(sections[0].layer), &input) {
+        if let Some(k) = xtables::restore_committed(&spans, out.status, &out.stderr) {
+            return k;
         }
-        Err(_) => {}
+        warn!(stderr = %out.stderr.trim_end(), "restore failed without naming a line; checking what committed");
     }
     let creates_only = sections
         .iter()
