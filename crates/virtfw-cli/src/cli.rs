@@ -9,22 +9,12 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::network;
 
-const EXIT_CODES: &str = "\
-Exit status:
-  0  success
-  1  the firewall refused a command (everything applied was rolled back)
-  2  bad usage or bad input (file, XML, name, namespace, missing program)
-  3  verify found drift (objects of a plan missing from the ruleset)
-  4  state problem (lock timeout, corrupt or missing plan, name already stored,
-     unsafe state directory, interrupted operation waiting for `virtfw recover`,
-     state directory full / journal not written, a journal recover could not settle)";
-
 /// Install host firewall rules as transactions and remove them exactly later.
 #[derive(Debug, Parser)]
-#[command(name = "virtfw", version, after_help = EXIT_CODES)]
+#[command(name = "virtfw", version, after_help = virtfw_store::exit_status_help())]
 pub(crate) struct Cli {
     /// Where removal plans and journals are kept (created 0700).
-    #[arg(long, global = true, value_name = "DIR", default_value = crate::state::DEFAULT_STATE_DIR)]
+    #[arg(long, global = true, value_name = "DIR", default_value = virtfw_store::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 
     /// Run every firewall command inside /run/netns/NAME, or the namespace file at an absolute

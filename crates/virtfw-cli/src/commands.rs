@@ -1,111 +1,74 @@
-//! The commands: read, decide, do — each a function over a [`Ctx`].
+//! The commands: read the input, call the store, print its report. Nothing here decides what
+//! happens to the firewall or the state directory (that is `virtfw_store`); only what is
+//! read from files and what is printed.
 
+use std::fmt::Display;
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use serde_json::json;
-use virtfw::{ApplyOptions, Backend, Executor, FakeExecutor, Firewall, ProcessExecutor};
-
-use crate::error;
-use crate::error::{CliError, CliResult, EXIT_DRIFT, EXIT_OK, EXIT_STATE};
-use crate::exec::{child_timeout, open_netns};
-use crate::journal::{self, OpHeader, OpKind, JOURNAL_VERSION};
-use crate::lock::{LockKind, StateLock};
-use crate::operation::Operation;
-use crate::plan::{self, Plan, PLAN_VERSION};
-use crate::recover;
-use crate::state::{self, StateDir};
-use crate::verify;
+use serde::Serialize;
+use virtfw::Firewall;
+use virtfw_store::{ErrorKind, Result, Store, StoreError, EXIT_OK};
 
 /// What every command gets from the global options.
 #[derive(Debug, Clone)]
 pub(crate) struct Ctx {
-    pub state_dir: PathBuf,
-    pub netns: Option<String>,
+    pub store: Store,
     pub json: bool,
-    pub per_command: bool,
-    pub lock_timeout: Duration,
 }
 
 impl Ctx {
-    /// Print a result: the JSON document with `--json`, the text otherwise.
-    pub(crate) fn emit(&self, value: serde_json::Value, text: &str) {
+    /// Print a report: its JSON document with `--json`, its text otherwise.
+    pub(crate) fn emit<R: Serialize + Display>(&self, report: &R) {
         if self.json {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&value).unwrap_or_default()
+                serde_json::to_string_pretty(report).unwrap_or_default()
             );
-        } else if !text.is_empty() {
-            print!("{text}");
-            if !text.ends_with('\n') {
-                println!();
+        } else {
+            let text = report.to_string();
+            if !text.is_empty() {
+                print!("{text}");
+                if !text.ends_with('\n') {
+                    println!();
+                }
             }
         }
-    }
-
-    pub(crate) fn state(&self) -> CliResult<StateDir> {
-        StateDir::open(&self.state_dir)
-    }
-
-    /// Open the state dir and take its lock; a writer also refuses to run over a pending journal.
-    pub(crate) fn lock(&self, kind: LockKind) -> CliResult<(StateDir, StateLock)> {
-        let state = self.state()?;
-        let lock = StateLock::acquire(&state, kind, self.lock_timeout)?;
-        if kind == LockKind::Exclusive {
-            if let Some(dir) = journal::pending(&state)?.into_iter().next() {
-                let id = journal::journal_id(&dir);
-                return Err(CliError::PendingJournal { path: dir, id });
-            }
-        }
-        Ok((state, lock))
-    }
-
-    fn options<'a>(&self, observer: Option<&'a dyn virtfw::ApplyObserver>) -> ApplyOptions<'a> {
-        ApplyOptions::new()
-            .per_command(self.per_command)
-            .maybe_observer(observer)
     }
 }
 
-fn read_input(file: &Path) -> CliResult<(String, String)> {
+/// The exit status of an outcome that is not an error of the operation (drift, a corrupt
+/// plan in a listing): the same table as the errors'.
+pub(crate) fn outcome(kind: ErrorKind) -> i32 {
+    kind.exit_code()
+}
+
+fn read_input(file: &Path) -> Result<(String, String)> {
     if file == Path::new("-") {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
-            .map_err(|source| CliError::ReadInput {
+            .map_err(|source| StoreError::ReadInput {
                 path: "-".into(),
                 source,
             })?;
         return Ok((text, "-".into()));
     }
-    let text = std::fs::read_to_string(file).map_err(|source| CliError::ReadInput {
+    let text = std::fs::read_to_string(file).map_err(|source| StoreError::ReadInput {
         path: file.display().to_string(),
         source,
     })?;
     Ok((text, file.display().to_string()))
 }
 
-fn dry_run(ctx: &Ctx, fw: &mut Firewall) -> CliResult<i32> {
-    let fake = FakeExecutor::new();
-    fw.apply_with(&fake, ctx.options(None))
-        .map_err(CliError::from_apply)?;
-    let transcript = fake.transcript();
-    ctx.emit(
-        json!({"dry_run": true, "commands": fake.commands(), "transcript": transcript}),
-        &transcript,
-    );
-    Ok(EXIT_OK)
-}
-
 /// `virtfw apply FILE [--name NAME] [--dry-run]`
-pub(crate) fn apply(ctx: &Ctx, file: &Path, name: Option<&str>, dry: bool) -> CliResult<i32> {
+pub(crate) fn apply(ctx: &Ctx, file: &Path, name: Option<&str>, dry: bool) -> Result<i32> {
     let (text, source) = read_input(file)?;
-    let mut fw = Firewall::from_xml(&text, &source).map_err(CliError::Input)?;
+    let mut fw = Firewall::from_xml(&text, &source).map_err(StoreError::Input)?;
     let name = match name.or(fw.name()) {
         Some(n) => n.to_string(),
         None if source == "-" => {
-            return Err(CliError::Usage(
+            return Err(StoreError::Usage(
                 "a transaction read from stdin needs --name or a name attribute".into(),
             ))
         }
@@ -114,414 +77,80 @@ pub(crate) fn apply(ctx: &Ctx, file: &Path, name: Option<&str>, dry: bool) -> Cl
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default(),
     };
-    state::check_name(&name)?;
-    if fw.is_empty() {
-        return Err(CliError::Usage(format!(
-            "{source}: the transaction has no commands"
-        )));
-    }
-    if fw.backend() == Backend::None {
-        return Err(CliError::Usage(format!(
-            "{source}: backend 'none' cannot apply anything"
-        )));
-    }
     if dry {
-        return dry_run(ctx, &mut fw);
+        ctx.emit(&ctx.store.apply_dry_run(&mut fw, &name)?);
+    } else {
+        ctx.emit(&ctx.store.apply(&mut fw, &name)?);
     }
-    let netns_id = match &ctx.netns {
-        Some(n) => {
-            open_netns(n)?;
-            state::netns_identity(Some(n)).map_err(|source| CliError::Netns {
-                name: n.clone(),
-                source,
-            })?
-        }
-        None => {
-            state::netns_identity(None).map_err(|e| CliError::io("cannot stat own netns", e))?
-        }
-    };
-    let (state, lock) = ctx.lock(LockKind::Exclusive)?;
-    if state.plan_path(&name).exists() {
-        return Err(CliError::PlanExists { name });
-    }
-    let header = OpHeader {
-        version: JOURNAL_VERSION,
-        op_id: journal::new_op_id(),
-        kind: OpKind::Apply,
-        name: name.clone(),
-        backend: fw.backend().to_string(),
-        netns: ctx.netns.clone(),
-        netns_id: netns_id.clone(),
-        boot_id: state::boot_id(),
-        created: state::now(),
-        document: fw.to_xml(),
-        status: None,
-    };
-    let op = Operation::begin(&state, &header, ctx.netns.as_deref(), lock.raw_fd())?;
-    if let Err(err) = fw.apply_with(op.exec(), op.options(ctx.per_command)) {
-        // The engine rolled back the failed group (and those it inherits from). Groups that
-        // libvirt's rule leaves applied are undone too: an apply is all or nothing here.
-        let tx = Firewall::from_xml(&header.document, "journal").map_err(CliError::Input)?;
-        let journal = op.dir().to_path_buf();
-        let kept = |reason: String| CliError::KeptJournal {
-            context: format!("apply of {name} failed ({err})"),
-            reason,
-            journal: journal.clone(),
-        };
-        // An undo that stops (a full state directory, a program that hangs) leaves the
-        // journal for `recover`, which finishes it by the same rules.
-        if let Err(e) = op.undo_apply(&tx, "", "undo") {
-            return Err(kept(format!("undoing it stopped: {e}")));
-        }
-        if error::handles_unknown(&err) {
-            return Err(kept(
-                "an object it created has a handle nobody knows, so it was not undone".into(),
-            ));
-        }
-        op.finish()?;
-        return Err(CliError::from_apply(err));
-    }
-    let mut removal = fw
-        .new_from_rollback()
-        .map_err(|e| CliError::Failed(e.to_string()))?;
-    removal.set_name(Some(&name));
-    let plan = Plan {
-        version: PLAN_VERSION,
-        name: name.clone(),
-        backend: fw.backend().to_string(),
-        netns: ctx.netns.clone(),
-        netns_id,
-        boot_id: header.boot_id.clone(),
-        created: header.created,
-        op_id: header.op_id.clone(),
-        groups: fw.groups().len(),
-        commands: fw.command_count(),
-        removal: removal.to_xml(),
-    };
-    // Not stored (a full state directory): the rules stay until `recover` undoes them, which
-    // it does for an apply whose plan is missing.
-    plan.store(&state).map_err(|e| CliError::KeptJournal {
-        context: format!("applied {name} but could not store its removal plan"),
-        reason: e.to_string(),
-        journal: op.dir().to_path_buf(),
-    })?;
-    op.finish()?;
-    let undo_cmds = removal.command_count();
-    ctx.emit(
-        json!({"applied": name, "backend": plan.backend, "groups": plan.groups,
-               "commands": plan.commands, "removal_commands": undo_cmds, "netns": plan.netns}),
-        &format!(
-            "applied {name}: {} group(s), {} command(s); removal plan stored ({undo_cmds} command(s))",
-            plan.groups, plan.commands
-        ),
-    );
     Ok(EXIT_OK)
 }
 
 /// `virtfw remove NAME [--dry-run] [--forget]`
-pub(crate) fn remove(ctx: &Ctx, name: &str, dry: bool, forget: bool) -> CliResult<i32> {
+pub(crate) fn remove(ctx: &Ctx, name: &str, dry: bool, forget: bool) -> Result<i32> {
     if dry {
-        let state = ctx.state()?;
-        let plan = Plan::load_named(&state, name)?;
-        let mut fw = plan.removal_firewall(&state.plan_path(name))?;
-        return dry_run(ctx, &mut fw);
+        ctx.emit(&ctx.store.remove_dry_run(name)?);
+    } else if forget {
+        ctx.emit(&ctx.store.forget(name)?);
+    } else {
+        ctx.emit(&ctx.store.remove(name)?);
     }
-    let (state, lock) = ctx.lock(LockKind::Exclusive)?;
-    if forget {
-        return forget_plan(ctx, &state, name);
-    }
-    let plan = Plan::load_named(&state, name)?;
-    if let Some(reason) = plan.stale_reason() {
-        return Err(CliError::StalePlan {
-            name: name.to_string(),
-            reason,
-        });
-    }
-    let mut fw = plan.removal_firewall(&state.plan_path(name))?;
-    let header = OpHeader {
-        version: JOURNAL_VERSION,
-        op_id: journal::new_op_id(),
-        kind: OpKind::Remove,
-        name: name.to_string(),
-        backend: plan.backend.clone(),
-        netns: plan.netns.clone(),
-        netns_id: plan.netns_id.clone(),
-        boot_id: plan.boot_id.clone(),
-        created: state::now(),
-        document: plan.removal.clone(),
-        status: None,
-    };
-    let op = Operation::begin(&state, &header, plan.netns.as_deref(), lock.raw_fd())?;
-    if let Err(err) = fw.apply_with(op.exec(), op.options(ctx.per_command)) {
-        // Removal groups ignore errors, so only refusals before anything ran and executor
-        // failures (a program that cannot be started, a journal that cannot be written) get
-        // here: keep the plan (running `remove` again deletes what is left), drop the journal.
-        op.finish()?;
-        return Err(CliError::from_remove(err));
-    }
-    // Exact on both paths: the engine reports every delete it gave up on, per command or
-    // from its batch's retries, with whether the object was already gone.
-    let (missing, failed) = op.exec().ignored();
-    let commands = fw.command_count();
-    Plan::delete(&state, name)?;
-    op.finish()?;
-    ctx.emit(
-        json!({"removed": name, "commands": commands, "missing": missing, "failed": failed}),
-        &format!(
-            "removed {name}: {commands} command(s), {missing} object(s) were already gone{}",
-            if failed > 0 {
-                format!(", {failed} delete(s) failed for another reason (ignored)")
-            } else {
-                String::new()
-            }
-        ),
-    );
     Ok(EXIT_OK)
 }
 
-/// `remove --forget NAME`: drop the plan file without running it, whether it can be read or
-/// not (a corrupt plan is exactly what one wants to forget); say what it was, if readable.
-fn forget_plan(ctx: &Ctx, state: &StateDir, name: &str) -> CliResult<i32> {
-    state::check_name(name)?;
-    let path = state.plan_path(name);
-    if std::fs::symlink_metadata(&path).is_err() {
-        return Err(CliError::NoSuchPlan {
-            name: name.to_string(),
-            dir: state.plans_dir(),
-        });
-    }
-    let was = Plan::load(&path);
-    Plan::delete(state, name)?;
-    let (text, readable) = match &was {
-        Ok(p) => (
-            format!(
-                "forgot plan {name} ({} backend, {} command(s); nothing was run)",
-                p.backend, p.commands
-            ),
-            json!({"backend": p.backend, "commands": p.commands, "netns": p.netns}),
-        ),
-        Err(e) => (
-            format!("forgot unreadable plan {name} ({e}; nothing was run)"),
-            json!({"error": e.to_string()}),
-        ),
-    };
-    ctx.emit(json!({"forgotten": name, "plan": readable}), &text);
-    Ok(EXIT_OK)
-}
-
-fn age(created: u64) -> String {
-    let s = state::now().saturating_sub(created);
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        7200..=172_799 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86400),
-    }
-}
-
-/// `virtfw list`
-pub(crate) fn list(ctx: &Ctx) -> CliResult<i32> {
-    let (state, _lock) = ctx.lock(LockKind::Shared)?;
-    let mut rows = Vec::new();
-    let mut text = format!(
-        "{:<24} {:<9} {:>6} {:>8} {:<20} {:>6}  {}\n",
-        "NAME", "BACKEND", "GROUPS", "COMMANDS", "NETNS", "AGE", "STATUS"
-    );
+/// `virtfw list`: a corrupt plan is listed, said on stderr, and makes the exit status 4.
+pub(crate) fn list(ctx: &Ctx) -> Result<i32> {
+    let report = ctx.store.list()?;
     let mut corrupt = 0;
-    for (name, loaded) in plan::all_plans(&state)? {
-        match loaded {
-            Ok(p) => {
-                let status = p
-                    .stale_reason()
-                    .map_or("ok".to_string(), |r| format!("stale: {r}"));
-                text.push_str(&format!(
-                    "{:<24} {:<9} {:>6} {:>8} {:<20} {:>6}  {}\n",
-                    name,
-                    p.backend,
-                    p.groups,
-                    p.commands,
-                    p.netns.as_deref().unwrap_or("-"),
-                    age(p.created),
-                    status
-                ));
-                rows.push(
-                    json!({"name": name, "backend": p.backend, "groups": p.groups,
-                    "commands": p.commands, "netns": p.netns, "created": p.created,
-                    "age_seconds": state::now().saturating_sub(p.created),
-                    "stale": p.stale_reason()}),
-                );
-            }
-            Err(e) => {
-                corrupt += 1;
-                eprintln!("virtfw: {e}");
-                text.push_str(&format!("{name:<24} CORRUPT ({e})\n"));
-                rows.push(json!({"name": name, "error": e.to_string()}));
-            }
-        }
+    for (_, error) in report.corrupt() {
+        eprintln!("virtfw: {error}");
+        corrupt += 1;
     }
-    let pending = journal::pending(&state)?.len();
-    if pending > 0 {
-        text.push_str(&format!(
-            "{pending} interrupted operation(s) pending: run `virtfw recover`\n"
-        ));
-    }
-    ctx.emit(json!({"plans": rows, "pending_journals": pending}), &text);
-    Ok(if corrupt > 0 { EXIT_STATE } else { EXIT_OK })
+    ctx.emit(&report);
+    Ok(if corrupt > 0 {
+        outcome(ErrorKind::State)
+    } else {
+        EXIT_OK
+    })
 }
 
 /// `virtfw show NAME`
-pub(crate) fn show(ctx: &Ctx, name: &str) -> CliResult<i32> {
-    let state = ctx.state()?;
-    let plan = Plan::load_named(&state, name)?;
-    ctx.emit(
-        json!({"name": name, "backend": plan.backend, "netns": plan.netns,
-               "created": plan.created, "stale": plan.stale_reason(), "removal": plan.removal}),
-        &plan.removal,
-    );
+pub(crate) fn show(ctx: &Ctx, name: &str) -> Result<i32> {
+    ctx.emit(&ctx.store.show(name)?);
     Ok(EXIT_OK)
 }
 
-/// `virtfw verify [NAME…]`
-pub(crate) fn verify(ctx: &Ctx, names: &[String]) -> CliResult<i32> {
-    let (state, _lock) = ctx.lock(LockKind::Shared)?;
-    let plans: Vec<(String, CliResult<Plan>)> = if names.is_empty() {
-        plan::all_plans(&state)?
-    } else {
-        names
-            .iter()
-            .map(|n| (n.clone(), Plan::load_named(&state, n)))
-            .collect()
-    };
-    let mut out = Vec::new();
-    let mut text = String::new();
-    let mut missing = 0;
-    let mut state_err = None;
-    for (name, loaded) in plans {
-        let p = match loaded {
-            Ok(p) => p,
-            Err(e) => {
-                text.push_str(&format!("{name}: ERROR {e}\n"));
-                out.push(json!({"name": name, "error": e.to_string()}));
-                state_err.get_or_insert(e);
-                continue;
-            }
-        };
-        if let Some(reason) = p.stale_reason() {
-            text.push_str(&format!("{name}: STALE ({reason}); not checked\n"));
-            out.push(json!({"name": name, "stale": reason}));
-            continue;
-        }
-        let fw = p.removal_firewall(&state.plan_path(&name))?;
-        let exec: Box<dyn Executor> = match &p.netns {
-            Some(n) => Box::new(
-                ProcessExecutor::in_netns(n)
-                    .map_err(|e| CliError::Netns {
-                        name: n.clone(),
-                        source: std::io::Error::other(e.to_string()),
-                    })?
-                    .with_timeout(child_timeout()),
-            ),
-            None => Box::new(ProcessExecutor::new().with_timeout(child_timeout())),
-        };
-        let report = verify::verify_plan(&fw, exec.as_ref());
-        missing += report.missing.len();
-        if let Some(e) = &report.error {
-            // Could not look (nft missing from PATH, say): not drift, a problem (exit 4).
-            text.push_str(&format!("{name}: ERROR {e}\n"));
-            state_err.get_or_insert(CliError::State {
-                path: state.plan_path(&name),
-                message: e.clone(),
-            });
-        } else if report.missing.is_empty() {
-            text.push_str(&format!(
-                "{name}: ok ({} object(s) present{})\n",
-                report.checked,
-                if report.unchecked > 0 {
-                    format!(", {} command(s) not checkable", report.unchecked)
-                } else {
-                    String::new()
-                }
-            ));
-        } else {
-            text.push_str(&format!(
-                "{name}: DRIFT, {} of {} object(s) missing\n",
-                report.missing.len(),
-                report.checked
-            ));
-            for m in &report.missing {
-                text.push_str(&format!("  missing: {} ({})\n", m.command, m.reason));
-            }
-        }
-        out.push(json!({"name": name, "report": report}));
-    }
-    ctx.emit(json!({"plans": out, "missing": missing}), &text);
-    if let Some(e) = state_err {
+/// `virtfw verify [NAME…]`: the report first, then a plan that could not be checked (exit 4),
+/// else drift (exit 3).
+pub(crate) fn verify(ctx: &Ctx, names: &[String]) -> Result<i32> {
+    let mut report = ctx.store.verify(names)?;
+    ctx.emit(&report);
+    if let Some(e) = report.problem.take() {
         return Err(e);
     }
-    Ok(if missing > 0 { EXIT_DRIFT } else { EXIT_OK })
+    Ok(if report.drift() {
+        outcome(ErrorKind::Drift)
+    } else {
+        EXIT_OK
+    })
 }
 
 /// `virtfw recover`: settle every pending journal that can be read; report each one that
 /// cannot (or whose undo stopped), keep it, and exit 4 if any is left.
-pub(crate) fn recover(ctx: &Ctx) -> CliResult<i32> {
-    let state = ctx.state()?;
-    let lock = StateLock::acquire(&state, LockKind::Exclusive, ctx.lock_timeout)?;
-    let outcome = recover::recover_all(&state, lock.raw_fd())?;
-    let mut text = String::new();
-    if outcome.settled.is_empty() && outcome.unsettled.is_empty() {
-        text.push_str("nothing to recover\n");
-    }
-    for s in &outcome.settled {
-        text.push_str(&format!(
-            "{} {} ({}): {}; {} command(s) run, {} object(s) already absent\n",
-            s.kind, s.name, s.op_id, s.action, s.commands, s.missing
-        ));
-    }
-    for u in &outcome.unsettled {
+pub(crate) fn recover(ctx: &Ctx) -> Result<i32> {
+    let report = ctx.store.recover()?;
+    for u in &report.unsettled {
         eprintln!("virtfw: journal {}: {}", u.op_id, u.error);
-        text.push_str(&format!(
-            "journal {} NOT settled, kept: {} (`virtfw recover --drop {}` discards it)\n",
-            u.op_id, u.error, u.op_id
-        ));
     }
-    ctx.emit(
-        json!({"recovered": outcome.settled, "unsettled": outcome.unsettled}),
-        &text,
-    );
-    if !outcome.unsettled.is_empty() {
-        let err = CliError::Unsettled {
-            count: outcome.unsettled.len(),
-        };
+    ctx.emit(&report);
+    if let Some(err) = report.error() {
         eprintln!("virtfw: error: {err}");
-        return Ok(err.exit_code());
+        return Ok(crate::exit_code(&err));
     }
     Ok(EXIT_OK)
 }
 
 /// `virtfw recover --drop ID`: discard one journal deliberately, without running anything.
-pub(crate) fn recover_drop(ctx: &Ctx, id: &str) -> CliResult<i32> {
-    let state = ctx.state()?;
-    let _lock = StateLock::acquire(&state, LockKind::Exclusive, ctx.lock_timeout)?;
-    let dir = journal::find_pending(&state, id)?;
-    let what = journal::read_header(&dir);
-    journal::remove_journal(&dir)?;
-    let (text, header) = match &what {
-        Ok(h) => (
-            format!(
-                "dropped journal {id}: {} {} ({} backend, netns {}); nothing was run, whatever it changed in the kernel stays",
-                h.kind.as_str(),
-                h.name,
-                h.backend,
-                h.netns.as_deref().unwrap_or("-")
-            ),
-            json!({"kind": h.kind.as_str(), "name": h.name, "backend": h.backend,
-                   "netns": h.netns, "created": h.created}),
-        ),
-        Err(e) => (
-            format!("dropped unreadable journal {id} ({e}); nothing was run"),
-            json!({"error": e.to_string()}),
-        ),
-    };
-    ctx.emit(json!({"dropped": id, "journal": header}), &text);
+pub(crate) fn recover_drop(ctx: &Ctx, id: &str) -> Result<i32> {
+    ctx.emit(&ctx.store.recover_drop(id)?);
     Ok(EXIT_OK)
 }

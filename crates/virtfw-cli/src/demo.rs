@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use virtfw::netns::Netns;
 
 use crate::commands::{self, Ctx};
-use crate::error::{CliError, CliResult, EXIT_OK};
+use virtfw_store::{Result, Store, StoreError, EXIT_OK};
 
 const NFT_DEMO: &str = r#"<firewall name='demo-nft' backend='nftables'>
   <group autoRollback='yes'>
@@ -34,7 +34,7 @@ const IPT_DEMO: &str = r#"<firewall name='demo-ipt' backend='iptables'>
 </firewall>
 "#;
 
-fn snapshot(ns: &Netns) -> CliResult<String> {
+fn snapshot(ns: &Netns) -> Result<String> {
     let mut out = String::new();
     for argv in [
         &["nft", "list", "ruleset"][..],
@@ -44,7 +44,7 @@ fn snapshot(ns: &Netns) -> CliResult<String> {
     ] {
         out.push_str(
             &ns.run(argv)
-                .map_err(|e| CliError::Failed(format!("demo: {e}")))?,
+                .map_err(|e| StoreError::Failed(format!("demo: {e}")))?,
         );
     }
     Ok(out)
@@ -55,26 +55,29 @@ fn step(title: &str) {
 }
 
 /// Run the demo; exit non-zero when anything is off.
-pub(crate) fn run(ctx: &Ctx) -> CliResult<i32> {
-    let ns = Netns::new("virtfw-demo").map_err(|e| CliError::Failed(format!("demo: {e}")))?;
+pub(crate) fn run(ctx: &Ctx) -> Result<i32> {
+    let ns = Netns::new("virtfw-demo").map_err(|e| StoreError::Failed(format!("demo: {e}")))?;
     let dir = std::env::temp_dir().join(format!("virtfw-demo-{}", std::process::id()));
     let result = run_in(ctx, &ns, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn run_in(ctx: &Ctx, ns: &Netns, dir: &PathBuf) -> CliResult<i32> {
-    std::fs::create_dir_all(dir).map_err(|e| CliError::io("demo temp dir", e))?;
+fn run_in(ctx: &Ctx, ns: &Netns, dir: &PathBuf) -> Result<i32> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io("demo temp dir", e))?;
+    let options = ctx
+        .store
+        .options()
+        .clone()
+        .netns(Some(ns.name().to_string()));
     let demo = Ctx {
-        state_dir: dir.join("state"),
-        netns: Some(ns.name().to_string()),
+        store: Store::open(dir.join("state"), options),
         json: false,
-        ..ctx.clone()
     };
     println!(
         "virtfw demo in throwaway namespace {} with state dir {}",
         ns.name(),
-        demo.state_dir.display()
+        demo.store.dir().display()
     );
     // iptables-nft creates its tables and built-in chains on first use and never deletes them;
     // create them first so that "clean again" can be an exact comparison.
@@ -85,13 +88,13 @@ fn run_in(ctx: &Ctx, ns: &Netns, dir: &PathBuf) -> CliResult<i32> {
     ] {
         for op in ["-A", "-D"] {
             ns.run(&[prog, "-w", "-t", table, op, chain, "-j", "ACCEPT"])
-                .map_err(|e| CliError::Failed(format!("demo: {e}")))?;
+                .map_err(|e| StoreError::Failed(format!("demo: {e}")))?;
         }
     }
     let before = snapshot(ns)?;
     for (name, xml) in [("demo-nft", NFT_DEMO), ("demo-ipt", IPT_DEMO)] {
         let file = dir.join(format!("{name}.xml"));
-        std::fs::write(&file, xml).map_err(|e| CliError::io("demo file", e))?;
+        std::fs::write(&file, xml).map_err(|e| StoreError::io("demo file", e))?;
         step(&format!("virtfw apply {}", file.display()));
         commands::apply(&demo, &file, None, false)?;
     }
@@ -99,7 +102,7 @@ fn run_in(ctx: &Ctx, ns: &Netns, dir: &PathBuf) -> CliResult<i32> {
     print!(
         "{}",
         ns.run(&["nft", "list", "ruleset"])
-            .map_err(|e| CliError::Failed(e.to_string()))?
+            .map_err(|e| StoreError::Failed(e.to_string()))?
     );
     step("virtfw list");
     commands::list(&demo)?;
@@ -110,7 +113,7 @@ fn run_in(ctx: &Ctx, ns: &Netns, dir: &PathBuf) -> CliResult<i32> {
     step("virtfw verify");
     let code = commands::verify(&demo, &[])?;
     if code != EXIT_OK {
-        return Err(CliError::Failed(
+        return Err(StoreError::Failed(
             "demo: verify found drift right after apply".into(),
         ));
     }
@@ -125,7 +128,7 @@ fn run_in(ctx: &Ctx, ns: &Netns, dir: &PathBuf) -> CliResult<i32> {
         Ok(EXIT_OK)
     } else {
         println!("NO. Before:\n{before}\nAfter:\n{after}");
-        Err(CliError::Failed(
+        Err(StoreError::Failed(
             "demo: the ruleset differs after removal".into(),
         ))
     }

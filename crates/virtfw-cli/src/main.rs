@@ -1,21 +1,15 @@
 //! `virtfw`: apply firewall transactions, keep their exact removal plans on disk, and remove
 //! them later — safely across restarts, crashes and concurrent invocations. See docs/cli.md.
 
+//!
+//! The command is a thin front end over `virtfw_store`: parse (clap, `cli`), call the store,
+//! print its report (`commands`, `network`), and map errors to exit statuses in one place
+//! ([`exit_code`], from the store's one table).
+
 mod cli;
 mod commands;
 mod demo;
-mod error;
-mod exec;
-mod journal;
-mod lock;
 mod network;
-mod network_journal;
-mod operation;
-mod plan;
-mod recover;
-mod state;
-mod undo;
-mod verify;
 
 use std::time::Duration;
 
@@ -23,7 +17,7 @@ use clap::Parser;
 
 use cli::{Cli, CliCommand};
 use commands::Ctx;
-use error::{CliError, CliResult, EXIT_USAGE};
+use virtfw_store::{ErrorKind, ErrorReport, Result, Store, StoreError, StoreOptions};
 
 fn init_logging(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
@@ -42,7 +36,7 @@ fn init_logging(verbose: u8, quiet: bool) {
         .try_init();
 }
 
-fn dispatch(ctx: &Ctx, command: &CliCommand) -> CliResult<i32> {
+fn dispatch(ctx: &Ctx, command: &CliCommand) -> Result<i32> {
     match command {
         CliCommand::Apply(a) => commands::apply(ctx, &a.file, a.name.as_deref(), a.dry_run),
         CliCommand::Remove(r) => commands::remove(ctx, &r.name, r.dry_run, r.forget),
@@ -62,33 +56,39 @@ fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let code = if e.use_stderr() {
+                ErrorKind::Usage.exit_code()
+            } else {
+                virtfw_store::EXIT_OK
+            };
             let _ = e.print();
             std::process::exit(code);
         }
     };
     init_logging(cli.verbose, cli.quiet);
-    match child_timeout(cli.child_timeout) {
-        Ok(timeout) => exec::set_child_timeout(timeout),
-        Err(e) => std::process::exit(report_plain(cli.json, &e)),
-    }
+    let child_timeout = match child_timeout(cli.child_timeout) {
+        Ok(timeout) => timeout,
+        Err(e) => std::process::exit(report(cli.json, &e)),
+    };
+    let options = StoreOptions::new()
+        .netns(cli.netns.clone())
+        .per_command(cli.no_batch || virtfw::batch::disabled_by_env())
+        .lock_timeout(Duration::from_secs(cli.lock_timeout))
+        .child_timeout(child_timeout);
     let ctx = Ctx {
-        state_dir: cli.state_dir.clone(),
-        netns: cli.netns.clone(),
+        store: Store::open(cli.state_dir.clone(), options),
         json: cli.json,
-        per_command: cli.no_batch || virtfw::batch::disabled_by_env(),
-        lock_timeout: Duration::from_secs(cli.lock_timeout),
     };
     let code = match dispatch(&ctx, &cli.command) {
         Ok(code) => code,
-        Err(err) => report(&ctx, &err),
+        Err(err) => report(ctx.json, &err),
     };
     std::process::exit(code);
 }
 
 /// The bound of every firewall child: `--child-timeout`, else `VIRTFW_CHILD_TIMEOUT`, else
 /// the library's default.
-fn child_timeout(flag: Option<u64>) -> CliResult<Duration> {
+fn child_timeout(flag: Option<u64>) -> Result<Duration> {
     let seconds = match flag {
         Some(s) => s,
         None => match std::env::var(CHILD_TIMEOUT_ENV) {
@@ -99,7 +99,7 @@ fn child_timeout(flag: Option<u64>) -> CliResult<Duration> {
                 .ok()
                 .filter(|&s| s > 0)
                 .ok_or_else(|| {
-                    CliError::Usage(format!(
+                    StoreError::Usage(format!(
                     "{CHILD_TIMEOUT_ENV}='{text}': expected a whole number of seconds, at least 1"
                 ))
                 })?,
@@ -111,18 +111,19 @@ fn child_timeout(flag: Option<u64>) -> CliResult<Duration> {
 /// Environment variable for `--child-timeout`.
 const CHILD_TIMEOUT_ENV: &str = "VIRTFW_CHILD_TIMEOUT";
 
-fn report(ctx: &Ctx, err: &CliError) -> i32 {
-    report_plain(ctx.json, err)
+/// THE mapping of errors to exit statuses: the error's kind, numbered by the store's one table
+/// (`virtfw_store::EXIT_STATUSES`, from which `--help` is made too).
+pub(crate) fn exit_code(err: &StoreError) -> i32 {
+    err.kind().exit_code()
 }
 
-fn report_plain(json: bool, err: &CliError) -> i32 {
-    let code = err.exit_code();
-    eprintln!("virtfw: error: {err}");
+/// Say what failed (stderr; with `--json` also as a JSON document on stdout) and give the
+/// exit status.
+fn report(json: bool, err: &StoreError) -> i32 {
+    let report = ErrorReport::from(err);
+    eprintln!("{report}");
     if json {
-        println!(
-            "{}",
-            serde_json::json!({"error": err.to_string(), "exit_code": code})
-        );
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
     }
-    code
+    report.exit_code
 }

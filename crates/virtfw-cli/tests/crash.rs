@@ -10,35 +10,17 @@
 //! (default 8; use 50+ by hand).
 
 mod common;
+#[path = "support/kill.rs"]
+mod kill;
 use common::*;
+use kill::{runs, spawn_and_kill, WRAPPED};
 
 use std::path::Path;
-use std::time::Duration;
-
-fn runs() -> usize {
-    std::env::var("VIRTFW_CRASH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(8)
-}
-
-/// Invocations on the per-command path a fixed kill may stall at: every transaction of these
-/// tests runs at least this many commands, all creates.
-const PER_COMMAND_STALLS: u64 = 5;
 
 /// `listings`: invocations before the first create that change nothing (the engine lists a
 /// table before its first `add table`/`add chain` in it: one per nft table touched).
 fn crash_runs(env: &Env, file: &Path, name: &str, listings: u64) {
-    let path = wrappers(
-        env.dir.path(),
-        &[
-            "nft",
-            "iptables",
-            "ip6tables",
-            "iptables-restore",
-            "ip6tables-restore",
-        ],
-    );
+    let path = wrappers(env.dir.path(), WRAPPED);
     let before = env.snapshot();
     let mut rng = Rng::new();
     let (mut rolled_back, mut completed, mut recovered_with_undo) = (0, 0, 0);
@@ -56,31 +38,14 @@ fn crash_runs(env: &Env, file: &Path, name: &str, listings: u64) {
             .stderr(std::process::Stdio::null());
         // Runs 0, 1, 4, 5, …: a fixed kill point; the others: a random moment.
         let fixed = (run / 2) % 2 == 0;
-        let stall = Stall::new(env.dir.path());
-        let mut what = "random".to_string();
-        if fixed {
-            // The batch path may run the whole transaction as its first invocation: stall
-            // there. The per-command path: after one of its first creates.
-            let at = listings
-                + if per_command {
-                    1 + rng.below(PER_COMMAND_STALLS)
-                } else {
-                    1
-                };
-            stall.arm(&mut cmd, at, None);
-            what = format!("killed after invocation {at}");
-        }
-        let mut child = cmd.spawn().unwrap();
-        if fixed {
-            let stalled = stall.wait(&mut child);
-            stall.kill(&mut child, stalled);
-        } else {
-            // An apply of 7 commands takes ~0.2-0.4 s with the wrappers: kill anywhere in it
-            // (sometimes after it finished).
-            std::thread::sleep(Duration::from_millis(rng.below(450)));
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let what = spawn_and_kill(
+            env.dir.path(),
+            &mut cmd,
+            fixed,
+            per_command,
+            listings,
+            &mut rng,
+        );
         let o = env
             .cmd(&["--json", "recover"])
             .env("PATH", &path)

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use virtfw::Firewall;
 
-use crate::error::{CliError, CliResult};
+use crate::error::{Result, StoreError};
 use crate::state::{self, StateDir};
 
 /// Format version of the envelope; bump it when a field that matters is added.
@@ -57,12 +57,12 @@ pub(crate) fn staleness(boot_id: &str, netns: Option<&str>, netns_id: &str) -> O
 
 impl Plan {
     /// The removal firewall, parsed; errors name the plan file.
-    pub(crate) fn removal_firewall(&self, path: &Path) -> CliResult<Firewall> {
+    pub(crate) fn removal_firewall(&self, path: &Path) -> Result<Firewall> {
         Firewall::from_xml(&self.removal, &path.display().to_string()).map_err(|e| match e {
             // Well-formed, but an argument would change meaning when run: bad input (exit 2)
             // on every path, as when it comes from a transaction file.
-            e @ virtfw::Error::UnsafeArgument { .. } => CliError::Input(e),
-            e => CliError::CorruptPlan {
+            e @ virtfw::Error::UnsafeArgument { .. } => StoreError::Input(e),
+            e => StoreError::CorruptPlan {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             },
@@ -75,25 +75,25 @@ impl Plan {
     }
 
     /// Store atomically (temp, fsync, rename, fsync dir).
-    pub(crate) fn store(&self, state: &StateDir) -> CliResult<()> {
+    pub(crate) fn store(&self, state: &StateDir) -> Result<()> {
         let mut data = serde_json::to_vec_pretty(self)
-            .map_err(|e| CliError::Failed(format!("cannot encode plan: {e}")))?;
+            .map_err(|e| StoreError::Failed(format!("cannot encode plan: {e}")))?;
         data.push(b'\n');
         state::write_atomic(&state.plan_path(&self.name), &data)
     }
 
     /// Read and check one plan file.
-    pub(crate) fn load(path: &Path) -> CliResult<Plan> {
-        let text = fs::read_to_string(path).map_err(|e| CliError::CorruptPlan {
+    pub(crate) fn load(path: &Path) -> Result<Plan> {
+        let text = fs::read_to_string(path).map_err(|e| StoreError::CorruptPlan {
             path: path.to_path_buf(),
             message: format!("unreadable: {e}"),
         })?;
-        let plan: Plan = serde_json::from_str(&text).map_err(|e| CliError::CorruptPlan {
+        let plan: Plan = serde_json::from_str(&text).map_err(|e| StoreError::CorruptPlan {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
         if plan.version != PLAN_VERSION {
-            return Err(CliError::CorruptPlan {
+            return Err(StoreError::CorruptPlan {
                 path: path.to_path_buf(),
                 message: format!(
                     "format version {} is not supported (this virtfw reads {PLAN_VERSION})",
@@ -106,11 +106,11 @@ impl Plan {
     }
 
     /// Load the plan called `name`.
-    pub(crate) fn load_named(state: &StateDir, name: &str) -> CliResult<Plan> {
+    pub(crate) fn load_named(state: &StateDir, name: &str) -> Result<Plan> {
         state::check_name(name)?;
         let path = state.plan_path(name);
         if !path.exists() {
-            return Err(CliError::NoSuchPlan {
+            return Err(StoreError::NoSuchPlan {
                 name: name.to_string(),
                 dir: state.plans_dir(),
             });
@@ -119,14 +119,14 @@ impl Plan {
     }
 
     /// Delete the plan file durably.
-    pub(crate) fn delete(state: &StateDir, name: &str) -> CliResult<()> {
+    pub(crate) fn delete(state: &StateDir, name: &str) -> Result<()> {
         state::remove_durably(&state.plan_path(name))
     }
 }
 
 /// Every plan file name in the state dir, sorted, with its load result.
-pub(crate) fn all_plans(state: &StateDir) -> CliResult<Vec<(String, CliResult<Plan>)>> {
-    let mut out: Vec<(String, CliResult<Plan>)> = state::dir_entries(&state.plans_dir())?
+pub(crate) fn all_plans(state: &StateDir) -> Result<Vec<(String, Result<Plan>)>> {
+    let mut out: Vec<(String, Result<Plan>)> = state::dir_entries(&state.plans_dir())?
         .into_iter()
         .filter_map(|(file, path)| {
             let name = file.strip_suffix(".plan")?;

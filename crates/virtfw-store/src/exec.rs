@@ -14,7 +14,7 @@
 //!   its output file is complete.
 //!
 //! It still enters `--netns` with `setns` between fork and exec, like `ProcessExecutor`, and
-//! bounds every child with the same timeout (`--child-timeout`, `executor::wait_child`).
+//! bounds every child with the same timeout (`StoreOptions::child_timeout`, the CLI's `--child-timeout`; `executor::wait_child`).
 //!
 //! # A full state filesystem
 //!
@@ -41,14 +41,14 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use virtfw::batch::IgnoredCounter;
 use virtfw::executor::{self, Invocation, Output};
 use virtfw::{ApplyObserver, Command as FwCommand, ExecError, Executor};
 
-use crate::error::{CliError, CliResult};
+use crate::error::{Result, StoreError};
 use crate::journal::{self, Journal, Record};
 
 const NO_GROUP: usize = usize::MAX;
@@ -58,20 +58,12 @@ const OUTPUT_RESERVE: u64 = 64 * 1024;
 /// Room reserved in the log beyond the `start` record: its `done` record and a few marks.
 const LOG_RESERVE: u64 = 4 * 1024;
 
-static CHILD_TIMEOUT: OnceLock<Duration> = OnceLock::new();
-
-/// Set the bound of every firewall child this process starts (`--child-timeout`); once, at
-/// start-up, before any executor exists.
-pub(crate) fn set_child_timeout(timeout: Duration) {
-    let _ = CHILD_TIMEOUT.set(timeout);
-}
-
-/// How long a firewall child may run before it is killed.
-pub(crate) fn child_timeout() -> Duration {
-    CHILD_TIMEOUT
-        .get()
-        .copied()
-        .unwrap_or(executor::DEFAULT_CHILD_TIMEOUT)
+/// What every child of an operation gets: the state lock's descriptor to inherit, and how long
+/// it may run before it is killed (`StoreOptions::child_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Children {
+    pub lock_fd: RawFd,
+    pub timeout: Duration,
 }
 
 /// Give back what is left of a [`journal::reserve`] past the end of `path` (best effort): a
@@ -94,13 +86,13 @@ struct CmdFiles {
 
 /// Open `/run/netns/NAME` (or a path), the namespace commands run in; a missing one is the
 /// CLI's usage error.
-pub(crate) fn open_netns(name: &str) -> CliResult<OwnedFd> {
+pub(crate) fn open_netns(name: &str) -> Result<OwnedFd> {
     executor::open_netns(name).map_err(|err| match err {
-        ExecError::Netns { netns, source } => CliError::Netns {
+        ExecError::Netns { netns, source } => StoreError::Netns {
             name: netns,
             source,
         },
-        other => CliError::Netns {
+        other => StoreError::Netns {
             name: name.to_string(),
             source: std::io::Error::other(other),
         },
@@ -121,8 +113,9 @@ impl JournalExecutor {
     pub(crate) fn new(
         netns: Option<&str>,
         lock_fd: Option<RawFd>,
+        timeout: Duration,
         journal: Arc<Journal>,
-    ) -> CliResult<Self> {
+    ) -> Result<Self> {
         let netns = netns.map(open_netns).transpose()?;
         Ok(JournalExecutor {
             netns,
@@ -130,7 +123,7 @@ impl JournalExecutor {
             journal,
             group: AtomicUsize::new(NO_GROUP),
             ignored: IgnoredCounter::default(),
-            timeout: child_timeout(),
+            timeout,
         })
     }
 
@@ -142,7 +135,7 @@ impl JournalExecutor {
     }
 
     /// Append a phase mark to the journal.
-    pub(crate) fn mark(&self, mark: &str) -> CliResult<()> {
+    pub(crate) fn mark(&self, mark: &str) -> Result<()> {
         self.journal.append(
             &Record::Mark {
                 mark: mark.to_string(),
@@ -250,7 +243,7 @@ impl Executor for JournalExecutor {
             .reserve(&start, LOG_RESERVE)
             .and_then(|()| {
                 self.prepare(seq, &inv).map_err(|e| {
-                    CliError::io(format!("cannot prepare the files of command {seq}"), e)
+                    StoreError::io(format!("cannot prepare the files of command {seq}"), e)
                 })
             })
             .and_then(|files| self.journal.append(&start, true).map(|()| files))
@@ -340,7 +333,9 @@ mod tests {
     fn a_killed_child_is_journalled_as_unknown_and_a_failed_spawn_as_not_run() {
         let dir = tempfile::tempdir().unwrap();
         let journal = journal(dir.path());
-        let mut exec = JournalExecutor::new(None, None, journal.clone()).unwrap();
+        let mut exec =
+            JournalExecutor::new(None, None, executor::DEFAULT_CHILD_TIMEOUT, journal.clone())
+                .unwrap();
         exec.timeout = Duration::from_millis(200);
         let sleep = argv(&["sleep", "600"]);
         let err = exec

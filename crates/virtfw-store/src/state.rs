@@ -18,7 +18,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::error::{CliError, CliResult};
+use crate::error::{Result, StoreError};
 
 /// Default location of the state directory.
 pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/virtfw";
@@ -32,12 +32,12 @@ pub(crate) struct StateDir {
 impl StateDir {
     /// Open `root`, creating it (0700) and its subdirectories when missing, and refuse it when
     /// it is not a directory we own that only we can write.
-    pub(crate) fn open(root: &Path) -> CliResult<Self> {
+    pub(crate) fn open(root: &Path) -> Result<Self> {
         match fs::symlink_metadata(root) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
                     fs::create_dir_all(parent).map_err(|e| {
-                        CliError::io(format!("cannot create {}", parent.display()), e)
+                        StoreError::io(format!("cannot create {}", parent.display()), e)
                     })?;
                 }
                 fs::DirBuilder::new()
@@ -50,9 +50,9 @@ impl StateDir {
                             Err(e)
                         }
                     })
-                    .map_err(|e| CliError::io(format!("cannot create {}", root.display()), e))?;
+                    .map_err(|e| StoreError::io(format!("cannot create {}", root.display()), e))?;
             }
-            Err(e) => return Err(CliError::io(format!("cannot stat {}", root.display()), e)),
+            Err(e) => return Err(StoreError::io(format!("cannot stat {}", root.display()), e)),
             Ok(_) => {}
         }
         let dir = StateDir {
@@ -64,20 +64,20 @@ impl StateDir {
             match fs::DirBuilder::new().mode(0o700).create(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(CliError::io(format!("cannot create {}", p.display()), e)),
+                Err(e) => return Err(StoreError::io(format!("cannot create {}", p.display()), e)),
             }
             dir.check_safe(&p)?;
         }
         Ok(dir)
     }
 
-    fn check_safe(&self, path: &Path) -> CliResult<()> {
-        let unsafe_dir = |reason: String| CliError::UnsafeStateDir {
+    fn check_safe(&self, path: &Path) -> Result<()> {
+        let unsafe_dir = |reason: String| StoreError::UnsafeStateDir {
             path: path.to_path_buf(),
             reason,
         };
         let meta = fs::symlink_metadata(path)
-            .map_err(|e| CliError::io(format!("cannot stat {}", path.display()), e))?;
+            .map_err(|e| StoreError::io(format!("cannot stat {}", path.display()), e))?;
         if !meta.is_dir() {
             return Err(unsafe_dir(
                 "not a directory (symbolic links are refused)".into(),
@@ -122,7 +122,7 @@ impl StateDir {
 }
 
 /// Plan names become file names: keep them to a safe alphabet.
-pub(crate) fn check_name(name: &str) -> CliResult<()> {
+pub(crate) fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 200
         && !name.starts_with('.')
@@ -132,7 +132,7 @@ pub(crate) fn check_name(name: &str) -> CliResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(CliError::Usage(format!(
+        Err(StoreError::Usage(format!(
             "invalid plan name '{name}': use letters, digits and . _ - + @ (not starting with '.')"
         )))
     }
@@ -141,7 +141,7 @@ pub(crate) fn check_name(name: &str) -> CliResult<()> {
 /// Write `data` to `path` so that a reader sees the old file or the new one, never a part:
 /// write a temporary file (0600) in the same directory, fsync it, rename it over `path`,
 /// fsync the directory so the rename itself is durable.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> CliResult<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".tmp-{}-{}",
@@ -155,32 +155,36 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> CliResult<()> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(|e| CliError::io(ctx("create"), e))?;
+        .map_err(|e| StoreError::io(ctx("create"), e))?;
     file.write_all(data)
-        .map_err(|e| CliError::io(ctx("write"), e))?;
-    file.sync_all().map_err(|e| CliError::io(ctx("fsync"), e))?;
+        .map_err(|e| StoreError::io(ctx("write"), e))?;
+    file.sync_all()
+        .map_err(|e| StoreError::io(ctx("fsync"), e))?;
     drop(file);
     fs::rename(&tmp, path).map_err(|e| {
         let _ = fs::remove_file(&tmp);
-        CliError::io(format!("cannot rename into {}", path.display()), e)
+        StoreError::io(format!("cannot rename into {}", path.display()), e)
     })?;
     sync_dir(dir)
 }
 
 /// Delete a file durably; a file already gone is fine.
-pub(crate) fn remove_durably(path: &Path) -> CliResult<()> {
+pub(crate) fn remove_durably(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(CliError::io(format!("cannot delete {}", path.display()), e)),
+        Err(e) => Err(StoreError::io(
+            format!("cannot delete {}", path.display()),
+            e,
+        )),
     }
 }
 
 /// The entries of a state subdirectory as (file name, path), in no particular order; an
 /// entry that cannot be read is skipped (whoever lists decides what the names mean).
-pub(crate) fn dir_entries(dir: &Path) -> CliResult<Vec<(String, PathBuf)>> {
-    let entries =
-        fs::read_dir(dir).map_err(|e| CliError::io(format!("cannot read {}", dir.display()), e))?;
+pub(crate) fn dir_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let entries = fs::read_dir(dir)
+        .map_err(|e| StoreError::io(format!("cannot read {}", dir.display()), e))?;
     Ok(entries
         .flatten()
         .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
@@ -188,10 +192,10 @@ pub(crate) fn dir_entries(dir: &Path) -> CliResult<Vec<(String, PathBuf)>> {
 }
 
 /// fsync a directory, making renames and removals in it durable.
-pub(crate) fn sync_dir(dir: &Path) -> CliResult<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| CliError::io(format!("cannot fsync {}", dir.display()), e))
+        .map_err(|e| StoreError::io(format!("cannot fsync {}", dir.display()), e))
 }
 
 /// The kernel's boot id: plans from another boot describe rules that no longer exist.

@@ -16,18 +16,21 @@ use crate::undo::check_of_delete;
 
 /// One object of a plan that is not in the ruleset.
 #[derive(Debug, Clone, serde::Serialize)]
-pub(crate) struct MissingObject {
+pub struct MissingObject {
     /// The plan command that would remove it.
     pub command: String,
+    /// Why it counts as missing (the listing's or `--check`'s answer).
     pub reason: String,
 }
 
 /// What `verify` found for one plan.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub(crate) struct VerifyReport {
+pub struct PlanCheck {
+    /// Objects looked for.
     pub checked: usize,
     /// Commands that are not object deletes (e.g. hand-written flushes): not checkable.
     pub unchecked: usize,
+    /// Objects not found.
     pub missing: Vec<MissingObject>,
     /// Why the plan could not be checked (a firewall program could not be run, a listing
     /// failed for another reason than "no such table"): not drift, a problem (exit 4).
@@ -58,8 +61,8 @@ fn strs(v: &[&str]) -> Vec<String> {
 }
 
 /// Verify one removal plan against the ruleset seen through `exec`.
-pub(crate) fn verify_plan(fw: &Firewall, exec: &dyn Executor) -> VerifyReport {
-    let mut report = VerifyReport::default();
+pub(crate) fn verify_plan(fw: &Firewall, exec: &dyn Executor) -> PlanCheck {
+    let mut report = PlanCheck::default();
     let error = RefCell::new(None);
     let cmds: Vec<&virtfw::Command> = fw.groups().iter().flat_map(|g| g.actions()).collect();
     match fw.backend() {
@@ -177,7 +180,7 @@ fn table_handles(
 fn verify_nft(
     cmds: &[&virtfw::Command],
     exec: &dyn Executor,
-    report: &mut VerifyReport,
+    report: &mut PlanCheck,
     error: &RefCell<Option<String>>,
 ) {
     let deletes: Vec<(String, Option<NftDelete>)> = cmds

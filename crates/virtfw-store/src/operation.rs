@@ -13,7 +13,6 @@
 //!   is finished by [`Operation::undo_remove`];
 //! * the journal is deleted only once the operation's result is stored ([`Operation::finish`]).
 
-use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -22,8 +21,8 @@ use virtfw::executor::Invocation;
 use virtfw::transcript::command_line;
 use virtfw::{ApplyOptions, Executor, Firewall};
 
-use crate::error::{CliError, CliResult};
-use crate::exec::JournalExecutor;
+use crate::error::{Result, StoreError};
+use crate::exec::{Children, JournalExecutor};
 use crate::journal::{self, Journal, OpHeader, OpKind, Record};
 use crate::state::StateDir;
 use crate::undo::{self, UndoCmd};
@@ -52,15 +51,15 @@ pub(crate) struct Operation {
 
 impl Operation {
     /// Start a new operation: its journal is durable before this returns. Commands run in
-    /// `netns` and inherit the state lock `lock_fd`.
+    /// `netns` and inherit the state lock `children`.
     pub(crate) fn begin(
         state: &StateDir,
         header: &OpHeader,
         netns: Option<&str>,
-        lock_fd: RawFd,
-    ) -> CliResult<Operation> {
+        children: Children,
+    ) -> Result<Operation> {
         let journal = Arc::new(Journal::begin(state, header)?);
-        let op = Operation::with(journal, netns, lock_fd)?;
+        let op = Operation::with(journal, netns, children)?;
         if header.kind == OpKind::Remove {
             op.witness(&header.document);
         }
@@ -83,13 +82,18 @@ impl Operation {
 
     /// Continue the operation of an existing journal (recovery appends to it, so a recovery
     /// that is killed is finished by the next one under the same rules).
-    pub(crate) fn resume(dir: &Path, netns: Option<&str>, lock_fd: RawFd) -> CliResult<Operation> {
+    pub(crate) fn resume(dir: &Path, netns: Option<&str>, children: Children) -> Result<Operation> {
         let journal = Arc::new(Journal::open(dir)?);
-        Operation::with(journal, netns, lock_fd)
+        Operation::with(journal, netns, children)
     }
 
-    fn with(journal: Arc<Journal>, netns: Option<&str>, lock_fd: RawFd) -> CliResult<Operation> {
-        let exec = JournalExecutor::new(netns, Some(lock_fd), journal.clone())?;
+    fn with(journal: Arc<Journal>, netns: Option<&str>, children: Children) -> Result<Operation> {
+        let exec = JournalExecutor::new(
+            netns,
+            Some(children.lock_fd),
+            children.timeout,
+            journal.clone(),
+        )?;
         Ok(Operation { journal, exec })
     }
 
@@ -109,11 +113,11 @@ impl Operation {
     }
 
     /// Mark the start of a step (see `journal::phase_records`).
-    pub(crate) fn phase(&self, name: &str) -> CliResult<()> {
+    pub(crate) fn phase(&self, name: &str) -> Result<()> {
         self.exec.mark(&journal::phase_mark(name))
     }
 
-    fn mark(&self, mark: &str) -> CliResult<()> {
+    fn mark(&self, mark: &str) -> Result<()> {
         self.exec.mark(mark)
     }
 
@@ -124,7 +128,7 @@ impl Operation {
 
     /// Go back to phase `phase` to undo or finish it: mark it, then `mark`, and return its
     /// records (the mark makes every command that completes from here on count as done).
-    pub(crate) fn reenter(&self, phase: &str, mark: &str) -> CliResult<Vec<Record>> {
+    pub(crate) fn reenter(&self, phase: &str, mark: &str) -> Result<Vec<Record>> {
         self.phase(phase)?;
         self.mark(mark)?;
         Ok(self.records(phase))
@@ -134,15 +138,15 @@ impl Operation {
     /// A command that ran and failed is counted (already gone, or its delete failed: the aim
     /// is to remove whatever is still there). A command that could not run or be journalled,
     /// or whose outcome is unknown (killed at its timeout), stops the undo with
-    /// [`CliError::UndoStopped`]: that is never "already absent", and the caller keeps the
+    /// [`StoreError::UndoStopped`]: that is never "already absent", and the caller keeps the
     /// journal for `recover`.
-    pub(crate) fn run_undo(&self, cmds: &[UndoCmd]) -> CliResult<UndoStats> {
+    pub(crate) fn run_undo(&self, cmds: &[UndoCmd]) -> Result<UndoStats> {
         let mut stats = UndoStats::default();
         let ok = |argv: &[String]| {
             self.exec
                 .run(Invocation { argv, stdin: None })
                 .map(|o| o.success())
-                .map_err(|source| CliError::UndoStopped {
+                .map_err(|source| StoreError::UndoStopped {
                     cmdline: command_line(argv),
                     source,
                 })
@@ -169,8 +173,8 @@ impl Operation {
         &self,
         phase: &str,
         mark: &str,
-        undo: impl FnOnce(&[Record]) -> CliResult<Vec<UndoCmd>>,
-    ) -> CliResult<UndoStats> {
+        undo: impl FnOnce(&[Record]) -> Result<Vec<UndoCmd>>,
+    ) -> Result<UndoStats> {
         let cmds = undo(&self.records(phase))?;
         if cmds.is_empty() {
             return Ok(UndoStats::default());
@@ -191,16 +195,11 @@ impl Operation {
     /// Undo everything of `tx` that phase `phase` left in the kernel, journalled in that phase
     /// after `mark` (`undo` after the engine failed to apply `tx` and ran libvirt's rollback,
     /// which may leave earlier groups applied; `recover` in recovery).
-    pub(crate) fn undo_apply(
-        &self,
-        tx: &Firewall,
-        phase: &str,
-        mark: &str,
-    ) -> CliResult<UndoStats> {
+    pub(crate) fn undo_apply(&self, tx: &Firewall, phase: &str, mark: &str) -> Result<UndoStats> {
         let records = self.reenter(phase, mark)?;
         let probe = |argv: &[String]| self.probe(argv);
         let cmds = undo::undo_apply(tx, self.dir(), &records, &probe).map_err(|e| {
-            crate::CliError::State {
+            crate::StoreError::State {
                 path: self.dir().to_path_buf(),
                 message: e.to_string(),
             }
@@ -215,19 +214,19 @@ impl Operation {
         plan: &Firewall,
         phase: &str,
         mark: &str,
-    ) -> CliResult<UndoStats> {
+    ) -> Result<UndoStats> {
         let records = self.reenter(phase, mark)?;
         let probe = |argv: &[String]| self.probe(argv);
         self.run_undo(&undo::undo_remove(plan, self.dir(), &records, &probe))
     }
 
     /// Store the result in the journal: the commit point of a network operation.
-    pub(crate) fn commit(&self, result: &[u8]) -> CliResult<()> {
+    pub(crate) fn commit(&self, result: &[u8]) -> Result<()> {
         self.journal.commit(result)
     }
 
     /// The operation is over (its result stored): delete the journal durably.
-    pub(crate) fn finish(self) -> CliResult<()> {
+    pub(crate) fn finish(self) -> Result<()> {
         let dir = self.journal.dir().to_path_buf();
         drop(self);
         journal::remove_journal(&dir)

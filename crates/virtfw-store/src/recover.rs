@@ -25,9 +25,9 @@ use std::path::Path;
 
 use serde::Serialize;
 use tracing::{info, warn};
-use virtfw::Firewall;
 
-use crate::error::{CliError, CliResult};
+use crate::error::Result;
+use crate::exec::Children;
 use crate::journal::{self, OpHeader, OpKind};
 use crate::network_journal;
 use crate::operation::{Operation, UndoStats};
@@ -36,20 +36,29 @@ use crate::state::StateDir;
 
 /// What recovery did with one journal.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct Settled {
+pub struct Settled {
+    /// The journal's (the operation's) id.
     pub op_id: String,
+    /// The operation: `apply`, `remove`, `network-start`, ….
     pub kind: &'static str,
+    /// The plan's or network's name.
     pub name: String,
+    /// What was done, in words ("undone", "finished", "dropped: …").
     pub action: String,
+    /// Commands recovery ran.
     pub commands: usize,
+    /// Objects its commands found already absent.
     pub missing: usize,
 }
 
 /// A journal recovery could not settle: it is kept.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct Unsettled {
+pub struct Unsettled {
+    /// The journal's id (what [`crate::Store::recover_drop`] takes).
     pub op_id: String,
+    /// Its directory.
     pub path: String,
+    /// Why it could not be settled.
     pub error: String,
 }
 
@@ -62,11 +71,11 @@ pub(crate) struct Recovery {
 
 /// Settle every pending journal. One that cannot be read, or whose undo stops, is reported
 /// and kept, and the others are settled all the same: each journal is a separate operation.
-pub(crate) fn recover_all(state: &StateDir, lock_fd: i32) -> CliResult<Recovery> {
+pub(crate) fn recover_all(state: &StateDir, children: Children) -> Result<Recovery> {
     journal::clean_temporaries(state);
     let mut out = Recovery::default();
     for dir in journal::pending(state)? {
-        match recover_one(state, lock_fd, &dir) {
+        match recover_one(state, children, &dir) {
             Ok(settled) => out.settled.push(settled),
             Err(e) => {
                 warn!(journal = %dir.display(), error = %e, "journal not settled; kept");
@@ -81,16 +90,7 @@ pub(crate) fn recover_all(state: &StateDir, lock_fd: i32) -> CliResult<Recovery>
     Ok(out)
 }
 
-/// The document an operation worked from, parsed; an error names the journal.
-pub(crate) fn journal_firewall(dir: &Path, text: &str) -> CliResult<Firewall> {
-    let source = dir.join("op.json").display().to_string();
-    Firewall::from_xml(text, &source).map_err(|e| CliError::State {
-        path: dir.to_path_buf(),
-        message: format!("corrupt journal: {e}"),
-    })
-}
-
-fn recover_one(state: &StateDir, lock_fd: i32, dir: &Path) -> CliResult<Settled> {
+fn recover_one(state: &StateDir, children: Children, dir: &Path) -> Result<Settled> {
     let header = journal::read_header(dir)?;
     let mut settled = Settled {
         op_id: header.op_id.clone(),
@@ -114,8 +114,8 @@ fn recover_one(state: &StateDir, lock_fd: i32, dir: &Path) -> CliResult<Settled>
         return Ok(settled);
     }
     let (action, stats) = match header.kind {
-        OpKind::Apply | OpKind::Remove => recover_plan_op(state, lock_fd, dir, &header)?,
-        _ => network_journal::recover(state, lock_fd, dir, &header)?,
+        OpKind::Apply | OpKind::Remove => recover_plan_op(state, children, dir, &header)?,
+        _ => network_journal::recover(state, children, dir, &header)?,
     };
     info!(journal = %dir.display(), run = stats.run, missing = stats.missing, "recovered");
     settled.action = action;
@@ -129,10 +129,10 @@ fn recover_one(state: &StateDir, lock_fd: i32, dir: &Path) -> CliResult<Settled>
 /// `remove`: completed when the plan is gone, else finished, then the plan deleted.
 fn recover_plan_op(
     state: &StateDir,
-    lock_fd: i32,
+    children: Children,
     dir: &Path,
     header: &OpHeader,
-) -> CliResult<(String, UndoStats)> {
+) -> Result<(String, UndoStats)> {
     let stored = Plan::load(&state.plan_path(&header.name)).ok();
     let apply = header.kind == OpKind::Apply;
     if apply && stored.as_ref().is_some_and(|p| p.op_id == header.op_id) {
@@ -144,8 +144,8 @@ fn recover_plan_op(
     if !apply && stored.is_none() {
         return Ok(("removal had completed".into(), UndoStats::default()));
     }
-    let fw = journal_firewall(dir, &header.document)?;
-    let op = Operation::resume(dir, header.netns.as_deref(), lock_fd)?;
+    let fw = journal::journal_firewall(dir, &header.document)?;
+    let op = Operation::resume(dir, header.netns.as_deref(), children)?;
     if apply {
         let stats = op.undo_apply(&fw, "", "recover")?;
         Ok(("rolled back the interrupted apply".into(), stats))

@@ -34,8 +34,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+use virtfw::Firewall;
 
-use crate::error::{CliError, CliResult};
+use crate::error::{Result, StoreError};
 use crate::state::{self, StateDir};
 
 /// Version of the journal format.
@@ -127,19 +128,19 @@ pub(crate) fn new_op_id() -> String {
 
 impl Journal {
     /// Create the journal of a new operation, durably, before anything of it happens.
-    pub(crate) fn begin(state: &StateDir, header: &OpHeader) -> CliResult<Journal> {
+    pub(crate) fn begin(state: &StateDir, header: &OpHeader) -> Result<Journal> {
         let jdir = state.journal_dir();
         let tmp = jdir.join(format!(".tmp-{}", header.op_id));
         let dir = jdir.join(&header.op_id);
         let io =
-            |what: &str, p: &Path, e| CliError::io(format!("cannot {what} {}", p.display()), e);
+            |what: &str, p: &Path, e| StoreError::io(format!("cannot {what} {}", p.display()), e);
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&tmp)
             .map_err(|e| io("create", &tmp, e))?;
         let op = tmp.join("op.json");
         let mut data = serde_json::to_vec_pretty(header)
-            .map_err(|e| CliError::Failed(format!("cannot encode journal: {e}")))?;
+            .map_err(|e| StoreError::Failed(format!("cannot encode journal: {e}")))?;
         data.push(b'\n');
         state::write_atomic(&op, &data)?;
         File::create(tmp.join("log")).map_err(|e| io("create", &tmp, e))?;
@@ -151,14 +152,14 @@ impl Journal {
 
     /// Re-open an existing journal to append to it (recovery journals its own commands in the
     /// journal it is finishing, so a crash during recovery is recovered the same way).
-    pub(crate) fn open(dir: &Path) -> CliResult<Journal> {
+    pub(crate) fn open(dir: &Path) -> Result<Journal> {
         let path = dir.join("log");
         let log = OpenOptions::new()
             .append(true)
             .mode(0o600)
             .create(true)
             .open(&path)
-            .map_err(|e| CliError::io(format!("cannot open {}", path.display()), e))?;
+            .map_err(|e| StoreError::io(format!("cannot open {}", path.display()), e))?;
         let next = read_records(dir)
             .iter()
             .filter_map(|r| match r {
@@ -185,11 +186,11 @@ impl Journal {
 
     /// Reserve room in the log for `rec` and `extra` more bytes (the records that follow it),
     /// so that they can be written even when the filesystem fills up meanwhile.
-    pub(crate) fn reserve(&self, rec: &Record, extra: u64) -> CliResult<()> {
+    pub(crate) fn reserve(&self, rec: &Record, extra: u64) -> Result<()> {
         let len = encode(rec)?.len() as u64;
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         let io = |e| {
-            CliError::io(
+            StoreError::io(
                 format!("cannot reserve room in journal {}", self.dir.display()),
                 e,
             )
@@ -199,11 +200,11 @@ impl Journal {
     }
 
     /// Append one record. `durable` records (command starts) are fdatasync'ed before we go on.
-    pub(crate) fn append(&self, rec: &Record, durable: bool) -> CliResult<()> {
+    pub(crate) fn append(&self, rec: &Record, durable: bool) -> Result<()> {
         let line = encode(rec)?;
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         let io = |what: &str, e| {
-            CliError::io(format!("cannot {what} journal {}", self.dir.display()), e)
+            StoreError::io(format!("cannot {what} journal {}", self.dir.display()), e)
         };
         let before = log.metadata().map_err(|e| io("stat", e))?.len();
         // One write() per record: a record is in the file whole or (killed mid-call) not at all
@@ -215,7 +216,7 @@ impl Journal {
         }
         if durable {
             log.sync_data().map_err(|e| {
-                CliError::io(format!("cannot fsync journal {}", self.dir.display()), e)
+                StoreError::io(format!("cannot fsync journal {}", self.dir.display()), e)
             })?;
         }
         Ok(())
@@ -228,7 +229,7 @@ impl Journal {
 
     /// Store the operation's result (the status file it is about to write) in the journal,
     /// atomically: from here on recovery completes the operation instead of undoing it.
-    pub(crate) fn commit(&self, result: &[u8]) -> CliResult<()> {
+    pub(crate) fn commit(&self, result: &[u8]) -> Result<()> {
         state::write_atomic(&self.dir.join(RESULT_FILE), result)
     }
 }
@@ -257,9 +258,9 @@ pub(crate) fn reserve(file: &File, len: u64) -> std::io::Result<()> {
 }
 
 /// A record as one line of `log`.
-fn encode(rec: &Record) -> CliResult<Vec<u8>> {
+fn encode(rec: &Record) -> Result<Vec<u8>> {
     let mut line = serde_json::to_vec(rec)
-        .map_err(|e| CliError::Failed(format!("cannot encode journal record: {e}")))?;
+        .map_err(|e| StoreError::Failed(format!("cannot encode journal record: {e}")))?;
     line.push(b'\n');
     Ok(line)
 }
@@ -302,7 +303,7 @@ pub(crate) fn cmd_file(dir: &Path, seq: u64, ext: &str) -> PathBuf {
 }
 
 /// Delete a journal directory and make that durable.
-pub(crate) fn remove_journal(dir: &Path) -> CliResult<()> {
+pub(crate) fn remove_journal(dir: &Path) -> Result<()> {
     fs::remove_dir_all(dir)
         .or_else(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -311,7 +312,7 @@ pub(crate) fn remove_journal(dir: &Path) -> CliResult<()> {
                 Err(e)
             }
         })
-        .map_err(|e| CliError::io(format!("cannot delete journal {}", dir.display()), e))?;
+        .map_err(|e| StoreError::io(format!("cannot delete journal {}", dir.display()), e))?;
     if let Some(parent) = dir.parent() {
         state::sync_dir(parent)?;
     }
@@ -319,18 +320,18 @@ pub(crate) fn remove_journal(dir: &Path) -> CliResult<()> {
 }
 
 /// Read the header of a journal.
-pub(crate) fn read_header(dir: &Path) -> CliResult<OpHeader> {
+pub(crate) fn read_header(dir: &Path) -> Result<OpHeader> {
     let path = dir.join("op.json");
-    let text = fs::read_to_string(&path).map_err(|e| CliError::State {
+    let text = fs::read_to_string(&path).map_err(|e| StoreError::State {
         path: path.clone(),
         message: format!("unreadable journal header: {e}"),
     })?;
-    let header: OpHeader = serde_json::from_str(&text).map_err(|e| CliError::State {
+    let header: OpHeader = serde_json::from_str(&text).map_err(|e| StoreError::State {
         path: path.clone(),
         message: format!("corrupt journal header: {e}"),
     })?;
     if header.version != JOURNAL_VERSION {
-        return Err(CliError::State {
+        return Err(StoreError::State {
             path,
             message: format!("journal format version {} is not supported", header.version),
         });
@@ -348,7 +349,7 @@ pub(crate) fn read_records(dir: &Path) -> Vec<Record> {
 
 /// Journals waiting for recovery, oldest first. Half-created journals (`.tmp-*`, killed before
 /// the rename) never started anything and are deleted here.
-pub(crate) fn pending(state: &StateDir) -> CliResult<Vec<PathBuf>> {
+pub(crate) fn pending(state: &StateDir) -> Result<Vec<PathBuf>> {
     let mut out: Vec<PathBuf> = state::dir_entries(&state.journal_dir())?
         .into_iter()
         .filter(|(name, path)| !name.starts_with(".tmp-") && path.is_dir())
@@ -366,11 +367,11 @@ pub(crate) fn journal_id(dir: &Path) -> String {
 }
 
 /// The pending journal called `id` (as [`journal_id`] names it).
-pub(crate) fn find_pending(state: &StateDir, id: &str) -> CliResult<PathBuf> {
+pub(crate) fn find_pending(state: &StateDir, id: &str) -> Result<PathBuf> {
     pending(state)?
         .into_iter()
         .find(|dir| journal_id(dir) == id)
-        .ok_or_else(|| CliError::NoSuchJournal {
+        .ok_or_else(|| StoreError::NoSuchJournal {
             id: id.to_string(),
             dir: state.journal_dir(),
         })
@@ -385,6 +386,15 @@ pub(crate) fn clean_temporaries(state: &StateDir) {
             }
         }
     }
+}
+
+/// The document an operation worked from, parsed; an error names the journal.
+pub(crate) fn journal_firewall(dir: &Path, text: &str) -> Result<Firewall> {
+    let source = dir.join("op.json").display().to_string();
+    Firewall::from_xml(text, &source).map_err(|e| StoreError::State {
+        path: dir.to_path_buf(),
+        message: format!("corrupt journal: {e}"),
+    })
 }
 
 #[cfg(test)]

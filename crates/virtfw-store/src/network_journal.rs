@@ -40,10 +40,10 @@ use virtfw_network::lifecycle::Step;
 use virtfw_network::status::StatusIdentity;
 use virtfw_network::NetworkStatus;
 
-use crate::error::{CliError, CliResult};
+use crate::error::{Result, StoreError};
+use crate::exec::Children;
 use crate::journal::{self, OpHeader, OpKind, JOURNAL_VERSION};
 use crate::operation::{Operation, UndoStats};
-use crate::recover::journal_firewall;
 use crate::state::{self, StateDir};
 use crate::undo;
 
@@ -67,7 +67,7 @@ fn phase_of(step: Step) -> &'static str {
 /// first error is kept and reported by [`Phases::check`].
 pub(crate) struct Phases<'a> {
     op: &'a Operation,
-    error: RefCell<Option<CliError>>,
+    error: RefCell<Option<StoreError>>,
 }
 
 impl<'a> Phases<'a> {
@@ -85,7 +85,7 @@ impl<'a> Phases<'a> {
     }
 
     /// The first journal error, if marking a phase failed.
-    pub(crate) fn check(self) -> CliResult<()> {
+    pub(crate) fn check(self) -> Result<()> {
         match self.error.into_inner() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -101,13 +101,13 @@ pub(crate) fn header(
     netns: Option<&str>,
     document: String,
     status: String,
-) -> CliResult<OpHeader> {
+) -> Result<OpHeader> {
     let netns_id = state::netns_identity(netns).map_err(|source| match netns {
-        Some(n) => CliError::Netns {
+        Some(n) => StoreError::Netns {
             name: n.to_string(),
             source,
         },
-        None => CliError::io("cannot stat own netns", source),
+        None => StoreError::io("cannot stat own netns", source),
     })?;
     Ok(OpHeader {
         version: JOURNAL_VERSION,
@@ -136,11 +136,7 @@ pub(crate) fn identity(header: &OpHeader) -> StatusIdentity {
 /// Undo a network start that did not complete: the rules it applied (what the engine's
 /// rollback left), then the bridge it created. The live path after a failed start (`mark`
 /// `undo`) and recovery (`recover`) run this same function.
-pub(crate) fn undo_start(
-    op: &Operation,
-    tx: Option<&Firewall>,
-    mark: &str,
-) -> CliResult<UndoStats> {
+pub(crate) fn undo_start(op: &Operation, tx: Option<&Firewall>, mark: &str) -> Result<UndoStats> {
     let mut stats = UndoStats::default();
     if let Some(tx) = tx {
         stats += op.undo_apply(tx, RULES, mark)?;
@@ -150,15 +146,15 @@ pub(crate) fn undo_start(
 }
 
 /// The network's firewall as the journal recorded it (none for a network without rules).
-fn journal_tx(dir: &Path, header: &OpHeader) -> CliResult<Option<Firewall>> {
+fn journal_tx(dir: &Path, header: &OpHeader) -> Result<Option<Firewall>> {
     if header.document.is_empty() {
         return Ok(None);
     }
-    journal_firewall(dir, &header.document).map(Some)
+    journal::journal_firewall(dir, &header.document).map(Some)
 }
 
-fn journal_status(dir: &Path, header: &OpHeader) -> CliResult<NetworkStatus> {
-    let corrupt = |message: String| CliError::State {
+fn journal_status(dir: &Path, header: &OpHeader) -> Result<NetworkStatus> {
+    let corrupt = |message: String| StoreError::State {
         path: dir.to_path_buf(),
         message: format!("corrupt journal: {message}"),
     };
@@ -180,12 +176,12 @@ pub(crate) fn removal_of(status: &NetworkStatus) -> Option<Firewall> {
 }
 
 /// A stop whose namespace is gone: the network went with it.
-pub(crate) fn drop_stale_stop(state: &StateDir, header: &OpHeader) -> CliResult<()> {
+pub(crate) fn drop_stale_stop(state: &StateDir, header: &OpHeader) -> Result<()> {
     state::remove_durably(&state.network_status_path(&header.name))
 }
 
 /// Store the committed status unless it already is.
-fn install(path: &Path, xml: &str) -> CliResult<()> {
+fn install(path: &Path, xml: &str) -> Result<()> {
     if std::fs::read_to_string(path).is_ok_and(|t| t == xml) {
         return Ok(());
     }
@@ -195,10 +191,10 @@ fn install(path: &Path, xml: &str) -> CliResult<()> {
 /// Settle one network journal (see the module docs). Returns what was done.
 pub(crate) fn recover(
     state: &StateDir,
-    lock_fd: i32,
+    children: Children,
     dir: &Path,
     header: &OpHeader,
-) -> CliResult<(String, UndoStats)> {
+) -> Result<(String, UndoStats)> {
     let path = state.network_status_path(&header.name);
     if let Some(result) = journal::read_result(dir) {
         install(&path, &result)?;
@@ -207,7 +203,7 @@ pub(crate) fn recover(
             UndoStats::default(),
         ));
     }
-    let op = Operation::resume(dir, header.netns.as_deref(), lock_fd)?;
+    let op = Operation::resume(dir, header.netns.as_deref(), children)?;
     match header.kind {
         OpKind::NetworkStart => {
             let stats = undo_start(&op, journal_tx(dir, header)?.as_ref(), "recover")?;
@@ -252,7 +248,7 @@ pub(crate) fn recover(
                 stats,
             ))
         }
-        OpKind::Apply | OpKind::Remove => Err(CliError::Failed(format!(
+        OpKind::Apply | OpKind::Remove => Err(StoreError::Failed(format!(
             "{}: not a network operation",
             dir.display()
         ))),

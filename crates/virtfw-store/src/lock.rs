@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use fs4::fs_std::FileExt;
 use tracing::info;
 
-use crate::error::{CliError, CliResult};
+use crate::error::{Result, StoreError};
 use crate::state::StateDir;
 
 /// Shared (readers) or exclusive (writers).
@@ -32,7 +32,7 @@ pub(crate) struct StateLock {
 
 impl StateLock {
     /// Take the lock, polling until `timeout`. A message says who we are waiting for.
-    pub(crate) fn acquire(state: &StateDir, kind: LockKind, timeout: Duration) -> CliResult<Self> {
+    pub(crate) fn acquire(state: &StateDir, kind: LockKind, timeout: Duration) -> Result<Self> {
         let path = state.lock_path();
         let file = OpenOptions::new()
             .read(true)
@@ -41,7 +41,7 @@ impl StateLock {
             .truncate(false)
             .mode(0o600)
             .open(&path)
-            .map_err(|e| CliError::io(format!("cannot open lock {}", path.display()), e))?;
+            .map_err(|e| StoreError::io(format!("cannot open lock {}", path.display()), e))?;
         let start = Instant::now();
         let mut told = false;
         loop {
@@ -49,12 +49,12 @@ impl StateLock {
                 LockKind::Shared => FileExt::try_lock_shared(&file),
                 LockKind::Exclusive => FileExt::try_lock_exclusive(&file),
             }
-            .map_err(|e| CliError::io(format!("cannot lock {}", path.display()), e))?;
+            .map_err(|e| StoreError::io(format!("cannot lock {}", path.display()), e))?;
             if got {
                 return Ok(StateLock { file });
             }
             if start.elapsed() >= timeout {
-                return Err(CliError::LockTimeout {
+                return Err(StoreError::LockTimeout {
                     path,
                     seconds: timeout.as_secs(),
                 });
