@@ -104,6 +104,10 @@ pub(crate) struct ApplyArgs {
     /// Print the commands that would run (libvirt transcript format); change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Ask the kernel whether it accepts every command, without committing anything
+    /// (`nft -c`, `iptables-restore --test`); exit 1 when it refuses one.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub check: bool,
 }
 
 #[derive(Debug, Args)]

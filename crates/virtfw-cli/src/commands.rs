@@ -61,8 +61,9 @@ fn read_input(file: &Path) -> Result<(String, String)> {
     Ok((text, file.display().to_string()))
 }
 
-/// `virtfw apply FILE [--name NAME] [--dry-run]`
-pub(crate) fn apply(ctx: &Ctx, file: &Path, name: Option<&str>, dry: bool) -> Result<i32> {
+/// `virtfw apply FILE [--name NAME] [--dry-run | --check]`
+pub(crate) fn apply(ctx: &Ctx, args: &crate::cli::ApplyArgs) -> Result<i32> {
+    let (file, name) = (args.file.as_path(), args.name.as_deref());
     let (text, source) = read_input(file)?;
     let mut fw = Firewall::from_xml(&text, &source).map_err(StoreError::Input)?;
     let name = match name.or(fw.name()) {
@@ -77,7 +78,16 @@ pub(crate) fn apply(ctx: &Ctx, file: &Path, name: Option<&str>, dry: bool) -> Re
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default(),
     };
-    if dry {
+    if args.check {
+        let report = ctx.store.apply_check(&fw, &name)?;
+        ctx.emit(&report);
+        return Ok(if report.clean {
+            EXIT_OK
+        } else {
+            outcome(ErrorKind::Refused)
+        });
+    }
+    if args.dry_run {
         ctx.emit(&ctx.store.apply_dry_run(&mut fw, &name)?);
     } else {
         ctx.emit(&ctx.store.apply(&mut fw, &name)?);

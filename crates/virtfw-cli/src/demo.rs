@@ -96,7 +96,13 @@ fn run_in(ctx: &Ctx, ns: &Netns, dir: &PathBuf) -> Result<i32> {
         let file = dir.join(format!("{name}.xml"));
         std::fs::write(&file, xml).map_err(|e| StoreError::io("demo file", e))?;
         step(&format!("virtfw apply {}", file.display()));
-        commands::apply(&demo, &file, None, false)?;
+        let args = crate::cli::ApplyArgs {
+            file,
+            name: None,
+            dry_run: false,
+            check: false,
+        };
+        commands::apply(&demo, &args)?;
     }
     step("live ruleset (nft list ruleset)");
     print!(

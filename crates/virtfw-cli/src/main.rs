@@ -38,7 +38,7 @@ fn init_logging(verbose: u8, quiet: bool) {
 
 fn dispatch(ctx: &Ctx, command: &CliCommand) -> Result<i32> {
     match command {
-        CliCommand::Apply(a) => commands::apply(ctx, &a.file, a.name.as_deref(), a.dry_run),
+        CliCommand::Apply(a) => commands::apply(ctx, a),
         CliCommand::Remove(r) => commands::remove(ctx, &r.name, r.dry_run, r.forget),
         CliCommand::List => commands::list(ctx),
         CliCommand::Show { name } => commands::show(ctx, name),

@@ -90,6 +90,77 @@ impl fmt::Display for DryRunReport {
     }
 }
 
+/// What the kernel said about a transaction it was asked to check without committing it
+/// ([`crate::Store::apply_check`], `virtfw apply --check`).
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct KernelCheckReport {
+    /// The transaction's name.
+    pub check: String,
+    /// Whether the kernel accepted every command it was asked about.
+    pub clean: bool,
+    /// The engine's per-group, per-command verdicts.
+    pub report: virtfw::check::CheckReport,
+}
+
+impl KernelCheckReport {
+    pub(crate) fn new(name: &str, report: virtfw::check::CheckReport) -> Self {
+        KernelCheckReport {
+            check: name.to_string(),
+            clean: report.is_clean(),
+            report,
+        }
+    }
+}
+
+impl fmt::Display for KernelCheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use virtfw::check::Verdict;
+        let (mut accepted, mut unchecked, mut refused) = (0, 0, 0);
+        for group in &self.report.groups {
+            for cmd in &group.commands {
+                match &cmd.verdict {
+                    Verdict::Accepted | Verdict::IgnoredFailure { .. } => accepted += 1,
+                    Verdict::Refused { message } => {
+                        refused += 1;
+                        writeln!(
+                            f,
+                            "group {} command {}: refused: {}: {}",
+                            group.group, cmd.index, cmd.command, message
+                        )?;
+                    }
+                    Verdict::NotCheckable { reason } => {
+                        unchecked += 1;
+                        writeln!(
+                            f,
+                            "group {} command {}: not checkable ({reason}): {}",
+                            group.group, cmd.index, cmd.command
+                        )?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if self.clean {
+            write!(
+                f,
+                "{}: the kernel accepts all {accepted} checked command(s); nothing was changed",
+                self.check
+            )?;
+        } else {
+            write!(
+                f,
+                "{}: the kernel refuses {refused} command(s); nothing was changed",
+                self.check
+            )?;
+        }
+        if unchecked > 0 {
+            write!(f, " ({unchecked} not checkable)")?;
+        }
+        Ok(())
+    }
+}
+
 /// A stored plan run and forgotten ([`crate::Store::remove`]).
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]

@@ -178,6 +178,26 @@ impl Store {
         self.dry_run(fw)
     }
 
+    /// Ask the kernel whether it would accept every command of `fw`, committing nothing
+    /// (`nft -c -f`, `iptables-restore --test`; see [`virtfw::check`]): no lock, no journal,
+    /// no plan, because nothing changes. Refuses what [`Store::apply`] refuses first.
+    pub fn apply_check(&self, fw: &Firewall, name: &str) -> Result<KernelCheckReport> {
+        check_transaction(fw, name)?;
+        let exec = match self.netns() {
+            Some(n) => {
+                open_netns(n)?;
+                ProcessExecutor::in_netns(n).map_err(|e| StoreError::Netns {
+                    name: n.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?
+            }
+            None => ProcessExecutor::new(),
+        }
+        .with_timeout(self.child_timeout());
+        let report = virtfw::check::kernel_check(fw, &exec).map_err(StoreError::Input)?;
+        Ok(KernelCheckReport::new(name, report))
+    }
+
     fn dry_run(&self, fw: &mut Firewall) -> Result<DryRunReport> {
         let recorder = DryRun::new();
         fw.apply_with(&recorder, self.engine_options(None))
