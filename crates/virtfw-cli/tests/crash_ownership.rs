@@ -83,9 +83,11 @@ impl Setup {
         }
     }
 
+    /// A `virtfw` command. These tests pick the path themselves (`--no-batch` or not), so the
+    /// suite-wide `VIRTFW_NO_BATCH` must not turn a batch case into a per-command one.
     fn virtfw(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = self.env.cmd(args);
-        cmd.env("PATH", &self.path);
+        cmd.env("PATH", &self.path).env_remove("VIRTFW_NO_BATCH");
         cmd
     }
 
@@ -93,7 +95,9 @@ impl Setup {
     fn kill(&self, args: &[&str], point: &str) {
         let path = matching_wrappers(self.env.dir.path(), WRAPPED);
         let mut cmd = self.env.cmd(args);
-        cmd.env("PATH", &path).env(STALL_MATCH, point);
+        cmd.env("PATH", &path)
+            .env(STALL_MATCH, point)
+            .env_remove("VIRTFW_NO_BATCH");
         kill_after(self.env.dir.path(), cmd, 1, None);
     }
 
