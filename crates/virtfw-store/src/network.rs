@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use virtfw::{Backend, ExecError, Firewall, ProcessExecutor};
+use virtfw_network::lifecycle::Step;
 use virtfw_network::status::StatusIdentity;
 use virtfw_network::{backend, lifecycle, NetworkDef, NetworkError, NetworkStatus};
 
@@ -280,9 +281,15 @@ pub(crate) fn start(
         tx.as_ref().map(Firewall::to_xml).unwrap_or_default(),
         def.xml.clone(),
     )?;
-    let op = Operation::begin(&state, &header, ctx.netns().as_deref(), ctx.children(&lock))?;
+    let op = Operation::begin(
+        &state,
+        &header,
+        ctx.netns().as_deref(),
+        ctx.children(&lock),
+        ctx.cancel(),
+    )?;
     let name = def.name.clone();
-    let phases = Phases::new(&op);
+    let phases = Phases::new(&op).undo_step(Step::DeleteBridge);
     let started = lifecycle::start_in_steps(
         def,
         backend,
@@ -291,14 +298,27 @@ pub(crate) fn start(
         &|s| phases.step(s),
     );
     phases.check()?;
-    let mut status = match started {
-        Ok(status) => status,
-        Err(e) => {
+    // Asked to stop: a command was refused, or every one had run (the status is not stored
+    // yet: the start is undone all the same), as `apply`.
+    let interrupted = op
+        .exec()
+        .interrupted()
+        .or_else(|| started.as_ref().ok().and_then(|_| op.exec().cancelled()));
+    let mut status = match (started, interrupted) {
+        (Ok(status), None) => status,
+        (started, interrupted) => {
             // All or nothing, as `apply`: also what libvirt's rollback leaves (earlier groups),
             // and the bridge, by the computation `recover` would make.
             network_journal::undo_start(&op, tx.as_ref(), "undo")?;
             op.finish()?;
-            return Err(cli_error(e));
+            return Err(match (interrupted, started) {
+                (None, Err(e)) => cli_error(e),
+                (signal, _) => StoreError::Interrupted {
+                    signal: signal.unwrap_or_default(),
+                    operation: format!("network start of {name}"),
+                    outcome: crate::store::UNDONE,
+                },
+            });
         }
     };
     status.netns = ctx.netns().clone();
@@ -337,7 +357,13 @@ pub(crate) fn stop(ctx: &Store, name: &str) -> Result<NetworkStopReport> {
         String::new(),
         text,
     )?;
-    let op = Operation::begin(&state, &header, netns.as_deref(), ctx.children(&lock))?;
+    let op = Operation::begin(
+        &state,
+        &header,
+        netns.as_deref(),
+        ctx.children(&lock),
+        ctx.cancel(),
+    )?;
     // libvirt deletes the status first: a stop that fails half way must not be retried with
     // a plan whose handles may since have been reused. (A killed stop is finished by
     // `recover` from the journal, which holds the status.)
@@ -349,8 +375,16 @@ pub(crate) fn stop(ctx: &Store, name: &str) -> Result<NetworkStopReport> {
         });
     phases.check()?;
     let (missing, failed) = op.exec().ignored();
+    let interrupted = op.exec().interrupted();
     op.finish()?;
-    stopped.map_err(stop_error)?;
+    stopped.map_err(|e| match interrupted {
+        Some(signal) => StoreError::Interrupted {
+            signal,
+            operation: format!("network stop of {name}"),
+            outcome: STOP_STOPPED,
+        },
+        None => stop_error(e),
+    })?;
     Ok(NetworkStopReport {
         network: name.to_string(),
         stopped: true,
@@ -426,7 +460,13 @@ fn reload_one(
         tx.as_ref().map(Firewall::to_xml).unwrap_or_default(),
         text,
     )?;
-    let op = Operation::begin(state, &header, netns.as_deref(), ctx.children(lock))?;
+    let op = Operation::begin(
+        state,
+        &header,
+        netns.as_deref(),
+        ctx.children(lock),
+        ctx.cancel(),
+    )?;
     let phases = Phases::new(&op);
     let reloaded = lifecycle::reload_in_steps(
         status,
@@ -439,11 +479,16 @@ fn reload_one(
     let reloaded = match reloaded {
         Ok(r) => r,
         Err(e) => {
-            // Refused before anything ran (e.g. a missing program): the status stays.
+            // Refused before anything ran (e.g. a missing program, a signal): the status stays.
+            let interrupted = op.exec().interrupted();
             op.finish()?;
-            return Err(cli_error(e));
+            return Err(match interrupted {
+                Some(signal) => reload_interrupted(name, signal),
+                None => cli_error(e),
+            });
         }
     };
+    let interrupted = op.exec().interrupted();
     if reloaded.error.is_some() {
         if let Some(tx) = &tx {
             op.undo_apply(tx, "rules", "undo")?;
@@ -456,7 +501,24 @@ fn reload_one(
         &reloaded.status,
         &network_journal::identity(&header),
     )?;
+    if let Some(signal) = interrupted {
+        return Err(reload_interrupted(name, signal));
+    }
     Ok((backend, reloaded.error))
+}
+
+/// What an interrupted `network stop` leaves: what a failed one does.
+const STOP_STOPPED: &str = "stopped between commands, as a failed stop: its status is gone, \
+     what it had not deleted yet stays";
+
+/// An interrupted reload: undone as a failed one.
+fn reload_interrupted(name: &str, signal: i32) -> StoreError {
+    StoreError::Interrupted {
+        signal,
+        operation: format!("network reload of {name}"),
+        outcome: "stopped between commands, as a failed reload: the rules it added again were \
+                  undone and its status stored",
+    }
 }
 
 /// `network reload [NAME…]`: each network is its own journalled operation.

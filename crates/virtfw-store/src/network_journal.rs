@@ -65,9 +65,14 @@ fn phase_of(step: Step) -> &'static str {
 
 /// Writes a phase mark for each lifecycle step; the lifecycle's callback cannot fail, so the
 /// first error is kept and reported by [`Phases::check`].
+///
+/// Each step also tells the executor whether its commands undo (never refused for a signal)
+/// or are the operation's forward part: the engine's rollback of one step (a global setup
+/// whose failure the network tolerates) must not let the next step run past a signal.
 pub(crate) struct Phases<'a> {
     op: &'a Operation,
     error: RefCell<Option<StoreError>>,
+    undo: Option<Step>,
 }
 
 impl<'a> Phases<'a> {
@@ -75,10 +80,18 @@ impl<'a> Phases<'a> {
         Phases {
             op,
             error: RefCell::new(None),
+            undo: None,
         }
     }
 
+    /// `step` undoes what the operation did (a failed start's bridge deletion).
+    pub(crate) fn undo_step(mut self, step: Step) -> Self {
+        self.undo = Some(step);
+        self
+    }
+
     pub(crate) fn step(&self, step: Step) {
+        self.op.exec().undoing(self.undo == Some(step));
         if let Err(e) = self.op.phase(phase_of(step)) {
             self.error.borrow_mut().get_or_insert(e);
         }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use virtfw::{ApplyOptions, Backend, DryRun, Executor, Firewall, ProcessExecutor};
 
+use crate::cancel::Cancel;
 use crate::error::{self, Result, StoreError};
 use crate::exec::{open_netns, Children};
 use crate::journal::{self, OpHeader, OpKind, JOURNAL_VERSION};
@@ -39,6 +40,9 @@ pub struct StoreOptions {
     pub lock_timeout: Duration,
     /// How long a firewall program may run before it is killed and its command fails.
     pub child_timeout: Duration,
+    /// Set, it stops every operation of the store between commands, undone as after a
+    /// failure ([`StoreError::Interrupted`]); the CLI sets it from SIGINT and SIGTERM.
+    pub cancel: Cancel,
 }
 
 impl Default for StoreOptions {
@@ -48,6 +52,7 @@ impl Default for StoreOptions {
             per_command: false,
             lock_timeout: Duration::from_secs(120),
             child_timeout: virtfw::executor::DEFAULT_CHILD_TIMEOUT,
+            cancel: Cancel::new(),
         }
     }
 }
@@ -80,6 +85,12 @@ impl StoreOptions {
     /// Kill a firewall program after this long.
     pub fn child_timeout(mut self, timeout: Duration) -> Self {
         self.child_timeout = timeout;
+        self
+    }
+
+    /// Stop operations between commands once `cancel` is set (see [`Cancel`]).
+    pub fn cancel(mut self, cancel: Cancel) -> Self {
+        self.cancel = cancel;
         self
     }
 }
@@ -140,6 +151,11 @@ impl Store {
         }
     }
 
+    /// The token that stops this store's operations.
+    pub(crate) fn cancel(&self) -> Cancel {
+        self.opts.cancel.clone()
+    }
+
     /// How long a firewall program may run.
     pub(crate) fn child_timeout(&self) -> Duration {
         self.opts.child_timeout
@@ -152,7 +168,7 @@ impl Store {
     /// Open the state dir and take its lock; a writer also refuses to run over a pending journal.
     pub(crate) fn lock(&self, kind: LockKind) -> Result<(StateDir, StateLock)> {
         let state = self.state()?;
-        let lock = StateLock::acquire(&state, kind, self.opts.lock_timeout)?;
+        let lock = StateLock::acquire(&state, kind, self.opts.lock_timeout, &self.opts.cancel)?;
         if kind == LockKind::Exclusive {
             if let Some(dir) = journal::pending(&state)?.into_iter().next() {
                 let id = journal::journal_id(&dir);
@@ -228,10 +244,25 @@ impl Store {
             document: fw.to_xml(),
             status: None,
         };
-        let op = Operation::begin(&state, &header, netns.as_deref(), self.children(&lock))?;
-        let applied = match fw.apply_with(op.exec(), op.options(self.per_command())) {
-            Ok(applied) => applied,
-            Err(err) => return Err(self.undo_failed_apply(op, &header, &name, err)),
+        let op = Operation::begin(
+            &state,
+            &header,
+            netns.as_deref(),
+            self.children(&lock),
+            self.cancel(),
+        )?;
+        let result = fw.apply_with(op.exec(), op.options(self.per_command()));
+        // Asked to stop: a command was refused, or the last one had run when the signal came
+        // (still before the plan is stored: the apply is undone all the same).
+        let interrupted = op
+            .exec()
+            .interrupted()
+            .or_else(|| result.as_ref().ok().and_then(|_| op.exec().cancelled()));
+        let applied = match (result, interrupted) {
+            (Ok(applied), None) => applied,
+            (result, interrupted) => {
+                return Err(self.undo_failed_apply(op, &header, &name, result.err(), interrupted))
+            }
         };
         let mut removal = applied.removal;
         removal.set_name(Some(&name));
@@ -267,21 +298,28 @@ impl Store {
     }
 
     /// After the engine refused `err` (and rolled back the failed group and those it inherits
-    /// from): undo the groups libvirt's rule leaves applied too — an apply is all or nothing
-    /// here — by the computation `recover` makes, and settle the journal; the error to report.
+    /// from), or the apply was `interrupted` by a signal (`err`: the failure of the command
+    /// refused for it; none when every command had run): undo the groups libvirt's rule
+    /// leaves applied too — an apply is all or nothing here — by the computation `recover`
+    /// makes, and settle the journal; the error to report.
     fn undo_failed_apply(
         &self,
         op: Operation,
         header: &OpHeader,
         name: &str,
-        err: virtfw::Error,
+        err: Option<virtfw::Error>,
+        interrupted: Option<i32>,
     ) -> StoreError {
         let tx = match Firewall::from_xml(&header.document, "journal") {
             Ok(tx) => tx,
             Err(e) => return StoreError::Input(e),
         };
+        let context = match (&err, interrupted) {
+            (Some(err), None) => format!("apply of {name} failed ({err})"),
+            _ => format!("apply of {name} was interrupted"),
+        };
         let kept = |reason: String| StoreError::KeptJournal {
-            context: format!("apply of {name} failed ({err})"),
+            context: context.clone(),
             reason,
             journal: op.dir().to_path_buf(),
         };
@@ -290,7 +328,7 @@ impl Store {
         if let Err(e) = op.undo_apply(&tx, "", "undo") {
             return kept(format!("undoing it stopped: {e}"));
         }
-        if error::handles_unknown(&err) {
+        if err.as_ref().is_some_and(error::handles_unknown) {
             return kept(
                 "an object it created has a handle nobody knows, so it was not undone".into(),
             );
@@ -298,7 +336,14 @@ impl Store {
         if let Err(e) = op.finish() {
             return e;
         }
-        StoreError::from_apply(err)
+        match (interrupted, err) {
+            (None, Some(err)) => StoreError::from_apply(err),
+            (signal, _) => StoreError::Interrupted {
+                signal: signal.unwrap_or_default(),
+                operation: format!("apply of {name}"),
+                outcome: UNDONE,
+            },
+        }
     }
 
     /// The commands removing the stored plan `name` would run; nothing runs.
@@ -338,14 +383,31 @@ impl Store {
             document: plan.removal.clone(),
             status: None,
         };
-        let op = Operation::begin(&state, &header, plan.netns.as_deref(), self.children(&lock))?;
+        let op = Operation::begin(
+            &state,
+            &header,
+            plan.netns.as_deref(),
+            self.children(&lock),
+            self.cancel(),
+        )?;
         if let Err(err) = fw.apply_with(op.exec(), op.options(self.per_command())) {
             // Removal groups ignore errors, so only refusals before anything ran and executor
-            // failures (a program that cannot be started, a journal that cannot be written) get
-            // here: keep the plan (running `remove` again deletes what is left), drop the journal.
+            // failures (a program that cannot be started, a journal that cannot be written, a
+            // command not started because a signal asked to stop) get here: keep the plan
+            // (running `remove` again deletes what is left), drop the journal.
+            let interrupted = op.exec().interrupted();
             op.finish()?;
-            return Err(StoreError::from_remove(err));
+            return Err(match interrupted {
+                Some(signal) => StoreError::Interrupted {
+                    signal,
+                    operation: format!("removal of {name}"),
+                    outcome: REMOVAL_KEPT,
+                },
+                None => StoreError::from_remove(err),
+            });
         }
+        // A signal that came after the last delete had run is too late to stop the removal:
+        // it is complete, and reported as such.
         // Exact on both paths: the engine reports every delete it gave up on, per command or
         // from its batch's retries, with whether the object was already gone.
         let (missing, failed) = op.exec().ignored();
@@ -502,7 +564,12 @@ impl Store {
     /// runs.
     pub fn recover(&self) -> Result<RecoverReport> {
         let state = self.state()?;
-        let lock = StateLock::acquire(&state, LockKind::Exclusive, self.opts.lock_timeout)?;
+        let lock = StateLock::acquire(
+            &state,
+            LockKind::Exclusive,
+            self.opts.lock_timeout,
+            &self.opts.cancel,
+        )?;
         let outcome = recover::recover_all(&state, self.children(&lock))?;
         Ok(RecoverReport {
             recovered: outcome.settled,
@@ -514,7 +581,12 @@ impl Store {
     /// the kernel stays as it is (for a journal [`Store::recover`] cannot settle).
     pub fn recover_drop(&self, id: &str) -> Result<DropReport> {
         let state = self.state()?;
-        let _lock = StateLock::acquire(&state, LockKind::Exclusive, self.opts.lock_timeout)?;
+        let _lock = StateLock::acquire(
+            &state,
+            LockKind::Exclusive,
+            self.opts.lock_timeout,
+            &self.opts.cancel,
+        )?;
         let dir = journal::find_pending(&state, id)?;
         let what = journal::read_header(&dir);
         journal::remove_journal(&dir)?;
@@ -536,6 +608,13 @@ impl Store {
         })
     }
 }
+
+/// What an interrupted apply or network start leaves.
+pub(crate) const UNDONE: &str = "stopped between commands; everything it changed was undone";
+
+/// What an interrupted removal leaves.
+pub(crate) const REMOVAL_KEPT: &str = "stopped between commands; what it deleted stays deleted \
+     and the plan is kept (run `virtfw remove` again to delete the rest)";
 
 /// What apply refuses before it runs anything: a bad name, an empty transaction, backend
 /// `none`.
