@@ -304,20 +304,24 @@ pub(crate) fn start(
         .exec()
         .interrupted()
         .or_else(|| started.as_ref().ok().and_then(|_| op.exec().cancelled()));
+    // All or nothing, as `apply`: also what libvirt's rollback leaves (earlier groups), and
+    // the bridge, by the computation `recover` would make.
+    let undo = |op: Operation| {
+        network_journal::undo_start(&op, tx.as_ref(), "undo")?;
+        op.finish()
+    };
     let mut status = match (started, interrupted) {
         (Ok(status), None) => status,
-        (started, interrupted) => {
-            // All or nothing, as `apply`: also what libvirt's rollback leaves (earlier groups),
-            // and the bridge, by the computation `recover` would make.
-            network_journal::undo_start(&op, tx.as_ref(), "undo")?;
-            op.finish()?;
-            return Err(match (interrupted, started) {
-                (None, Err(e)) => cli_error(e),
-                (signal, _) => StoreError::Interrupted {
-                    signal: signal.unwrap_or_default(),
-                    operation: format!("network start of {name}"),
-                    outcome: crate::store::UNDONE,
-                },
+        (Err(e), None) => {
+            undo(op)?;
+            return Err(cli_error(e));
+        }
+        (_, Some(signal)) => {
+            undo(op)?;
+            return Err(StoreError::Interrupted {
+                signal,
+                operation: format!("network start of {name}"),
+                outcome: crate::store::UNDONE,
             });
         }
     };

@@ -260,8 +260,11 @@ impl Store {
             .or_else(|| result.as_ref().ok().and_then(|_| op.exec().cancelled()));
         let applied = match (result, interrupted) {
             (Ok(applied), None) => applied,
-            (result, interrupted) => {
-                return Err(self.undo_failed_apply(op, &header, &name, result.err(), interrupted))
+            (Err(err), None) => {
+                return Err(self.undo_failed_apply(op, &header, &name, Undo::Failed(err)))
+            }
+            (_, Some(signal)) => {
+                return Err(self.undo_failed_apply(op, &header, &name, Undo::Interrupted(signal)))
             }
         };
         let mut removal = applied.removal;
@@ -297,26 +300,24 @@ impl Store {
         })
     }
 
-    /// After the engine refused `err` (and rolled back the failed group and those it inherits
-    /// from), or the apply was `interrupted` by a signal (`err`: the failure of the command
-    /// refused for it; none when every command had run): undo the groups libvirt's rule
-    /// leaves applied too — an apply is all or nothing here — by the computation `recover`
-    /// makes, and settle the journal; the error to report.
+    /// After the engine refused the apply (and rolled back the failed group and those it
+    /// inherits from), or a signal interrupted it: undo the groups libvirt's rule leaves
+    /// applied too — an apply is all or nothing here — by the computation `recover` makes,
+    /// and settle the journal; the error to report.
     fn undo_failed_apply(
         &self,
         op: Operation,
         header: &OpHeader,
         name: &str,
-        err: Option<virtfw::Error>,
-        interrupted: Option<i32>,
+        why: Undo,
     ) -> StoreError {
         let tx = match Firewall::from_xml(&header.document, "journal") {
             Ok(tx) => tx,
             Err(e) => return StoreError::Input(e),
         };
-        let context = match (&err, interrupted) {
-            (Some(err), None) => format!("apply of {name} failed ({err})"),
-            _ => format!("apply of {name} was interrupted"),
+        let context = match &why {
+            Undo::Failed(err) => format!("apply of {name} failed ({err})"),
+            Undo::Interrupted(_) => format!("apply of {name} was interrupted"),
         };
         let kept = |reason: String| StoreError::KeptJournal {
             context: context.clone(),
@@ -328,7 +329,7 @@ impl Store {
         if let Err(e) = op.undo_apply(&tx, "", "undo") {
             return kept(format!("undoing it stopped: {e}"));
         }
-        if err.as_ref().is_some_and(error::handles_unknown) {
+        if matches!(&why, Undo::Failed(err) if error::handles_unknown(err)) {
             return kept(
                 "an object it created has a handle nobody knows, so it was not undone".into(),
             );
@@ -336,10 +337,10 @@ impl Store {
         if let Err(e) = op.finish() {
             return e;
         }
-        match (interrupted, err) {
-            (None, Some(err)) => StoreError::from_apply(err),
-            (signal, _) => StoreError::Interrupted {
-                signal: signal.unwrap_or_default(),
+        match why {
+            Undo::Failed(err) => StoreError::from_apply(err),
+            Undo::Interrupted(signal) => StoreError::Interrupted {
+                signal,
                 operation: format!("apply of {name}"),
                 outcome: UNDONE,
             },
@@ -607,6 +608,14 @@ impl Store {
             journal,
         })
     }
+}
+
+/// Why an apply is undone.
+enum Undo {
+    /// The engine failed it with this error.
+    Failed(virtfw::Error),
+    /// This signal asked to stop it (through the store's [`Cancel`]).
+    Interrupted(i32),
 }
 
 /// What an interrupted apply or network start leaves.
