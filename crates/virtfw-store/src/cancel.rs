@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 /// A request to stop, shared by every clone: holds the number of the signal that asked
 /// (0: not asked). Set it from a signal handler with
-/// `signal_hook::flag::register_usize(SIGINT, cancel.flag(), SIGINT as usize)`, or with
-/// [`Cancel::cancel`] from another thread.
+/// `signal_hook::flag::register_usize(SIGINT, cancel.flag(), SIGINT as usize)` (each signal
+/// stores its number: the last one is reported), or with [`Cancel::cancel`] from another
+/// thread.
 #[derive(Debug, Clone, Default)]
 pub struct Cancel(Arc<AtomicUsize>);
 
