@@ -11,7 +11,6 @@
 mod common;
 use common::*;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -30,11 +29,8 @@ const WRAPPED: &[&str] = &[
 
 /// The holding wrappers of the module docs in `dir/sigbin`; returns a PATH with them first.
 fn holding_wrappers(dir: &Path) -> String {
-    let bin = dir.join("sigbin");
-    std::fs::create_dir_all(&bin).unwrap();
-    for &program in WRAPPED {
-        let real = real(program);
-        let script = format!(
+    install_wrappers(dir, "sigbin", WRAPPED, |real, program| {
+        format!(
             "#!/bin/bash\n\
              if [ -n \"${DIR}\" ]; then\n\
              \x20 exec 9>>\"${DIR}/lock\"; flock 9\n\
@@ -48,16 +44,8 @@ fn holding_wrappers(dir: &Path) -> String {
              \x20 fi\n\
              fi\n\
              exec {real} \"$@\"\n"
-        );
-        let p = bin.join(program);
-        std::fs::write(&p, script).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
+        )
+    })
 }
 
 struct SigEnv {
