@@ -91,8 +91,8 @@ fn main() {
 /// command exits 128 + the signal once the undo is done (`StoreError::Interrupted`). The
 /// handler only stores the signal: a second one during the undo does not abort it (SIGKILL
 /// does; `virtfw recover` finishes that). A wait for the state lock ends at once; a command
-/// that changes nothing (`list`, `verify`), `recover`, and a removal whose last delete had
-/// run end as usual (docs/cli.md, "Signals").
+/// that changes nothing (`list`, `verify`), `recover`, `network stop`, and a removal whose
+/// last delete had run end as usual (docs/cli.md, "Signals").
 fn cancel_on_signals() -> Cancel {
     let cancel = Cancel::new();
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

@@ -340,3 +340,30 @@ fn interrupted_network_start_is_undone() {
     env.ok(&["network", "stop", "signet"]);
     assert_eq!(without_counters(&env.env.snapshot()), before);
 }
+
+/// `network stop` is not stopped by a signal: it deletes the status first (as libvirt), so a
+/// stop cut short could not be run again and would leave its rules. It runs to its end.
+#[test]
+fn network_stop_runs_to_its_end_through_a_signal() {
+    let env = SigEnv::new("vfw-sig-stop");
+    let file = env.env.write("signet.xml", NET);
+    let start = ["network", "start", path_of(&file), "--backend", "nftables"];
+    env.ok(&start);
+    env.ok(&["network", "stop", "signet"]);
+    let before = without_counters(&env.env.snapshot());
+    env.ok(&start);
+    let o = env.interrupt(&["network", "stop", "signet"], 1, libc::SIGTERM);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        !env.calls_after(1).is_empty(),
+        "nothing ran after the signal"
+    );
+    assert_eq!(without_counters(&env.env.snapshot()), before);
+    assert!(env
+        .env
+        .ns
+        .run(&["ip", "link", "show", "dev", "vfsig0"])
+        .is_err());
+    assert!(!env.env.state().join("networks/signet.xml").exists());
+    assert_eq!(env.env.journals(), 0);
+}

@@ -3,7 +3,8 @@
 //! The library installs no signal handler (a library must not take over a process's signals).
 //! The caller sets the token — the CLI from its SIGINT and SIGTERM handlers, a daemon from
 //! wherever it decides to stop — and the store's journalling executor reads it before it
-//! starts each command of an operation's forward part. Set, the command is not started and
+//! starts each command of an operation's forward part (not of `network stop` or `recover`,
+//! which are all undo). Set, the command is not started and
 //! fails with [`virtfw::ExecError::Interrupted`]; the operation is then undone exactly as after
 //! a failure (the engine's rollback, the store's undo), and its undo commands are not refused:
 //! a second signal does not abort an undo. The operation reports

@@ -289,7 +289,7 @@ pub(crate) fn start(
         ctx.cancel(),
     )?;
     let name = def.name.clone();
-    let phases = Phases::new(&op).undo_step(Step::DeleteBridge);
+    let phases = Phases::new(&op).undo_steps(|step| step == Step::DeleteBridge);
     let started = lifecycle::start_in_steps(
         def,
         backend,
@@ -372,23 +372,18 @@ pub(crate) fn stop(ctx: &Store, name: &str) -> Result<NetworkStopReport> {
     // a plan whose handles may since have been reused. (A killed stop is finished by
     // `recover` from the journal, which holds the status.)
     state::remove_durably(&path)?;
-    let phases = Phases::new(&op);
+    // So a stop is not stopped by a signal: with its status gone it could not be run again,
+    // and what it had not deleted would stay behind. It is the undo of a start.
+    op.exec().undoing(true);
+    let phases = Phases::new(&op).undo_steps(|_| true);
     let stopped =
         lifecycle::stop_in_steps(&status, op.exec(), op.options(ctx.per_command()), &|s| {
             phases.step(s)
         });
     phases.check()?;
     let (missing, failed) = op.exec().ignored();
-    let interrupted = op.exec().interrupted();
     op.finish()?;
-    stopped.map_err(|e| match interrupted {
-        Some(signal) => StoreError::Interrupted {
-            signal,
-            operation: format!("network stop of {name}"),
-            outcome: STOP_STOPPED,
-        },
-        None => stop_error(e),
-    })?;
+    stopped.map_err(stop_error)?;
     Ok(NetworkStopReport {
         network: name.to_string(),
         stopped: true,
@@ -510,10 +505,6 @@ fn reload_one(
     }
     Ok((backend, reloaded.error))
 }
-
-/// What an interrupted `network stop` leaves: what a failed one does.
-const STOP_STOPPED: &str = "stopped between commands, as a failed stop: its status is gone, \
-     what it had not deleted yet stays";
 
 /// An interrupted reload: undone as a failed one.
 fn reload_interrupted(name: &str, signal: i32) -> StoreError {

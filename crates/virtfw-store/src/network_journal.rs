@@ -72,7 +72,7 @@ fn phase_of(step: Step) -> &'static str {
 pub(crate) struct Phases<'a> {
     op: &'a Operation,
     error: RefCell<Option<StoreError>>,
-    undo: Option<Step>,
+    undo: fn(Step) -> bool,
 }
 
 impl<'a> Phases<'a> {
@@ -80,18 +80,19 @@ impl<'a> Phases<'a> {
         Phases {
             op,
             error: RefCell::new(None),
-            undo: None,
+            undo: |_| false,
         }
     }
 
-    /// `step` undoes what the operation did (a failed start's bridge deletion).
-    pub(crate) fn undo_step(mut self, step: Step) -> Self {
-        self.undo = Some(step);
+    /// The steps for which `undo` is true undo what the operation did (a failed start's
+    /// bridge deletion; every step of a stop).
+    pub(crate) fn undo_steps(mut self, undo: fn(Step) -> bool) -> Self {
+        self.undo = undo;
         self
     }
 
     pub(crate) fn step(&self, step: Step) {
-        self.op.exec().undoing(self.undo == Some(step));
+        self.op.exec().undoing((self.undo)(step));
         if let Err(e) = self.op.phase(phase_of(step)) {
             self.error.borrow_mut().get_or_insert(e);
         }

@@ -40,8 +40,9 @@ pub struct StoreOptions {
     pub lock_timeout: Duration,
     /// How long a firewall program may run before it is killed and its command fails.
     pub child_timeout: Duration,
-    /// Set, it stops every operation of the store between commands, undone as after a
-    /// failure ([`StoreError::Interrupted`]); the CLI sets it from SIGINT and SIGTERM.
+    /// Set, it stops the store's operations between commands, undone as after a failure
+    /// ([`StoreError::Interrupted`]); not `network stop` (which could not be run again) nor
+    /// `recover` (all undo). The CLI sets it from SIGINT and SIGTERM.
     pub cancel: Cancel,
 }
 
