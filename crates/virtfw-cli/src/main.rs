@@ -17,7 +17,7 @@ use clap::Parser;
 
 use cli::{Cli, CliCommand};
 use commands::Ctx;
-use virtfw_store::{ErrorKind, ErrorReport, Result, Store, StoreError, StoreOptions};
+use virtfw_store::{Cancel, ErrorKind, ErrorReport, Result, Store, StoreError, StoreOptions};
 
 fn init_logging(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
@@ -74,7 +74,8 @@ fn main() {
         .netns(cli.netns.clone())
         .per_command(cli.no_batch || virtfw::batch::disabled_by_env())
         .lock_timeout(Duration::from_secs(cli.lock_timeout))
-        .child_timeout(child_timeout);
+        .child_timeout(child_timeout)
+        .cancel(cancel_on_signals());
     let ctx = Ctx {
         store: Store::open(cli.state_dir.clone(), options),
         json: cli.json,
@@ -84,6 +85,22 @@ fn main() {
         Err(err) => report(ctx.json, &err),
     };
     std::process::exit(code);
+}
+
+/// SIGINT and SIGTERM stop an operation between commands, undone as after a failure, and the
+/// command exits 128 + the signal once the undo is done (`StoreError::Interrupted`). The
+/// handler only stores the signal: a second one during the undo does not abort it (SIGKILL
+/// does; `virtfw recover` finishes that). A wait for the state lock ends at once; a command
+/// that changes nothing (`list`, `verify`), `recover`, `network stop`, and a removal whose
+/// last delete had run end as usual (docs/cli.md, "Signals").
+fn cancel_on_signals() -> Cancel {
+    let cancel = Cancel::new();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register_usize(signal, cancel.flag(), signal as usize) {
+            tracing::warn!(signal, error = %e, "cannot handle the signal; it kills virtfw as usual");
+        }
+    }
+    cancel
 }
 
 /// The bound of every firewall child: `--child-timeout`, else `VIRTFW_CHILD_TIMEOUT`, else
@@ -114,7 +131,7 @@ const CHILD_TIMEOUT_ENV: &str = "VIRTFW_CHILD_TIMEOUT";
 /// THE mapping of errors to exit statuses: the error's kind, numbered by the store's one table
 /// (`virtfw_store::EXIT_STATUSES`, from which `--help` is made too).
 pub(crate) fn exit_code(err: &StoreError) -> i32 {
-    err.kind().exit_code()
+    err.exit_code()
 }
 
 /// Say what failed (stderr; with `--json` also as a JSON document on stdout) and give the

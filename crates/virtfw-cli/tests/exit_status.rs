@@ -87,6 +87,7 @@ fn every_error_kind_has_a_row() {
         ErrorKind::Usage,
         ErrorKind::Drift,
         ErrorKind::State,
+        ErrorKind::Interrupted,
     ] {
         let code = kind.exit_code();
         let row = EXIT_STATUSES.iter().find(|s| s.code == code).unwrap();

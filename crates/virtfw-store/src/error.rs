@@ -27,6 +27,11 @@ pub enum ErrorKind {
     /// A state problem: the lock, a plan, the state directory, or a journal waiting for
     /// [`crate::Store::recover`].
     State,
+    /// The operation was asked to stop (a signal through its [`crate::Cancel`]) and stopped
+    /// between commands; what it did was undone as after a failure. Two rows of
+    /// [`EXIT_STATUSES`] (128 + the signal: 130 SIGINT, 143 SIGTERM);
+    /// [`StoreError::exit_code`] picks the error's.
+    Interrupted,
 }
 
 /// One exit status of the `virtfw` command: its number, the kind it stands for (`None` for
@@ -47,7 +52,7 @@ pub struct ExitStatus {
 /// THE table of exit statuses: [`ErrorKind::exit_code`] reads it, the CLI's `--help` is made
 /// from it ([`exit_status_help`]), and a test checks that docs/cli.md and README.md say the
 /// same.
-pub const EXIT_STATUSES: [ExitStatus; 5] = [
+pub const EXIT_STATUSES: [ExitStatus; 7] = [
     ExitStatus {
         code: 0,
         summary: "success",
@@ -80,13 +85,28 @@ pub const EXIT_STATUSES: [ExitStatus; 5] = [
                   unsafe state directory, interrupted operation waiting for `virtfw recover`, \
                   state directory full / journal not written, a journal recover could not settle)",
     },
+    ExitStatus {
+        code: 128 + libc::SIGINT,
+        summary: "interrupted by SIGINT",
+        kind: Some(ErrorKind::Interrupted),
+        meaning: "interrupted by SIGINT: stopped between commands and undone as after a failure \
+                  (a removal keeps its plan)",
+    },
+    ExitStatus {
+        code: 128 + libc::SIGTERM,
+        summary: "interrupted by SIGTERM",
+        kind: Some(ErrorKind::Interrupted),
+        meaning: "interrupted by SIGTERM: the same as 130",
+    },
 ];
 
 /// Exit status of success.
 pub const EXIT_OK: i32 = EXIT_STATUSES[0].code;
 
 impl ErrorKind {
-    /// The kind's stable number (the CLI's exit status), from [`EXIT_STATUSES`].
+    /// The kind's stable number (the CLI's exit status), from [`EXIT_STATUSES`]: its first
+    /// row ([`ErrorKind::Interrupted`] has one per signal; [`StoreError::exit_code`] is the
+    /// error's own).
     pub fn exit_code(self) -> i32 {
         EXIT_STATUSES
             .iter()
@@ -289,6 +309,19 @@ pub enum StoreError {
     /// Something else failed (a network's rules could not be checked, a plan not computed).
     #[error("{0}")]
     Failed(String),
+
+    /// The operation was asked to stop ([`crate::Cancel`], the CLI's SIGINT and SIGTERM) and
+    /// did not start its next command; what it had done was undone as after a failure
+    /// (`outcome` says what that leaves).
+    #[error("{operation} was interrupted by {}: {outcome}", signal_name(*signal))]
+    Interrupted {
+        /// The signal that asked to stop.
+        signal: i32,
+        /// What was interrupted (`apply of web`).
+        operation: String,
+        /// What the undo left.
+        outcome: &'static str,
+    },
 }
 
 impl StoreError {
@@ -316,6 +349,19 @@ impl StoreError {
             | StoreError::NoSuchJournal { .. }
             | StoreError::Journal(_)
             | StoreError::Io { .. } => ErrorKind::State,
+            StoreError::Interrupted { .. } => ErrorKind::Interrupted,
+        }
+    }
+
+    /// The error's exit status: its kind's row of [`EXIT_STATUSES`], for an interruption
+    /// the row of its signal (128 + the signal).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StoreError::Interrupted { signal, .. } => EXIT_STATUSES
+                .iter()
+                .find(|s| s.kind == Some(ErrorKind::Interrupted) && s.code == 128 + signal)
+                .map_or(128 + signal, |s| s.code),
+            other => other.kind().exit_code(),
         }
     }
 
@@ -374,6 +420,15 @@ pub fn handles_unknown(err: &virtfw::Error) -> bool {
     matches!(err, virtfw::Error::EchoIncomplete { .. })
 }
 
+/// `SIGINT`, `SIGTERM`, or `signal N`.
+fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        n => format!("signal {n}"),
+    }
+}
+
 /// Result of a store operation.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -414,6 +469,33 @@ mod tests {
         );
         assert!(help.lines().all(|l| l.len() <= 76), "{help}");
         assert!(help.contains("\n  4  state problem"), "{help}");
+    }
+
+    #[test]
+    fn an_interruption_exits_128_plus_its_signal_from_the_table() {
+        for (signal, code, name) in [
+            (libc::SIGINT, 130, "SIGINT"),
+            (libc::SIGTERM, 143, "SIGTERM"),
+        ] {
+            let err = StoreError::Interrupted {
+                signal,
+                operation: "apply of web".into(),
+                outcome: "everything it changed was undone",
+            };
+            assert_eq!(err.kind(), ErrorKind::Interrupted);
+            assert_eq!(err.exit_code(), code, "{err}");
+            assert_eq!(
+                err.to_string(),
+                format!("apply of web was interrupted by {name}: everything it changed was undone")
+            );
+            let row = EXIT_STATUSES.iter().find(|s| s.code == code).unwrap();
+            assert_eq!(row.kind, Some(ErrorKind::Interrupted));
+            assert!(exit_status_help().contains(&format!("\n  {code}  interrupted by {name}")));
+        }
+        assert_eq!(ErrorKind::Interrupted.exit_code(), 130);
+        // Any other error's code is its kind's.
+        let err = StoreError::from_apply(spawn_failure());
+        assert_eq!(err.exit_code(), err.kind().exit_code());
     }
 
     #[test]

@@ -13,6 +13,12 @@
 //!   stays referenced), so the lock is only free again once every such child has exited and
 //!   its output file is complete.
 //!
+//! * before it starts a command of an operation's forward part it reads the operation's
+//!   [`Cancel`] token: set (a signal asked to stop), the command is not started and fails with
+//!   [`ExecError::Interrupted`], which the engine treats as that command's failure. From the
+//!   engine's rollback on ([`ApplyObserver::rolling_back`]) and in the store's undo
+//!   ([`JournalExecutor::undoing`]) nothing is refused: an undo always runs to its end.
+//!
 //! It still enters `--netns` with `setns` between fork and exec, like `ProcessExecutor`, and
 //! bounds every child with the same timeout (`StoreOptions::child_timeout`, the CLI's `--child-timeout`; `executor::wait_child`).
 //!
@@ -40,7 +46,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +54,7 @@ use virtfw::batch::IgnoredCounter;
 use virtfw::executor::{self, Invocation, Output};
 use virtfw::{ApplyObserver, Command as FwCommand, ExecError, Executor};
 
+use crate::cancel::Cancel;
 use crate::error::{Result, StoreError};
 use crate::journal::{self, Journal, Record};
 
@@ -107,6 +114,11 @@ pub(crate) struct JournalExecutor {
     group: AtomicUsize,
     ignored: IgnoredCounter,
     timeout: Duration,
+    cancel: Cancel,
+    /// Running an undo: the token is not read.
+    undoing: AtomicBool,
+    /// The signal for which a command was refused (0: none was).
+    refused: AtomicUsize,
 }
 
 impl JournalExecutor {
@@ -115,6 +127,7 @@ impl JournalExecutor {
         lock_fd: Option<RawFd>,
         timeout: Duration,
         journal: Arc<Journal>,
+        cancel: Cancel,
     ) -> Result<Self> {
         let netns = netns.map(open_netns).transpose()?;
         Ok(JournalExecutor {
@@ -124,7 +137,33 @@ impl JournalExecutor {
             group: AtomicUsize::new(NO_GROUP),
             ignored: IgnoredCounter::default(),
             timeout,
+            cancel,
+            undoing: AtomicBool::new(false),
+            refused: AtomicUsize::new(0),
         })
+    }
+
+    /// Whether commands from here on belong to an undo (never refused for a signal) or to
+    /// the forward part of the operation (refused once its [`Cancel`] is set). The engine's
+    /// rollback switches to undo by itself (`rolling_back`); a step of the forward part that
+    /// follows (a network's next step) switches back.
+    pub(crate) fn undoing(&self, undoing: bool) {
+        self.undoing.store(undoing, Ordering::SeqCst);
+    }
+
+    /// The signal for which a command was not started, if one was: the operation stopped
+    /// because of it.
+    pub(crate) fn interrupted(&self) -> Option<i32> {
+        match self.refused.load(Ordering::SeqCst) {
+            0 => None,
+            n => Some(n as i32),
+        }
+    }
+
+    /// The signal that asked the operation to stop, if one did (whether or not a command
+    /// was refused for it yet).
+    pub(crate) fn cancelled(&self) -> Option<i32> {
+        self.cancel.signal()
     }
 
     /// Failures the engine ignored so far, as reported to the observer on both the
@@ -226,6 +265,15 @@ impl Executor for JournalExecutor {
     /// The engine names each command's group itself (no observer side channel, so global
     /// setups applied at the same time cannot mix their groups up).
     fn run_in_group(&self, inv: Invocation<'_>, group: Option<usize>) -> Result<Output, ExecError> {
+        // Between commands only: a command already running is left to finish (its process
+        // group is its own, so a terminal's Ctrl-C does not reach it). Nothing is journalled
+        // for a command that is not started.
+        if !self.undoing.load(Ordering::SeqCst) {
+            if let Some(signal) = self.cancel.signal() {
+                self.refused.store(signal as usize, Ordering::SeqCst);
+                return Err(ExecError::Interrupted { signal });
+            }
+        }
         if let Some(g) = group {
             self.group.store(g, Ordering::SeqCst);
         }
@@ -294,6 +342,7 @@ impl Executor for JournalExecutor {
 
 impl ApplyObserver for JournalExecutor {
     fn rolling_back(&self, first: usize, failed: usize) {
+        self.undoing(true);
         let _ = self.mark(&format!("rollback {first} {failed}"));
     }
     fn ignored_failure(&self, group: usize, cmd: &FwCommand, missing: bool) {
@@ -333,9 +382,14 @@ mod tests {
     fn a_killed_child_is_journalled_as_unknown_and_a_failed_spawn_as_not_run() {
         let dir = tempfile::tempdir().unwrap();
         let journal = journal(dir.path());
-        let mut exec =
-            JournalExecutor::new(None, None, executor::DEFAULT_CHILD_TIMEOUT, journal.clone())
-                .unwrap();
+        let mut exec = JournalExecutor::new(
+            None,
+            None,
+            executor::DEFAULT_CHILD_TIMEOUT,
+            journal.clone(),
+            Cancel::new(),
+        )
+        .unwrap();
         exec.timeout = Duration::from_millis(200);
         let sleep = argv(&["sleep", "600"]);
         let err = exec
@@ -376,5 +430,58 @@ mod tests {
         let out = std::fs::metadata(journal.cmd_file(0, "out")).unwrap();
         use std::os::unix::fs::MetadataExt;
         assert_eq!((out.len(), out.blocks()), (0, 0));
+    }
+
+    /// The token is read before a command starts: once set, a forward command is not started
+    /// (nothing journalled) and fails as interrupted; once the engine reports its rollback,
+    /// or the store runs an undo, commands run again whatever the token says.
+    #[test]
+    fn a_set_token_refuses_forward_commands_but_not_the_undo() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = journal(dir.path());
+        let cancel = Cancel::new();
+        let exec = JournalExecutor::new(
+            None,
+            None,
+            executor::DEFAULT_CHILD_TIMEOUT,
+            journal.clone(),
+            cancel.clone(),
+        )
+        .unwrap();
+        let run = |words: &[&str]| {
+            let argv = argv(words);
+            exec.run(Invocation {
+                argv: &argv,
+                stdin: None,
+            })
+        };
+        assert!(run(&["true"]).unwrap().success());
+        assert_eq!((exec.interrupted(), exec.cancelled()), (None, None));
+        cancel.cancel(15);
+        let err = run(&["true"]).unwrap_err();
+        assert!(
+            matches!(err, ExecError::Interrupted { signal: 15 }),
+            "{err:?}"
+        );
+        assert!(err.ends_step() && !err.outcome_unknown());
+        assert_eq!(exec.interrupted(), Some(15));
+        // Nothing was journalled for the refused command.
+        assert_eq!(read_records(journal.dir()).len(), 2);
+        // The engine's rollback: undo commands run.
+        exec.rolling_back(0, 0);
+        assert!(run(&["true"]).unwrap().success());
+        // A later forward step is refused again; the store's undo is not.
+        exec.undoing(false);
+        assert!(matches!(
+            run(&["true"]),
+            Err(ExecError::Interrupted { signal: 15 })
+        ));
+        exec.undoing(true);
+        assert!(run(&["true"]).unwrap().success());
+        let starts = read_records(journal.dir())
+            .iter()
+            .filter(|r| matches!(r, Record::Start { .. }))
+            .count();
+        assert_eq!(starts, 3);
     }
 }

@@ -43,6 +43,7 @@
 
 #![warn(missing_docs)]
 
+mod cancel;
 mod error;
 mod exec;
 mod journal;
@@ -58,6 +59,7 @@ mod store;
 mod undo;
 mod verify;
 
+pub use cancel::Cancel;
 pub use error::{
     exit_status_help, ErrorKind, ExitStatus, Result, StoreError, EXIT_OK, EXIT_STATUSES,
 };

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use fs4::fs_std::FileExt;
 use tracing::info;
 
+use crate::cancel::Cancel;
 use crate::error::{Result, StoreError};
 use crate::state::StateDir;
 
@@ -31,8 +32,14 @@ pub(crate) struct StateLock {
 }
 
 impl StateLock {
-    /// Take the lock, polling until `timeout`. A message says who we are waiting for.
-    pub(crate) fn acquire(state: &StateDir, kind: LockKind, timeout: Duration) -> Result<Self> {
+    /// Take the lock, polling until `timeout`. A message says who we are waiting for. A
+    /// `cancel` set while waiting ends the wait (nothing has run yet).
+    pub(crate) fn acquire(
+        state: &StateDir,
+        kind: LockKind,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<Self> {
         let path = state.lock_path();
         let file = OpenOptions::new()
             .read(true)
@@ -52,6 +59,13 @@ impl StateLock {
             .map_err(|e| StoreError::io(format!("cannot lock {}", path.display()), e))?;
             if got {
                 return Ok(StateLock { file });
+            }
+            if let Some(signal) = cancel.signal() {
+                return Err(StoreError::Interrupted {
+                    signal,
+                    operation: format!("waiting for the lock {}", path.display()),
+                    outcome: "nothing was run",
+                });
             }
             if start.elapsed() >= timeout {
                 return Err(StoreError::LockTimeout {

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use virtfw::{Backend, ExecError, Firewall, ProcessExecutor};
+use virtfw_network::lifecycle::Step;
 use virtfw_network::status::StatusIdentity;
 use virtfw_network::{backend, lifecycle, NetworkDef, NetworkError, NetworkStatus};
 
@@ -280,9 +281,15 @@ pub(crate) fn start(
         tx.as_ref().map(Firewall::to_xml).unwrap_or_default(),
         def.xml.clone(),
     )?;
-    let op = Operation::begin(&state, &header, ctx.netns().as_deref(), ctx.children(&lock))?;
+    let op = Operation::begin(
+        &state,
+        &header,
+        ctx.netns().as_deref(),
+        ctx.children(&lock),
+        ctx.cancel(),
+    )?;
     let name = def.name.clone();
-    let phases = Phases::new(&op);
+    let phases = Phases::new(&op).undo_steps(|step| step == Step::DeleteBridge);
     let started = lifecycle::start_in_steps(
         def,
         backend,
@@ -291,14 +298,31 @@ pub(crate) fn start(
         &|s| phases.step(s),
     );
     phases.check()?;
-    let mut status = match started {
-        Ok(status) => status,
-        Err(e) => {
-            // All or nothing, as `apply`: also what libvirt's rollback leaves (earlier groups),
-            // and the bridge, by the computation `recover` would make.
-            network_journal::undo_start(&op, tx.as_ref(), "undo")?;
-            op.finish()?;
+    // Asked to stop: a command was refused, or every one had run (the status is not stored
+    // yet: the start is undone all the same), as `apply`.
+    let interrupted = op
+        .exec()
+        .interrupted()
+        .or_else(|| started.as_ref().ok().and_then(|_| op.exec().cancelled()));
+    // All or nothing, as `apply`: also what libvirt's rollback leaves (earlier groups), and
+    // the bridge, by the computation `recover` would make.
+    let undo = |op: Operation| {
+        network_journal::undo_start(&op, tx.as_ref(), "undo")?;
+        op.finish()
+    };
+    let mut status = match (started, interrupted) {
+        (Ok(status), None) => status,
+        (Err(e), None) => {
+            undo(op)?;
             return Err(cli_error(e));
+        }
+        (_, Some(signal)) => {
+            undo(op)?;
+            return Err(StoreError::Interrupted {
+                signal,
+                operation: format!("network start of {name}"),
+                outcome: crate::store::UNDONE,
+            });
         }
     };
     status.netns = ctx.netns().clone();
@@ -337,12 +361,21 @@ pub(crate) fn stop(ctx: &Store, name: &str) -> Result<NetworkStopReport> {
         String::new(),
         text,
     )?;
-    let op = Operation::begin(&state, &header, netns.as_deref(), ctx.children(&lock))?;
+    let op = Operation::begin(
+        &state,
+        &header,
+        netns.as_deref(),
+        ctx.children(&lock),
+        ctx.cancel(),
+    )?;
     // libvirt deletes the status first: a stop that fails half way must not be retried with
     // a plan whose handles may since have been reused. (A killed stop is finished by
     // `recover` from the journal, which holds the status.)
     state::remove_durably(&path)?;
-    let phases = Phases::new(&op);
+    // So a stop is not stopped by a signal: with its status gone it could not be run again,
+    // and what it had not deleted would stay behind. It is the undo of a start.
+    op.exec().undoing(true);
+    let phases = Phases::new(&op).undo_steps(|_| true);
     let stopped =
         lifecycle::stop_in_steps(&status, op.exec(), op.options(ctx.per_command()), &|s| {
             phases.step(s)
@@ -426,7 +459,13 @@ fn reload_one(
         tx.as_ref().map(Firewall::to_xml).unwrap_or_default(),
         text,
     )?;
-    let op = Operation::begin(state, &header, netns.as_deref(), ctx.children(lock))?;
+    let op = Operation::begin(
+        state,
+        &header,
+        netns.as_deref(),
+        ctx.children(lock),
+        ctx.cancel(),
+    )?;
     let phases = Phases::new(&op);
     let reloaded = lifecycle::reload_in_steps(
         status,
@@ -439,11 +478,16 @@ fn reload_one(
     let reloaded = match reloaded {
         Ok(r) => r,
         Err(e) => {
-            // Refused before anything ran (e.g. a missing program): the status stays.
+            // Refused before anything ran (e.g. a missing program, a signal): the status stays.
+            let interrupted = op.exec().interrupted();
             op.finish()?;
-            return Err(cli_error(e));
+            return Err(match interrupted {
+                Some(signal) => reload_interrupted(name, signal),
+                None => cli_error(e),
+            });
         }
     };
+    let interrupted = op.exec().interrupted();
     if reloaded.error.is_some() {
         if let Some(tx) = &tx {
             op.undo_apply(tx, "rules", "undo")?;
@@ -456,7 +500,20 @@ fn reload_one(
         &reloaded.status,
         &network_journal::identity(&header),
     )?;
+    if let Some(signal) = interrupted {
+        return Err(reload_interrupted(name, signal));
+    }
     Ok((backend, reloaded.error))
+}
+
+/// An interrupted reload: undone as a failed one.
+fn reload_interrupted(name: &str, signal: i32) -> StoreError {
+    StoreError::Interrupted {
+        signal,
+        operation: format!("network reload of {name}"),
+        outcome: "stopped between commands, as a failed reload: the rules it added again were \
+                  undone and its status stored",
+    }
 }
 
 /// `network reload [NAME…]`: each network is its own journalled operation.

@@ -65,9 +65,14 @@ fn phase_of(step: Step) -> &'static str {
 
 /// Writes a phase mark for each lifecycle step; the lifecycle's callback cannot fail, so the
 /// first error is kept and reported by [`Phases::check`].
+///
+/// Each step also tells the executor whether its commands undo (never refused for a signal)
+/// or are the operation's forward part: the engine's rollback of one step (a global setup
+/// whose failure the network tolerates) must not let the next step run past a signal.
 pub(crate) struct Phases<'a> {
     op: &'a Operation,
     error: RefCell<Option<StoreError>>,
+    undo: fn(Step) -> bool,
 }
 
 impl<'a> Phases<'a> {
@@ -75,10 +80,19 @@ impl<'a> Phases<'a> {
         Phases {
             op,
             error: RefCell::new(None),
+            undo: |_| false,
         }
     }
 
+    /// The steps for which `undo` is true undo what the operation did (a failed start's
+    /// bridge deletion; every step of a stop).
+    pub(crate) fn undo_steps(mut self, undo: fn(Step) -> bool) -> Self {
+        self.undo = undo;
+        self
+    }
+
     pub(crate) fn step(&self, step: Step) {
+        self.op.exec().undoing((self.undo)(step));
         if let Err(e) = self.op.phase(phase_of(step)) {
             self.error.borrow_mut().get_or_insert(e);
         }

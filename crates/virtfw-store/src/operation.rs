@@ -21,6 +21,7 @@ use virtfw::executor::Invocation;
 use virtfw::transcript::command_line;
 use virtfw::{ApplyOptions, Executor, Firewall};
 
+use crate::cancel::Cancel;
 use crate::error::{Result, StoreError};
 use crate::exec::{Children, JournalExecutor};
 use crate::journal::{self, Journal, OpHeader, OpKind, Record};
@@ -51,15 +52,17 @@ pub(crate) struct Operation {
 
 impl Operation {
     /// Start a new operation: its journal is durable before this returns. Commands run in
-    /// `netns` and inherit the state lock `children`.
+    /// `netns` and inherit the state lock `children`; its forward part stops between commands
+    /// once `cancel` is set.
     pub(crate) fn begin(
         state: &StateDir,
         header: &OpHeader,
         netns: Option<&str>,
         children: Children,
+        cancel: Cancel,
     ) -> Result<Operation> {
         let journal = Arc::new(Journal::begin(state, header)?);
-        let op = Operation::with(journal, netns, children)?;
+        let op = Operation::with(journal, netns, children, cancel)?;
         if header.kind == OpKind::Remove {
             op.witness(&header.document);
         }
@@ -81,18 +84,25 @@ impl Operation {
     }
 
     /// Continue the operation of an existing journal (recovery appends to it, so a recovery
-    /// that is killed is finished by the next one under the same rules).
+    /// that is killed is finished by the next one under the same rules). Recovery is all
+    /// undo: no signal stops it.
     pub(crate) fn resume(dir: &Path, netns: Option<&str>, children: Children) -> Result<Operation> {
         let journal = Arc::new(Journal::open(dir)?);
-        Operation::with(journal, netns, children)
+        Operation::with(journal, netns, children, Cancel::new())
     }
 
-    fn with(journal: Arc<Journal>, netns: Option<&str>, children: Children) -> Result<Operation> {
+    fn with(
+        journal: Arc<Journal>,
+        netns: Option<&str>,
+        children: Children,
+        cancel: Cancel,
+    ) -> Result<Operation> {
         let exec = JournalExecutor::new(
             netns,
             Some(children.lock_fd),
             children.timeout,
             journal.clone(),
+            cancel,
         )?;
         Ok(Operation { journal, exec })
     }
@@ -128,7 +138,9 @@ impl Operation {
 
     /// Go back to phase `phase` to undo or finish it: mark it, then `mark`, and return its
     /// records (the mark makes every command that completes from here on count as done).
+    /// From here on the operation is undoing: its commands are not refused for a signal.
     pub(crate) fn reenter(&self, phase: &str, mark: &str) -> Result<Vec<Record>> {
+        self.exec.undoing(true);
         self.phase(phase)?;
         self.mark(mark)?;
         Ok(self.records(phase))

@@ -25,7 +25,7 @@ use crate::verify::PlanCheck;
 pub struct ErrorReport {
     /// The error's message.
     pub error: String,
-    /// Its kind's stable number ([`crate::ErrorKind::exit_code`]).
+    /// Its stable number ([`StoreError::exit_code`]).
     pub exit_code: i32,
 }
 
@@ -33,7 +33,7 @@ impl From<&StoreError> for ErrorReport {
     fn from(err: &StoreError) -> Self {
         ErrorReport {
             error: err.to_string(),
-            exit_code: err.kind().exit_code(),
+            exit_code: err.exit_code(),
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use virtfw::{ApplyOptions, Backend, DryRun, Executor, Firewall, ProcessExecutor};
 
+use crate::cancel::Cancel;
 use crate::error::{self, Result, StoreError};
 use crate::exec::{open_netns, Children};
 use crate::journal::{self, OpHeader, OpKind, JOURNAL_VERSION};
@@ -39,6 +40,10 @@ pub struct StoreOptions {
     pub lock_timeout: Duration,
     /// How long a firewall program may run before it is killed and its command fails.
     pub child_timeout: Duration,
+    /// Set, it stops the store's operations between commands, undone as after a failure
+    /// ([`StoreError::Interrupted`]); not `network stop` (which could not be run again) nor
+    /// `recover` (all undo). The CLI sets it from SIGINT and SIGTERM.
+    pub cancel: Cancel,
 }
 
 impl Default for StoreOptions {
@@ -48,6 +53,7 @@ impl Default for StoreOptions {
             per_command: false,
             lock_timeout: Duration::from_secs(120),
             child_timeout: virtfw::executor::DEFAULT_CHILD_TIMEOUT,
+            cancel: Cancel::new(),
         }
     }
 }
@@ -80,6 +86,12 @@ impl StoreOptions {
     /// Kill a firewall program after this long.
     pub fn child_timeout(mut self, timeout: Duration) -> Self {
         self.child_timeout = timeout;
+        self
+    }
+
+    /// Stop operations between commands once `cancel` is set (see [`Cancel`]).
+    pub fn cancel(mut self, cancel: Cancel) -> Self {
+        self.cancel = cancel;
         self
     }
 }
@@ -140,6 +152,11 @@ impl Store {
         }
     }
 
+    /// The token that stops this store's operations.
+    pub(crate) fn cancel(&self) -> Cancel {
+        self.opts.cancel.clone()
+    }
+
     /// How long a firewall program may run.
     pub(crate) fn child_timeout(&self) -> Duration {
         self.opts.child_timeout
@@ -152,7 +169,7 @@ impl Store {
     /// Open the state dir and take its lock; a writer also refuses to run over a pending journal.
     pub(crate) fn lock(&self, kind: LockKind) -> Result<(StateDir, StateLock)> {
         let state = self.state()?;
-        let lock = StateLock::acquire(&state, kind, self.opts.lock_timeout)?;
+        let lock = StateLock::acquire(&state, kind, self.opts.lock_timeout, &self.opts.cancel)?;
         if kind == LockKind::Exclusive {
             if let Some(dir) = journal::pending(&state)?.into_iter().next() {
                 let id = journal::journal_id(&dir);
@@ -248,10 +265,28 @@ impl Store {
             document: fw.to_xml(),
             status: None,
         };
-        let op = Operation::begin(&state, &header, netns.as_deref(), self.children(&lock))?;
-        let applied = match fw.apply_with(op.exec(), op.options(self.per_command())) {
-            Ok(applied) => applied,
-            Err(err) => return Err(self.undo_failed_apply(op, &header, &name, err)),
+        let op = Operation::begin(
+            &state,
+            &header,
+            netns.as_deref(),
+            self.children(&lock),
+            self.cancel(),
+        )?;
+        let result = fw.apply_with(op.exec(), op.options(self.per_command()));
+        // Asked to stop: a command was refused, or the last one had run when the signal came
+        // (still before the plan is stored: the apply is undone all the same).
+        let interrupted = op
+            .exec()
+            .interrupted()
+            .or_else(|| result.as_ref().ok().and_then(|_| op.exec().cancelled()));
+        let applied = match (result, interrupted) {
+            (Ok(applied), None) => applied,
+            (Err(err), None) => {
+                return Err(self.undo_failed_apply(op, &header, &name, Undo::Failed(err)))
+            }
+            (_, Some(signal)) => {
+                return Err(self.undo_failed_apply(op, &header, &name, Undo::Interrupted(signal)))
+            }
         };
         let mut removal = applied.removal;
         removal.set_name(Some(&name));
@@ -286,22 +321,27 @@ impl Store {
         })
     }
 
-    /// After the engine refused `err` (and rolled back the failed group and those it inherits
-    /// from): undo the groups libvirt's rule leaves applied too — an apply is all or nothing
-    /// here — by the computation `recover` makes, and settle the journal; the error to report.
+    /// After the engine refused the apply (and rolled back the failed group and those it
+    /// inherits from), or a signal interrupted it: undo the groups libvirt's rule leaves
+    /// applied too — an apply is all or nothing here — by the computation `recover` makes,
+    /// and settle the journal; the error to report.
     fn undo_failed_apply(
         &self,
         op: Operation,
         header: &OpHeader,
         name: &str,
-        err: virtfw::Error,
+        why: Undo,
     ) -> StoreError {
         let tx = match Firewall::from_xml(&header.document, "journal") {
             Ok(tx) => tx,
             Err(e) => return StoreError::Input(e),
         };
+        let context = match &why {
+            Undo::Failed(err) => format!("apply of {name} failed ({err})"),
+            Undo::Interrupted(_) => format!("apply of {name} was interrupted"),
+        };
         let kept = |reason: String| StoreError::KeptJournal {
-            context: format!("apply of {name} failed ({err})"),
+            context: context.clone(),
             reason,
             journal: op.dir().to_path_buf(),
         };
@@ -310,7 +350,7 @@ impl Store {
         if let Err(e) = op.undo_apply(&tx, "", "undo") {
             return kept(format!("undoing it stopped: {e}"));
         }
-        if error::handles_unknown(&err) {
+        if matches!(&why, Undo::Failed(err) if error::handles_unknown(err)) {
             return kept(
                 "an object it created has a handle nobody knows, so it was not undone".into(),
             );
@@ -318,7 +358,14 @@ impl Store {
         if let Err(e) = op.finish() {
             return e;
         }
-        StoreError::from_apply(err)
+        match why {
+            Undo::Failed(err) => StoreError::from_apply(err),
+            Undo::Interrupted(signal) => StoreError::Interrupted {
+                signal,
+                operation: format!("apply of {name}"),
+                outcome: UNDONE,
+            },
+        }
     }
 
     /// The commands removing the stored plan `name` would run; nothing runs.
@@ -358,14 +405,31 @@ impl Store {
             document: plan.removal.clone(),
             status: None,
         };
-        let op = Operation::begin(&state, &header, plan.netns.as_deref(), self.children(&lock))?;
+        let op = Operation::begin(
+            &state,
+            &header,
+            plan.netns.as_deref(),
+            self.children(&lock),
+            self.cancel(),
+        )?;
         if let Err(err) = fw.apply_with(op.exec(), op.options(self.per_command())) {
             // Removal groups ignore errors, so only refusals before anything ran and executor
-            // failures (a program that cannot be started, a journal that cannot be written) get
-            // here: keep the plan (running `remove` again deletes what is left), drop the journal.
+            // failures (a program that cannot be started, a journal that cannot be written, a
+            // command not started because a signal asked to stop) get here: keep the plan
+            // (running `remove` again deletes what is left), drop the journal.
+            let interrupted = op.exec().interrupted();
             op.finish()?;
-            return Err(StoreError::from_remove(err));
+            return Err(match interrupted {
+                Some(signal) => StoreError::Interrupted {
+                    signal,
+                    operation: format!("removal of {name}"),
+                    outcome: REMOVAL_KEPT,
+                },
+                None => StoreError::from_remove(err),
+            });
         }
+        // A signal that came after the last delete had run is too late to stop the removal:
+        // it is complete, and reported as such.
         // Exact on both paths: the engine reports every delete it gave up on, per command or
         // from its batch's retries, with whether the object was already gone.
         let (missing, failed) = op.exec().ignored();
@@ -522,7 +586,12 @@ impl Store {
     /// runs.
     pub fn recover(&self) -> Result<RecoverReport> {
         let state = self.state()?;
-        let lock = StateLock::acquire(&state, LockKind::Exclusive, self.opts.lock_timeout)?;
+        let lock = StateLock::acquire(
+            &state,
+            LockKind::Exclusive,
+            self.opts.lock_timeout,
+            &self.opts.cancel,
+        )?;
         let outcome = recover::recover_all(&state, self.children(&lock))?;
         Ok(RecoverReport {
             recovered: outcome.settled,
@@ -534,7 +603,12 @@ impl Store {
     /// the kernel stays as it is (for a journal [`Store::recover`] cannot settle).
     pub fn recover_drop(&self, id: &str) -> Result<DropReport> {
         let state = self.state()?;
-        let _lock = StateLock::acquire(&state, LockKind::Exclusive, self.opts.lock_timeout)?;
+        let _lock = StateLock::acquire(
+            &state,
+            LockKind::Exclusive,
+            self.opts.lock_timeout,
+            &self.opts.cancel,
+        )?;
         let dir = journal::find_pending(&state, id)?;
         let what = journal::read_header(&dir);
         journal::remove_journal(&dir)?;
@@ -556,6 +630,21 @@ impl Store {
         })
     }
 }
+
+/// Why an apply is undone.
+enum Undo {
+    /// The engine failed it with this error.
+    Failed(virtfw::Error),
+    /// This signal asked to stop it (through the store's [`Cancel`]).
+    Interrupted(i32),
+}
+
+/// What an interrupted apply or network start leaves.
+pub(crate) const UNDONE: &str = "stopped between commands; everything it changed was undone";
+
+/// What an interrupted removal leaves.
+pub(crate) const REMOVAL_KEPT: &str = "stopped between commands; what it deleted stays deleted \
+     and the plan is kept (run `virtfw remove` again to delete the rest)";
 
 /// What apply refuses before it runs anything: a bad name, an empty transaction, backend
 /// `none`.

@@ -75,6 +75,15 @@ pub enum ExecError {
         /// Why the outcome could not be recorded.
         message: String,
     },
+    /// The executor did not start the command because the operation was asked to stop (the
+    /// CLI's SIGINT or SIGTERM): nothing of it ran. The apply fails at this command exactly
+    /// as if the command had failed, and is rolled back; a batch is not re-run command by
+    /// command after it (see [`ExecError::ends_step`]).
+    #[error("not started: the operation was interrupted by signal {signal}")]
+    Interrupted {
+        /// The signal number that asked to stop (2 SIGINT, 15 SIGTERM).
+        signal: i32,
+    },
     /// Anything else an executor reports.
     #[error("{0}")]
     Other(String),
@@ -89,6 +98,14 @@ impl ExecError {
             self,
             ExecError::Timeout { .. } | ExecError::Unrecorded { .. }
         )
+    }
+
+    /// Whether the failure ends the batch step it happened in, which then fails instead of
+    /// falling back to running its commands one by one: an unknown outcome
+    /// ([`ExecError::outcome_unknown`]) or an interruption ([`ExecError::Interrupted`], after
+    /// which no further command of the apply may start).
+    pub fn ends_step(&self) -> bool {
+        self.outcome_unknown() || matches!(self, ExecError::Interrupted { .. })
     }
 }
 
@@ -248,6 +265,9 @@ pub enum ErrorKind {
     NotImplemented = 9,
     /// What existed before a create could not be listed ([`Error::Listing`]). Nothing ran.
     Listing = 10,
+    /// The operation was asked to stop (a signal) and the executor did not start the command;
+    /// the apply was rolled back ([`Error::Exec`] with [`ExecError::Interrupted`]).
+    Interrupted = 11,
 }
 
 impl Error {
@@ -264,6 +284,10 @@ impl Error {
                 source: ExecError::Timeout { .. },
                 ..
             } => ErrorKind::Timeout,
+            Error::Exec {
+                source: ExecError::Interrupted { .. },
+                ..
+            } => ErrorKind::Interrupted,
             Error::Exec { .. } => ErrorKind::Exec,
             Error::EchoIncomplete { .. } => ErrorKind::EchoIncomplete,
             Error::Query { .. } => ErrorKind::Query,
@@ -367,6 +391,7 @@ mod tests {
             (ErrorKind::Query, 8),
             (ErrorKind::NotImplemented, 9),
             (ErrorKind::Listing, 10),
+            (ErrorKind::Interrupted, 11),
         ];
         for (kind, number) in pinned {
             assert_eq!(kind as u32, number, "{kind:?}");
@@ -406,6 +431,10 @@ mod tests {
                     after: std::time::Duration::from_secs(1),
                 }),
                 ErrorKind::Timeout,
+            ),
+            (
+                exec(ExecError::Interrupted { signal: 15 }),
+                ErrorKind::Interrupted,
             ),
             (
                 Error::BackendNotImplemented {

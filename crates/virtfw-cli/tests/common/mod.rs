@@ -519,6 +519,28 @@ pub fn matching_wrappers(dir: &Path, programs: &[&str]) -> String {
     )
 }
 
+/// Install a bash wrapper script for each of `programs` in `dir/sub`, its text made by
+/// `script(real_program_path, program)`; returns a PATH with them first.
+pub fn install_wrappers(
+    dir: &Path,
+    sub: &str,
+    programs: &[&str],
+    script: impl Fn(&str, &str) -> String,
+) -> String {
+    let bin = dir.join(sub);
+    std::fs::create_dir_all(&bin).unwrap();
+    for &program in programs {
+        let p = bin.join(program);
+        std::fs::write(&p, script(&real(program), program)).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 /// [`kill_after`], unless `cmd` exits before its `at`-th wrapped invocation: then `false`
 /// (it ran fewer commands than that) and nothing is killed.
 pub fn try_kill_after(dir: &Path, mut cmd: Command, at: u64, only: Option<&str>) -> bool {

@@ -109,7 +109,9 @@ enum Echoed {
 
 /// The executor of one batch step, remembering the first command whose outcome is unknown
 /// (a batch killed at its timeout may have committed): the step must then fail, never fall
-/// back to running the same commands one by one, which could apply them twice.
+/// back to running the same commands one by one, which could apply them twice. A command the
+/// executor refused because the apply was interrupted ([`crate::ExecError::ends_step`]) fails
+/// the step the same way: nothing more may start.
 ///
 /// It also tells the executor which group each command belongs to: a batch's own commands and
 /// checks run for `group` (the last group of the batch), a fallback command for its own.
@@ -151,8 +153,9 @@ impl Executor for UnknownOutcome<'_> {
         group: Option<usize>,
     ) -> Result<Output, crate::ExecError> {
         let result = self.exec.run_in_group(invocation, group.or(self.group));
-        use crate::ExecError::{Timeout, Unrecorded};
+        use crate::ExecError::{Interrupted, Timeout, Unrecorded};
         let unknown = match &result {
+            Err(Interrupted { signal }) => Some(Interrupted { signal: *signal }),
             Err(Timeout { program, after }) => Some(Timeout {
                 program: program.clone(),
                 after: *after,
