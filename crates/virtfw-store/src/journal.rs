@@ -304,17 +304,30 @@ pub(crate) fn cmd_file(dir: &Path, seq: u64, ext: &str) -> PathBuf {
 
 /// Delete a journal directory and make that durable.
 pub(crate) fn remove_journal(dir: &Path) -> Result<()> {
-    fs::remove_dir_all(dir)
-        .or_else(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
-        .map_err(|e| StoreError::io(format!("cannot delete journal {}", dir.display()), e))?;
-    if let Some(parent) = dir.parent() {
-        state::sync_dir(parent)?;
+    // Renamed out of the way first (one atomic step, made durable), deleted after: a process
+    // killed half-way through deleting leaves a `.tmp-` directory, which `pending` ignores and
+    // `clean_temporaries` removes, never a journal without its `op.json` that recovery could
+    // not settle.
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let doomed = parent.join(format!(".tmp-done-{name}"));
+    match fs::rename(dir, &doomed) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(StoreError::io(
+                format!("cannot delete journal {}", dir.display()),
+                e,
+            ))
+        }
+    }
+    state::sync_dir(parent)?;
+    if let Err(e) = fs::remove_dir_all(&doomed) {
+        // The journal is gone for recovery already; what is left is removed later.
+        tracing::warn!(path = %doomed.display(), error = %e, "could not delete a finished journal's files");
     }
     Ok(())
 }
@@ -406,6 +419,38 @@ mod tests {
     }
     fn done(seq: u64) -> Record {
         Record::Done { seq, status: 0 }
+    }
+
+    /// A finished journal leaves nothing `recover` would have to settle, even when the
+    /// deletion of its files is cut short (simulated: the renamed directory is left).
+    #[test]
+    fn a_removed_journal_is_never_a_pending_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&tmp.path().join("state")).unwrap();
+        let jdir = state.journal_dir();
+        let live = jdir.join("1-1");
+        fs::create_dir_all(&live).unwrap();
+        fs::write(live.join("op.json"), "{}").unwrap();
+        fs::write(live.join("log"), "").unwrap();
+        assert_eq!(pending(&state).unwrap(), vec![live.clone()]);
+        remove_journal(&live).unwrap();
+        assert!(!live.exists());
+        assert!(pending(&state).unwrap().is_empty());
+        assert_eq!(
+            fs::read_dir(&jdir).unwrap().count(),
+            0,
+            "nothing left behind"
+        );
+        // Killed between the rename and the end of the deletion: a `.tmp-` leftover without
+        // its op.json, which recovery ignores and cleans.
+        let cut = jdir.join(".tmp-done-2-2");
+        fs::create_dir_all(&cut).unwrap();
+        fs::write(cut.join("3.out"), "x").unwrap();
+        assert!(pending(&state).unwrap().is_empty());
+        clean_temporaries(&state);
+        assert!(!cut.exists());
+        // Removing a journal that is already gone is fine.
+        remove_journal(&live).unwrap();
     }
 
     #[test]
