@@ -296,7 +296,12 @@ fn checkable(backend: Backend, cmd: &Command) -> Result<String, &'static str> {
         (Backend::Iptables, Layer::Ethernet) => {
             Err("ebtables-restore has no --test option and ebtables no check-only mode")
         }
-        (Backend::Iptables, _) => restore_line(cmd.args()),
+        (Backend::Iptables, layer) => crate::xtables::restore_line(layer, cmd.args())
+            .map(|l| format!("{}\t{}", l.table, l.line))
+            .ok_or(
+                "not a line the batch path would send through a restore file (a query, \
+                 not exactly one command option, or an argument its tokenizer cannot carry)",
+            ),
         (Backend::None, _) => Err("backend none runs nothing"),
     }
 }
@@ -366,48 +371,41 @@ fn stderr_or_status(out: &crate::executor::Output) -> String {
 }
 
 /// `iptables-restore --test --noflush` (or ip6tables') of `lines` (each `TABLE\tLINE`), one
-/// section per table in order of first use.
+/// section per table in order of first use, written and blamed as the batch path does it
+/// ([`crate::xtables::family_input`], [`crate::xtables::blamed`]).
 fn restore_check(exec: &dyn Executor, layer: Layer, lines: &[String]) -> Result<Answer, Error> {
-    let program = match layer {
-        Layer::Ipv6 => "ip6tables-restore",
-        _ => "iptables-restore",
-    };
-    let argv: Vec<String> = [program, "-w", "--test", "--noflush"]
+    let (program, lead) = crate::xtables::restore_program(layer).expect("a restore layer");
+    let mut argv: Vec<String> = std::iter::once(program)
+        .chain(lead.iter().copied())
         .map(String::from)
-        .to_vec();
-    let mut tables: Vec<&str> = Vec::new();
-    for l in lines {
+        .collect();
+    argv.push("--test".to_string());
+    // (table, indices into `lines`), in order of first use.
+    let mut sections: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (k, l) in lines.iter().enumerate() {
         let t = l.split_once('\t').map_or("filter", |(t, _)| t);
-        if !tables.contains(&t) {
-            tables.push(t);
+        match sections.iter_mut().find(|(st, _)| *st == t) {
+            Some((_, ks)) => ks.push(k),
+            None => sections.push((t, vec![k])),
         }
     }
-    // Input line number (1-based) → index into `lines`.
-    let mut at = Vec::new();
-    let mut input = String::new();
-    let mut n = 0;
-    for t in &tables {
-        input.push_str(&format!("*{t}\n"));
-        n += 1;
-        for (k, l) in lines.iter().enumerate() {
-            let (lt, rule) = l.split_once('\t').unwrap_or(("filter", l));
-            if lt == *t {
-                input.push_str(rule);
-                input.push('\n');
-                n += 1;
-                at.push((n, k));
-            }
-        }
-        input.push_str("COMMIT\n");
-        n += 1;
-    }
+    let rule = |k: usize| {
+        lines[k]
+            .split_once('\t')
+            .map_or(lines[k].as_str(), |(_, r)| r)
+    };
+    let parts: Vec<(&str, Vec<&str>)> = sections
+        .iter()
+        .map(|(t, ks)| (*t, ks.iter().map(|&k| rule(k)).collect()))
+        .collect();
+    let (input, spans) = crate::xtables::family_input(&parts);
     let out = run(exec, &argv, &input)?;
     if out.success() {
         return Ok(Answer::Clean);
     }
     let message = stderr_or_status(&out);
-    let blamed = crate::batch::error_line(&out.stderr)
-        .and_then(|line| at.iter().find(|(n, _)| *n == line).map(|(_, k)| *k));
+    let blamed = crate::xtables::blamed(&spans, &out.stderr)
+        .and_then(|(section, offset)| Some(sections[section].1[offset?]));
     Ok(match blamed {
         Some(k) => Answer::Refused(vec![(k, first_line(&message))]),
         None => Answer::Unattributed(message),
@@ -417,54 +415,6 @@ fn restore_check(exec: &dyn Executor, layer: Layer, lines: &[String]) -> Result<
 /// The tool's first line of complaint.
 fn first_line(message: &str) -> String {
     message.lines().next().unwrap_or(message).to_string()
-}
-
-/// An iptables-family command as `TABLE\tLINE` for a restore section: the table option
-/// becomes the section, the rest is quoted for the restore tokenizer. Query commands and
-/// options a restore file cannot carry are not checkable.
-fn restore_line(args: &[String]) -> Result<String, &'static str> {
-    let mut table = "filter".to_string();
-    let mut line = String::new();
-    let mut i = 0;
-    while i < args.len() {
-        let a = args[i].as_str();
-        match a {
-            "-t" | "--table" => {
-                table = args.get(i + 1).ok_or("-t without a table")?.clone();
-                i += 2;
-                continue;
-            }
-            "-L" | "--list" | "-S" | "--list-rules" | "-C" | "--check" => {
-                return Err("a query changes nothing")
-            }
-            _ if a.starts_with("--table=") || a.starts_with("--atomic") => {
-                return Err("this option cannot be part of a restore file")
-            }
-            _ => {}
-        }
-        if !line.is_empty() {
-            line.push(' ');
-        }
-        if a.contains(['"', '\'', '\\', '\n', '\r']) {
-            return Err("an argument the restore tokenizer cannot carry unchanged");
-        }
-        if a.is_empty() || a.contains([' ', '\t', '#']) {
-            line.push('"');
-            line.push_str(a);
-            line.push('"');
-        } else {
-            line.push_str(a);
-        }
-        i += 1;
-    }
-    if table.is_empty()
-        || !table
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    {
-        return Err("a table name a restore file cannot carry");
-    }
-    Ok(format!("{table}\t{line}"))
 }
 
 /// What an apply refuses before running anything (see `Firewall::apply`), refused the same
