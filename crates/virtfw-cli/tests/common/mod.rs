@@ -297,31 +297,32 @@ pub fn real(program: &str) -> String {
 /// sleeps, so a test can kill virtfw at a known point, after that command took effect and
 /// before virtfw saw it finish.
 pub fn wrappers(dir: &Path, programs: &[&str]) -> String {
-    let bin = dir.join("slowbin");
-    std::fs::create_dir_all(&bin).unwrap();
-    for &program in programs {
-        let real = real(program);
-        let script = format!(
-            "#!/bin/bash\n\
-             if [ -n \"${STALL_AT}\" ] && [ -z \"${STALL_ONLY}\" -o \"${STALL_ONLY}\" = {program} ]; then\n\
-             \x20 exec 9>>\"${STALL_DIR}/lock\"; flock 9\n\
-             \x20 n=$(( $(cat \"${STALL_DIR}/count\" 2>/dev/null || echo 0) + 1 ))\n\
-             \x20 echo $n >\"${STALL_DIR}/count\"; exec 9>&-\n\
-             \x20 if [ \"$n\" -eq \"${STALL_AT}\" ]; then\n\
-             \x20   {real} \"$@\"; echo $$ >\"${STALL_DIR}/stalled.tmp\"\n\
-             \x20   mv \"${STALL_DIR}/stalled.tmp\" \"${STALL_DIR}/stalled\"; exec sleep 120\n\
-             \x20 fi\n\
-             fi\n\
-             sleep 0.0$((RANDOM % 4))$((RANDOM % 10))\nexec {real} \"$@\"\n"
-        );
-        let p = bin.join(program);
-        std::fs::write(&p, script).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    install_wrappers(dir, "slowbin", programs, |real, program| {
+        stall_script(
+            real,
+            &format!("[ -z \"${STALL_ONLY}\" -o \"${STALL_ONLY}\" = {program} ]"),
+            "sleep 0.0$((RANDOM % 4))$((RANDOM % 10))\n",
+        )
+    })
+}
+
+/// The wrapper script of [`wrappers`] and [`matching_wrappers`]: with [`STALL_AT`] set, the
+/// invocations for which the shell test `counted` holds are counted, and the K-th runs `real`
+/// then records its pid and sleeps; every other invocation runs `before_exec` (a random delay,
+/// say) and then `real`.
+fn stall_script(real: &str, counted: &str, before_exec: &str) -> String {
     format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
+        "#!/bin/bash\n\
+         if [ -n \"${STALL_AT}\" ] && {counted}; then\n\
+         \x20 exec 9>>\"${STALL_DIR}/lock\"; flock 9\n\
+         \x20 n=$(( $(cat \"${STALL_DIR}/count\" 2>/dev/null || echo 0) + 1 ))\n\
+         \x20 echo $n >\"${STALL_DIR}/count\"; exec 9>&-\n\
+         \x20 if [ \"$n\" -eq \"${STALL_AT}\" ]; then\n\
+         \x20   {real} \"$@\"; echo $$ >\"${STALL_DIR}/stalled.tmp\"\n\
+         \x20   mv \"${STALL_DIR}/stalled.tmp\" \"${STALL_DIR}/stalled\"; exec sleep 120\n\
+         \x20 fi\n\
+         fi\n\
+         {before_exec}exec {real} \"$@\"\n"
     )
 }
 
@@ -491,32 +492,9 @@ pub const STALL_MATCH: &str = "VIRTFW_STALL_MATCH";
 /// the invocations whose arguments contain [`STALL_MATCH`]: a kill right after one particular
 /// command (say, the delete of one rule), wherever it falls in the sequence.
 pub fn matching_wrappers(dir: &Path, programs: &[&str]) -> String {
-    let bin = dir.join("matchbin");
-    std::fs::create_dir_all(&bin).unwrap();
-    for &program in programs {
-        let real = real(program);
-        let script = format!(
-            "#!/bin/bash\n\
-             if [ -n \"${STALL_AT}\" ] && [[ \"$*\" == *\"${STALL_MATCH}\"* ]]; then\n\
-             \x20 exec 9>>\"${STALL_DIR}/lock\"; flock 9\n\
-             \x20 n=$(( $(cat \"${STALL_DIR}/count\" 2>/dev/null || echo 0) + 1 ))\n\
-             \x20 echo $n >\"${STALL_DIR}/count\"; exec 9>&-\n\
-             \x20 if [ \"$n\" -eq \"${STALL_AT}\" ]; then\n\
-             \x20   {real} \"$@\"; echo $$ >\"${STALL_DIR}/stalled.tmp\"\n\
-             \x20   mv \"${STALL_DIR}/stalled.tmp\" \"${STALL_DIR}/stalled\"; exec sleep 120\n\
-             \x20 fi\n\
-             fi\n\
-             exec {real} \"$@\"\n"
-        );
-        let p = bin.join(program);
-        std::fs::write(&p, script).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
+    install_wrappers(dir, "matchbin", programs, |real, _| {
+        stall_script(real, &format!("[[ \"$*\" == *\"${STALL_MATCH}\"* ]]"), "")
+    })
 }
 
 /// Install a bash wrapper script for each of `programs` in `dir/sub`, its text made by
