@@ -304,19 +304,30 @@ pub(crate) fn cmd_file(dir: &Path, seq: u64, ext: &str) -> PathBuf {
 
 /// Delete a journal directory and make that durable.
 pub(crate) fn remove_journal(dir: &Path) -> Result<()> {
-    // Renamed out of the way first (one atomic step, made durable), deleted after: a process
-    // killed half-way through deleting leaves a `.tmp-` directory, which `pending` ignores and
-    // `clean_temporaries` removes, never a journal without its `op.json` that recovery could
-    // not settle.
+    let Some(retired) = retire_journal(dir)? else {
+        return Ok(());
+    };
+    if let Err(e) = fs::remove_dir_all(&retired) {
+        // The journal is gone for recovery already; what is left is removed later.
+        tracing::warn!(path = %retired.display(), error = %e, "could not delete a finished journal's files");
+    }
+    Ok(())
+}
+
+/// Take a finished journal out of recovery's sight in one atomic, durable step: renamed to a
+/// `.tmp-` name, which `pending` ignores and `clean_temporaries` removes. Deleting its files
+/// comes after, so a process killed half-way through the deletion never leaves a journal
+/// without its `op.json` that recovery could not settle. `None`: it was gone already.
+fn retire_journal(dir: &Path) -> Result<Option<PathBuf>> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let doomed = parent.join(format!(".tmp-done-{name}"));
-    match fs::rename(dir, &doomed) {
+    let retired = parent.join(format!(".tmp-done-{name}"));
+    match fs::rename(dir, &retired) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
             return Err(StoreError::io(
                 format!("cannot delete journal {}", dir.display()),
@@ -325,11 +336,7 @@ pub(crate) fn remove_journal(dir: &Path) -> Result<()> {
         }
     }
     state::sync_dir(parent)?;
-    if let Err(e) = fs::remove_dir_all(&doomed) {
-        // The journal is gone for recovery already; what is left is removed later.
-        tracing::warn!(path = %doomed.display(), error = %e, "could not delete a finished journal's files");
-    }
-    Ok(())
+    Ok(Some(retired))
 }
 
 /// Read the header of a journal.
@@ -441,14 +448,20 @@ mod tests {
             0,
             "nothing left behind"
         );
-        // Killed between the rename and the end of the deletion: a `.tmp-` leftover without
-        // its op.json, which recovery ignores and cleans.
-        let cut = jdir.join(".tmp-done-2-2");
+        // Killed after the journal was retired, before (or while) its files were deleted:
+        // what is left is out of recovery's sight, and cleaned later.
+        let cut = jdir.join("2-2");
         fs::create_dir_all(&cut).unwrap();
+        fs::write(cut.join("op.json"), "{}").unwrap();
         fs::write(cut.join("3.out"), "x").unwrap();
-        assert!(pending(&state).unwrap().is_empty());
+        let retired = retire_journal(&cut).unwrap().expect("it existed");
+        assert!(!cut.exists() && retired.join("3.out").exists());
+        assert!(
+            pending(&state).unwrap().is_empty(),
+            "a retired journal is not pending"
+        );
         clean_temporaries(&state);
-        assert!(!cut.exists());
+        assert!(!retired.exists());
         // Removing a journal that is already gone is fine.
         remove_journal(&live).unwrap();
     }
