@@ -79,8 +79,10 @@ impl Mutator {
         let rounds = 1 << self.rng.usize(..4);
         for _ in 0..rounds {
             self.mutate_once(&mut data, other);
+            // Bounded after every round: stacked repeats (up to 64× each) would otherwise
+            // grow an input exponentially before the end (a CI run was OOM-killed at 24 GB).
+            data.truncate(self.max_len);
         }
-        data.truncate(self.max_len);
         data
     }
 

@@ -209,34 +209,42 @@ fn parse_create(w: &[String]) -> Option<NftCreate> {
 }
 
 /// `args` with the create's `add` verb replaced by `create`, which fails with "File exists"
-/// instead of adopting an object someone made after we listed its table. Items other than the
-/// one holding the verb are kept as they are.
+/// instead of adopting an object someone made after we listed its table.
+///
+/// The verb is found in nft's words of the joined arguments, as [`nft_create`] finds it (a
+/// quote may span items, so an item's own words can disagree). Only the item holding the verb
+/// changes; when a quote spans that item's edges the command is given as its words instead,
+/// which nft joins back to the same line.
 pub fn as_create(args: &[String]) -> Vec<String> {
-    let mut seen = 0;
-    let mut out = Vec::with_capacity(args.len());
-    let mut done = false;
-    for item in args {
-        let w = line_words(item);
-        if !done {
-            if let Some(k) = w.iter().position(|a| !a.starts_with('-')) {
-                done = true;
-                if w[k] == "add" {
-                    if w.len() == 1 {
-                        out.push("create".to_string());
-                    } else {
-                        let mut w = w;
-                        w[k] = "create".to_string();
-                        out.push(w.join(" "));
-                    }
-                    seen += 1;
-                    continue;
-                }
-            }
-        }
-        out.push(item.clone());
+    let mut all = words(args);
+    let Some(k) = all.iter().position(|w| !w.starts_with('-')) else {
+        return args.to_vec();
+    };
+    if all[k] != "add" {
+        return args.to_vec();
     }
-    debug_assert!(seen <= 1);
-    out
+    // The item holding word k, when its own words are the joined words there (no quote
+    // spans its edges): only that item changes, and only its verb.
+    for i in 0..args.len() {
+        let before = words(&args[..i]).len();
+        let own = line_words(&args[i]);
+        if before + own.len() > k {
+            if before + own.len() == words(&args[..=i]).len() && own[k - before] == "add" {
+                let mut item = own;
+                item[k - before] = "create".to_string();
+                let mut out = args.to_vec();
+                out[i] = if item.len() == 1 {
+                    item.remove(0)
+                } else {
+                    item.join(" ")
+                };
+                return out;
+            }
+            break;
+        }
+    }
+    all[k] = "create".to_string();
+    all
 }
 
 /// The handle at the end of one echoed or listed line: its trailing `# handle N`. Only the
